@@ -1,0 +1,108 @@
+"""The ``anomaly-agent`` command line.
+
+Subcommand names and flags are a contract (scripts, unit files and docs use them): extend, never
+rename. Each subcommand's work lives in the module named for it and is imported only when that
+subcommand runs, so ``anomaly-agent --help`` stays fast and the runtime never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.config import EXIT_CONFIG, ConfigError, load_settings, masked_dump
+
+# subcommand -> "module:function"; the function takes the parsed namespace and returns an exit code.
+_HANDLERS: dict[str, str] = {
+    "validate-config": "agent.cli:cmd_validate_config",
+    "export-embedder": "training.export:cmd_export_embedder",
+    "train": "training.train:cmd_train",
+    "score": "training.score:cmd_score",
+    "evaluate": "training.evaluate:cmd_evaluate",
+    "run": "agent.runner:cmd_run",
+    "demo": "agent.demo:cmd_demo",
+}
+
+
+def cmd_validate_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.file)
+    except ConfigError as exc:
+        print(f"anomaly-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(masked_dump(settings), indent=2, sort_keys=True))
+    return 0
+
+
+def _add_input_args(p: argparse.ArgumentParser, text_field_default: str | None = "text") -> None:
+    p.add_argument(
+        "--input", required=True, type=Path, help="JSONL (one object per line), CSV with a header, or plain text lines"
+    )
+    p.add_argument(
+        "--text-field",
+        default=text_field_default,
+        help="JSON field (dotted path) or CSV column holding the text; ignored for plain text",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anomaly-agent",
+        description="Real-time anomaly detection for text events on Kafka.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("validate-config", help="print the effective configuration (secrets masked) or say what is wrong")
+    p.add_argument("file", type=Path, nargs="?", help="TOML config file (environment variables override it)")
+
+    p = sub.add_parser("export-embedder", help="export a sentence-transformer to ONNX (needs the 'train' extra)")
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 quantization with per-channel weights")
+
+    p = sub.add_parser("train", help="fit a detector on normal events and write a model bundle")
+    _add_input_args(p)
+    p.add_argument("--label-field", default=None, help="field/column holding a label")
+    p.add_argument("--normal-labels", default=None, help="comma-separated labels to train on (needs --label-field)")
+    p.add_argument(
+        "--detector", default="knn", choices=["kmeans", "class-centroid", "hdbscan", "knn"], help="detector to fit"
+    )
+    p.add_argument("--target-fpr", type=float, default=0.01, help="false-positive rate the threshold is calibrated to")
+    p.add_argument("--embedder", type=Path, default=None, help="exported ONNX embedder directory (default: export once)")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+
+    p = sub.add_parser("score", help="score records with a bundle; JSONL to stdout in input order")
+    p.add_argument("--bundle", type=Path, required=True)
+    _add_input_args(p, text_field_default=None)
+
+    p = sub.add_parser("evaluate", help="measure detection quality on labelled data and write a report")
+    p.add_argument("--bundle", type=Path, required=True)
+    _add_input_args(p, text_field_default=None)
+    p.add_argument("--label-field", required=True)
+    p.add_argument("--normal-labels", required=True, help="comma-separated labels that count as normal")
+    p.add_argument("--report", type=Path, default=None, help="directory for plots and report.json")
+
+    p = sub.add_parser("run", help="run the agent: consume, embed, score, alert")
+    p.add_argument("--config", type=Path, default=None, help="TOML config file (environment variables override it)")
+
+    p = sub.add_parser("demo", help="local broker + trained bundle + agent + a replayed stream, end to end")
+    p.add_argument("--events", type=int, default=None, help="how many events to replay (default: the whole sample)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module_name, func_name = _HANDLERS[args.command].split(":")
+    handler: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module_name), func_name)
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The agent's settings: one pydantic-settings model, the only place that reads the environment.
+
+Precedence, highest first: constructor arguments, environment variables (``ANOMALY_AGENT_`` + the
+key path joined by ``__``, e.g. ``ANOMALY_AGENT_KAFKA__BOOTSTRAP_SERVERS``), files in the secrets
+directory (``$CREDENTIALS_DIRECTORY`` under systemd, one file per setting named like the
+environment variable), the TOML file, then defaults. Components get plain typed values from here
+and never read the environment themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "ANOMALY_AGENT_"
+
+# sysexits.h EX_CONFIG: what systemd and operators expect from a daemon refusing its config.
+EXIT_CONFIG = 78
+
+
+class Delivery(StrEnum):
+    EXACTLY_ONCE = "exactly_once"
+    AT_LEAST_ONCE = "at_least_once"
+
+
+class EventFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "anomaly-agent"
+    client_id: str = "anomaly-agent"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    session_timeout_ms: int = Field(default=45_000, ge=1_000)
+    max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+    transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
+    # Anything librdkafka understands that we don't model, passed through verbatim to the
+    # consumer and producer (e.g. {"socket.keepalive.enable": "true"}).
+    librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka properties shared by the consumer and the producer, secrets revealed."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+        }
+        conf.update({k: str(v) for k, v in optional.items() if v is not None})
+        conf.update(self.librdkafka)
+        return conf
+
+
+class TopicSettings(_Section):
+    input: list[str] = Field(default_factory=lambda: ["events"], min_length=1)
+    alerts: str = "anomaly-alerts"
+    dead_letter: str = "anomaly-dead-letter"
+
+
+class ModelSettings(_Section):
+    bundle: Path = Path("/var/lib/anomaly-agent/bundle")
+    # Poll the bundle directory for a new manifest and hot-swap it (SIGHUP always works too).
+    watch: bool = True
+    watch_interval_seconds: float = Field(default=5.0, gt=0)
+    intra_op_threads: int = Field(default=0, ge=0, description="0 = onnxruntime's default")
+
+
+class EventSettings(_Section):
+    format: EventFormat = EventFormat.JSON
+    text_field: str = "text"
+    max_bytes: int = Field(default=1_048_576, ge=1)
+
+
+class BatchSettings(_Section):
+    max_size: int = Field(default=64, ge=1, le=10_000)
+    max_wait_ms: int = Field(default=200, ge=1)
+
+
+class AlertSettings(_Section):
+    text_max_chars: int = Field(default=1_000, ge=16)
+    source_uri: str = "kafka-anomaly-agent"
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class HealthSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # /healthz fails when the loop has not completed an iteration for this long.
+    stall_seconds: float = Field(default=60.0, gt=0)
+
+
+class LifecycleSettings(_Section):
+    shutdown_grace_seconds: float = Field(default=20.0, gt=0)
+    # Exit non-zero when the broker has been unreachable this long (0 = retry forever).
+    broker_unavailable_exit_seconds: float = Field(default=300.0, ge=0)
+
+
+class Settings(BaseSettings):
+    """Everything an operator configures; see README "Configuration" for the TOML form."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+    # Set per instance by ``load_settings``; a ClassVar so pydantic does not treat it as a field.
+    _toml_file: ClassVar[Path | None] = None
+    _secrets_dir: ClassVar[Path | None] = None
+
+    delivery: Delivery = Delivery.EXACTLY_ONCE
+    instance_id: str = Field(default_factory=lambda: os.uname().nodename)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._secrets_dir is not None:
+            sources.append(_SecretsDirSource(settings_cls, cls._secrets_dir))
+        if cls._toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
+        return tuple(sources)
+
+
+class _SecretsDirSource(PydanticBaseSettingsSource):
+    """Reads secrets from files named like their environment variable (systemd ``LoadCredential``).
+
+    ``ANOMALY_AGENT_KAFKA__SASL_PASSWORD`` in the credentials directory sets
+    ``kafka.sasl_password``: the same names operators already use for the environment.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], directory: Path) -> None:
+        super().__init__(settings_cls)
+        self._directory = directory
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ is overridden; pydantic-settings requires the method.
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if not self._directory.is_dir():
+            return values
+        for path in sorted(self._directory.iterdir()):
+            name = path.name
+            if not name.upper().startswith(ENV_PREFIX) or not path.is_file():
+                continue
+            keys = name[len(ENV_PREFIX) :].lower().split("__")
+            node = values
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = path.read_text().strip()
+        return values
+
+
+class ConfigError(Exception):
+    """A configuration the agent refuses to start with; the message names the bad field."""
+
+
+def load_settings(
+    config_file: Path | None = None,
+    secrets_dir: Path | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the effective settings from the TOML file, secrets, environment and overrides.
+
+    ``secrets_dir`` defaults to ``$CREDENTIALS_DIRECTORY`` when systemd sets it: the one
+    environment read outside the ``ANOMALY_AGENT_`` prefix, because that is where systemd puts
+    ``LoadCredential`` files.
+    """
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file}: not found or not a regular file")
+        try:
+            tomllib.loads(config_file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: invalid TOML: {exc}") from exc
+    if secrets_dir is None and os.environ.get("CREDENTIALS_DIRECTORY"):
+        secrets_dir = Path(os.environ["CREDENTIALS_DIRECTORY"])
+
+    bound = type("Settings", (Settings,), {"_toml_file": config_file, "_secrets_dir": secrets_dir})
+    try:
+        settings: Settings = bound(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_file)) from exc
+    return settings
+
+
+def _describe(exc: ValidationError, config_file: Path | None) -> str:
+    where = f" in {config_file}" if config_file else ""
+    lines = [f"invalid configuration{where}:"]
+    for error in exc.errors():
+        path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        env = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
+        lines.append(f"  {path}: {error['msg']} (TOML key {path!r}, environment {env})")
+    return "\n".join(lines)
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain JSON-able data with every secret shown as '**********'."""
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    # SecretStr dumps as '**********' in JSON mode; librdkafka pass-through keys may hold secrets
+    # too (e.g. sasl.oauthbearer.client.secret), so mask any key that looks like one.
+    for key in list(data["kafka"]["librdkafka"]):
+        if any(word in key for word in ("password", "secret", "token", "key")):
+            data["kafka"]["librdkafka"][key] = "**********"
+    return data

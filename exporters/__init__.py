@@ -1,0 +1,1 @@
+"""Sinks for the agent's output: the alert topic, Prometheus metrics."""

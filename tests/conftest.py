@@ -1,0 +1,18 @@
+"""Shared fixtures. Kafka fixtures live in kafka_fixtures.py, model fixtures in model_fixtures.py."""
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["kafka_fixtures", "model_fixtures"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    """The labelled dev data (../shared/datasets); CI has it at the same relative path."""
+    if not DATASETS.is_dir():
+        pytest.fail(f"dev datasets not found at {DATASETS}; they are expected beside the checkout")
+    return DATASETS

@@ -1,0 +1,1 @@
+"""Training side: ONNX export, fitting, calibration, evaluation and plots (may import torch)."""
