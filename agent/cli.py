@@ -41,7 +41,10 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
 
 def _add_input_args(p: argparse.ArgumentParser, text_field_default: str | None = "text") -> None:
     p.add_argument(
-        "--input", required=True, type=Path, help="JSONL (one object per line), CSV with a header, or plain text lines"
+        "--input",
+        required=True,
+        type=Path,
+        help="JSONL (one object per line), CSV with a header, or plain text lines",
     )
     p.add_argument(
         "--text-field",
@@ -58,23 +61,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("validate-config", help="print the effective configuration (secrets masked) or say what is wrong")
+    p = sub.add_parser(
+        "validate-config", help="print the effective configuration (secrets masked) or say what is wrong"
+    )
     p.add_argument("file", type=Path, nargs="?", help="TOML config file (environment variables override it)")
 
-    p = sub.add_parser("export-embedder", help="export a sentence-transformer to ONNX (needs the 'train' extra)")
-    p.add_argument("--model", type=Path, default=None, help="model directory (default: the packaged all-MiniLM-L6-v2)")
+    p = sub.add_parser(
+        "export-embedder", help="export a sentence-transformer to ONNX (needs the 'train' extra)"
+    )
+    p.add_argument(
+        "--model", type=Path, default=None, help="model directory (default: the packaged all-MiniLM-L6-v2)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantization with per-channel weights")
 
     p = sub.add_parser("train", help="fit a detector on normal events and write a model bundle")
     _add_input_args(p)
     p.add_argument("--label-field", default=None, help="field/column holding a label")
-    p.add_argument("--normal-labels", default=None, help="comma-separated labels to train on (needs --label-field)")
     p.add_argument(
-        "--detector", default="knn", choices=["kmeans", "class-centroid", "hdbscan", "knn"], help="detector to fit"
+        "--normal-labels", default=None, help="comma-separated labels to train on (needs --label-field)"
     )
-    p.add_argument("--target-fpr", type=float, default=0.01, help="false-positive rate the threshold is calibrated to")
-    p.add_argument("--embedder", type=Path, default=None, help="exported ONNX embedder directory (default: export once)")
+    p.add_argument(
+        "--detector",
+        default="knn",
+        help="detector to fit: kmeans, class-centroid, hdbscan, knn, ... (validated against the registry)",
+    )
+    p.add_argument(
+        "--target-fpr", type=float, default=0.01, help="false-positive rate the threshold is calibrated to"
+    )
+    p.add_argument(
+        "--embedder", type=Path, default=None, help="exported ONNX embedder directory (default: export once)"
+    )
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
 
     p = sub.add_parser("score", help="score records with a bundle; JSONL to stdout in input order")
@@ -89,10 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None, help="directory for plots and report.json")
 
     p = sub.add_parser("run", help="run the agent: consume, embed, score, alert")
-    p.add_argument("--config", type=Path, default=None, help="TOML config file (environment variables override it)")
+    p.add_argument(
+        "--config", type=Path, default=None, help="TOML config file (environment variables override it)"
+    )
 
     p = sub.add_parser("demo", help="local broker + trained bundle + agent + a replayed stream, end to end")
-    p.add_argument("--events", type=int, default=None, help="how many events to replay (default: the whole sample)")
+    p.add_argument(
+        "--events", type=int, default=None, help="how many events to replay (default: the whole sample)"
+    )
     return parser
 
 
