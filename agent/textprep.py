@@ -1,0 +1,235 @@
+"""Turning an event into the text the embedder sees — identically at training and at run time.
+
+A model bundle stores its ``TextPreparation`` (``text_preparation.json``) and the agent applies the
+very same object to every consumed event, so a detector never scores text prepared differently
+from the text it was fitted on. Two steps:
+
+``extract(record)``
+    reads one or more fields (dotted paths into nested JSON, e.g. ``"payload.message"``) and joins
+    them with a single space, in the configured order. A missing, null, non-scalar or empty field
+    raises ``MissingTextError`` naming the field and the fields present, so bad input can be
+    dead-lettered with a reason instead of being embedded as an empty string.
+``prepare(text)``
+    optionally masks variable tokens (numbers, hex ids, IPs, UUIDs, timestamps, paths, e-mail
+    addresses, URLs, node/block ids) into stable placeholders such as ``<NUM>`` or ``<IP>``,
+    collapses whitespace, and truncates to ``max_chars``. Masking keeps "same message, different
+    numbers" close together in embedding space, which is what clustering normal log traffic needs.
+
+The masks are a data table (``MASKS``: name, compiled pattern, placeholder, optional validator),
+applied in table order, each pattern compiled once at import. Order matters: specific shapes go
+before the generic ones that would otherwise eat their parts (UUID before HEX before NUM,
+timestamps before numbers, IPs before paths). Placeholders contain no digits or hex-only words, so a
+later mask never rewrites an earlier placeholder. Changing the table changes what bundles were
+trained on: keep placeholders stable and retrain after changing it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+DEFAULT_MAX_CHARS = 2048
+"""Well above what the embedder reads (MiniLM truncates at 256 tokens, roughly 1,000 characters)."""
+
+
+class MissingTextError(ValueError):
+    """A record has no usable text: a field is missing, null, not a scalar, or the text is empty.
+
+    ``field`` names the offending field (None when all were present but the joined text is empty);
+    ``present`` lists the record's top-level fields so the message can say what *is* there.
+    """
+
+    def __init__(self, message: str, *, field: str | None, present: list[str]) -> None:
+        super().__init__(message)
+        self.field = field
+        self.present = present
+
+
+@dataclass(frozen=True)
+class Mask:
+    """One masking rule: every match of ``pattern`` (for which ``accept`` holds) becomes ``placeholder``."""
+
+    name: str
+    pattern: re.Pattern[str]
+    placeholder: str
+    accept: Callable[[str], bool] | None = None
+
+    def apply(self, text: str) -> str:
+        if self.accept is None:
+            return self.pattern.sub(self.placeholder, text)
+        accept = self.accept
+        return self.pattern.sub(lambda m: self.placeholder if accept(m.group(0)) else m.group(0), text)
+
+
+def _is_ipv6(candidate: str) -> bool:
+    try:
+        ipaddress.IPv6Address(candidate)
+    except ValueError:
+        return False
+    return any(c.isalnum() for c in candidate)
+
+
+_MONTHS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = r"\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?"
+_TIMESTAMP = "|".join(
+    [
+        # ISO 8601 / RFC 3339, optional fraction and zone: 2024-05-01T12:00:00.123Z, 2024-05-01 12:00:00+02:00
+        rf"\d{{4}}-\d{{2}}-\d{{2}}[T ]{_TIME}(?:Z|[+-]\d{{2}}:?\d{{2}})?",
+        # BGL: 2005-06-03-15.42.50.675872
+        r"\d{4}-\d{2}-\d{2}-\d{2}\.\d{2}\.\d{2}(?:\.\d+)?",
+        # syslog: Nov 9 12:01:01
+        rf"{_MONTHS}\s+\d{{1,2}}\s+{_TIME}",
+        # dates alone: 2005.06.03, 2005-06-03, 2005/06/03
+        r"\d{4}[-./]\d{2}[-./]\d{2}",
+        # times alone: 12:01:01, 12:01:01.123
+        _TIME,
+    ]
+)
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+
+MASKS: tuple[Mask, ...] = (
+    Mask("url", re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+"), "<URL>"),
+    Mask("email", re.compile(r"\b[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+\b"), "<EMAIL>"),
+    Mask("uuid", re.compile(r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b"), "<UUID>"),
+    # Candidates are validated by the ipaddress module, so "12:01:01" or "std::map" stay untouched.
+    Mask(
+        "ipv6",
+        re.compile(
+            r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?(?![\w:])"
+        ),
+        "<IP>",
+        _is_ipv6,
+    ),
+    Mask("timestamp", re.compile(rf"\b(?:{_TIMESTAMP})\b"), "<TS>"),
+    # Blue Gene/L locations: R02-M1-N0-C:J12-U11, R23-M0-NE-C:J05-U01, R02-M1-N0-I:J18-U01, R02-M1-N0
+    Mask(
+        "bgl_node", re.compile(r"\bR\d{2}-M\d(?:-[A-Z0-9]{1,2})?(?:-[A-Z](?::J\d{2}-U\d{2})?)?\b"), "<NODE>"
+    ),
+    # IPv4 with an optional port: 10.251.73.220:50010
+    Mask("ipv4", re.compile(rf"\b{_OCTET}(?:\.{_OCTET}){{3}}(?::\d{{1,5}})?\b"), "<IP>"),
+    # Absolute or ./ ../ ~/ relative paths with at least one segment; "and/or" or "dn228/dn228" stay.
+    Mask("path", re.compile(r"(?<![\w.~/])(?:~|\.{1,2})?(?:/[\w.@%+=,-]+)+/?"), "<PATH>"),
+    Mask("mac", re.compile(r"\b[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}\b"), "<HEX>"),
+    # 0x-prefixed hex, or 8+ hex digits mixing digits and letters (pure digit runs are numbers).
+    Mask(
+        "hex",
+        re.compile(r"\b0[xX][0-9a-fA-F]+\b|\b(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}\b"),
+        "<HEX>",
+    ),
+    # HDFS block ids: blk_-6952295868487656571
+    Mask("hdfs_block", re.compile(r"\bblk_-?\d+\b"), "<BLK>"),
+    # Integers and decimals standing alone or after punctuation; digits inside words (dn228, L6) stay.
+    Mask("number", re.compile(r"\b\d+(?:\.\d+)*\b"), "<NUM>"),
+)
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def mask_text(text: str, masks: tuple[Mask, ...] = MASKS) -> str:
+    """Apply ``masks`` in order. Exposed for tests and for detectors/quality experiments."""
+    for m in masks:
+        text = m.apply(text)
+    return text
+
+
+def _lookup(record: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+    """(found, value) for a dotted path; a literal key containing dots wins (CSV columns may have them)."""
+    if path in record:
+        return True, record[path]
+    node: Any = record
+    for part in path.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
+
+
+@dataclass(frozen=True)
+class TextPreparation:
+    """How a record becomes embedder input; stored in every bundle (see module docstring).
+
+    fields: dotted paths of the text fields, joined with " " in this order.
+    mask: replace variable tokens with placeholders (``MASKS``).
+    max_chars: truncate the prepared text to this many characters (after masking).
+    """
+
+    fields: tuple[str, ...] = ("text",)
+    mask: bool = True
+    max_chars: int = DEFAULT_MAX_CHARS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fields, str) or not self.fields:
+            raise ValueError("fields must be a non-empty sequence of field names")
+        object.__setattr__(self, "fields", tuple(self.fields))
+        if any(not isinstance(f, str) or not f.strip() for f in self.fields):
+            raise ValueError(f"field names must be non-empty strings, got {list(self.fields)!r}")
+        if self.max_chars < 1:
+            raise ValueError(f"max_chars must be >= 1, got {self.max_chars}")
+
+    def extract(self, record: Mapping[str, Any]) -> str:
+        """The raw text of ``record``: its ``fields`` joined with a space; MissingTextError if unusable."""
+        present = sorted(str(k) for k in record)
+        parts: list[str] = []
+        for name in self.fields:
+            found, value = _lookup(record, name)
+            if not found or value is None:
+                raise MissingTextError(
+                    f"text field {name!r} is {'null' if found else 'missing'}"
+                    f" (fields present: {', '.join(present) or 'none'})",
+                    field=name,
+                    present=present,
+                )
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise MissingTextError(
+                    f"text field {name!r} holds a {type(value).__name__}, not text",
+                    field=name,
+                    present=present,
+                )
+            parts.append(str(value))
+        text = " ".join(parts)
+        if not text.strip():
+            raise MissingTextError(
+                f"text field{'s' if len(self.fields) > 1 else ''} {', '.join(map(repr, self.fields))} empty",
+                field=self.fields[0] if len(self.fields) == 1 else None,
+                present=present,
+            )
+        return text
+
+    def prepare(self, text: str) -> str:
+        """Mask (if enabled), collapse whitespace, truncate to ``max_chars``."""
+        if self.mask:
+            text = mask_text(text)
+        return _WHITESPACE.sub(" ", text).strip()[: self.max_chars].rstrip()
+
+    def __call__(self, record: Mapping[str, Any]) -> str:
+        """``prepare(extract(record))``: what the embedder sees for a record."""
+        return self.prepare(self.extract(record))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fields": list(self.fields), "mask": self.mask, "max_chars": self.max_chars}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TextPreparation:
+        """Inverse of ``to_dict``; unknown keys are refused (a newer bundle must not be half-understood)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown text preparation keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        raw_fields = data.get("fields", ("text",))
+        if isinstance(raw_fields, str) or not isinstance(raw_fields, list | tuple):
+            raise ValueError(f"text preparation 'fields' must be a list of names, got {raw_fields!r}")
+        mask = data.get("mask", True)
+        max_chars = data.get("max_chars", DEFAULT_MAX_CHARS)
+        if not isinstance(mask, bool):
+            raise ValueError(f"text preparation 'mask' must be true or false, got {mask!r}")
+        if isinstance(max_chars, bool) or not isinstance(max_chars, int):
+            raise ValueError(f"text preparation 'max_chars' must be an integer, got {max_chars!r}")
+        return cls(fields=tuple(raw_fields), mask=mask, max_chars=max_chars)
