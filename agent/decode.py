@@ -1,0 +1,216 @@
+"""Turning a Kafka record value into the text to score, or a reason to dead-letter it.
+
+Pure functions, no I/O: the loop calls ``decode_event`` per record and either scores the
+``DecodedEvent`` or produces the original bytes to the dead-letter topic with
+``dead_letter_headers``. Every way an input can be bad maps to one ``DeadLetterReason``; the set is
+closed on purpose because the reason is a Prometheus label
+(``anomaly_agent_events_dead_lettered_total{reason}``) and a Kafka header operators filter on.
+
+Checks run cheapest first and never look at more of a record than needed: size, then UTF-8, then
+JSON, then the text field. A record over ``max_bytes`` is rejected before it is decoded, so an
+oversized or hostile value costs one ``len()``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from agent.config import EventFormat
+
+# Bounded so a dead-letter header never carries (a large part of) the payload it describes.
+DETAIL_MAX_CHARS = 300
+
+
+class DeadLetterReason(StrEnum):
+    """Why a record went to the dead-letter topic; the values are metric labels and header values."""
+
+    TOO_LARGE = "too_large"
+    """Value longer than ``events.max_bytes``."""
+    INVALID_UTF8 = "invalid_utf8"
+    """Value is not valid UTF-8, or its JSON text field holds an unpaired surrogate escape."""
+    INVALID_JSON = "invalid_json"
+    """``events.format = "json"`` and the value does not parse as JSON."""
+    NOT_AN_OBJECT = "not_an_object"
+    """Valid JSON that is not an object (array, string, number, ...): there is no field to read."""
+    MISSING_TEXT = "missing_text"
+    """The ``events.text_field`` path is absent, or its value is not a string or a number."""
+    EMPTY_TEXT = "empty_text"
+    """The text is empty or only whitespace: nothing to embed."""
+    TOMBSTONE = "tombstone"
+    """The value is null (a Kafka tombstone): a deletion marker of a compacted topic, not an event."""
+
+
+@dataclass(frozen=True)
+class DecodedEvent:
+    """An event ready to score.
+
+    text: the raw text (not yet masked or truncated; that is ``TextPreparation.prepare``'s job).
+    fields: the event's other JSON fields with the text field removed (empty for text events);
+        carried into the alert so subscribers see host, service, level, ... without a lookup.
+    timestamp_ms: the Kafka record timestamp in ms since the epoch, None when the broker has none.
+    """
+
+    text: str
+    fields: dict[str, Any]
+    timestamp_ms: int | None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record that cannot be scored: the reason (bounded set) and a short human-readable detail."""
+
+    reason: DeadLetterReason
+    detail: str
+
+
+def decode_event(
+    value: bytes | None,
+    *,
+    format: EventFormat,
+    text_field: str,
+    max_bytes: int,
+    timestamp_ms: int | None,
+) -> DecodedEvent | Rejected:
+    """Decode one record value.
+
+    ``format`` is ``EventFormat.TEXT`` (the whole value is the text) or ``EventFormat.JSON`` (an
+    object; ``text_field`` is a dotted path such as ``"message.text"`` walking nested objects).
+    A number at the path is accepted and used as its JSON text (``42`` → ``"42"``); booleans, null,
+    arrays and objects are MISSING_TEXT. A null value (tombstone) is rejected as TOMBSTONE rather
+    than silently skipped, so what arrived is always accounted for. ``timestamp_ms`` is the
+    record's timestamp; negative values (librdkafka's "not available") become None.
+
+    Never raises for any input bytes.
+    """
+    ts = timestamp_ms if timestamp_ms is not None and timestamp_ms >= 0 else None
+    if value is None:
+        return Rejected(DeadLetterReason.TOMBSTONE, "record value is null (tombstone)")
+    if len(value) > max_bytes:
+        return Rejected(
+            DeadLetterReason.TOO_LARGE, f"value is {len(value)} bytes, events.max_bytes is {max_bytes}"
+        )
+    try:
+        decoded = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejected(
+            DeadLetterReason.INVALID_UTF8,
+            f"{exc.reason} at byte offset {exc.start}: {value[exc.start : exc.end]!r}",
+        )
+
+    if format is EventFormat.TEXT:
+        return _checked_text(decoded, {}, ts)
+
+    try:
+        document = json.loads(decoded)
+    except json.JSONDecodeError as exc:
+        return Rejected(DeadLetterReason.INVALID_JSON, f"{exc.msg} at line {exc.lineno} column {exc.colno}")
+    except RecursionError:
+        return Rejected(DeadLetterReason.INVALID_JSON, "nested too deeply to parse")
+    if not isinstance(document, dict):
+        return Rejected(
+            DeadLetterReason.NOT_AN_OBJECT, f"top-level JSON value is {_json_type(document)}, not an object"
+        )
+
+    path = text_field.split(".")
+    node: Any = document
+    for depth, key in enumerate(path):
+        if not isinstance(node, dict) or key not in node:
+            where = ".".join(path[: depth + 1])
+            return Rejected(DeadLetterReason.MISSING_TEXT, f"field {where!r} not found")
+        node = node[key]
+    if isinstance(node, str):
+        text = node
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        text = json.dumps(node)
+    else:
+        return Rejected(
+            DeadLetterReason.MISSING_TEXT,
+            f"field {text_field!r} is {_json_type(node)}, expected a string or a number",
+        )
+    return _checked_text(text, _without(document, path), ts)
+
+
+def _checked_text(text: str, fields: dict[str, Any], ts: int | None) -> DecodedEvent | Rejected:
+    if not text.strip():
+        return Rejected(DeadLetterReason.EMPTY_TEXT, "text is empty or whitespace only")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # Only reachable from JSON: a "\ud800" escape is valid JSON syntax but not a character;
+        # the tokenizer and every UTF-8 sink downstream would choke on it.
+        return Rejected(
+            DeadLetterReason.INVALID_UTF8,
+            f"text has an unpaired surrogate escape \\u{ord(text[exc.start]):04x} at character {exc.start}",
+        )
+    return DecodedEvent(text=text, fields=fields, timestamp_ms=ts)
+
+
+def _without(document: dict[str, Any], path: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``document`` minus the leaf at ``path``; only the dicts along the path are copied."""
+    top = dict(document)
+    node = top
+    for key in path[:-1]:
+        child = dict(node[key])
+        node[key] = child
+        node = child
+    del node[path[-1]]
+    return top
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def dead_letter_headers(
+    *,
+    reason: DeadLetterReason,
+    detail: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    original_headers: Sequence[tuple[str, bytes | str | None]] | None,
+    instance_id: str | None = None,
+) -> list[tuple[str, bytes]]:
+    """Headers for the dead-letter copy of a record: the original headers, then ours.
+
+    The original headers come first and unchanged (a null header value becomes ``b""``, the
+    closest Kafka producers accept everywhere), so a fixed record can be replayed with its
+    metadata. Ours are appended: ``dlq.reason``, ``dlq.detail`` (at most ``DETAIL_MAX_CHARS``
+    characters), ``dlq.source.topic``, ``dlq.source.partition``, ``dlq.source.offset`` and, when
+    given, ``dlq.agent``. Kafka headers may repeat; a record dead-lettered twice (replayed and
+    rejected again) keeps both sets, and the *last* ``dlq.*`` header of a name is the current one.
+    """
+    headers: list[tuple[str, bytes]] = []
+    for name, raw in original_headers or ():
+        if raw is None:
+            headers.append((name, b""))
+        elif isinstance(raw, str):
+            headers.append((name, raw.encode("utf-8")))
+        else:
+            headers.append((name, bytes(raw)))
+    if len(detail) > DETAIL_MAX_CHARS:
+        detail = detail[: DETAIL_MAX_CHARS - 1] + "…"
+    headers += [
+        ("dlq.reason", str(reason).encode()),
+        ("dlq.detail", detail.encode("utf-8")),
+        ("dlq.source.topic", topic.encode("utf-8")),
+        ("dlq.source.partition", str(partition).encode()),
+        ("dlq.source.offset", str(offset).encode()),
+    ]
+    if instance_id is not None:
+        headers.append(("dlq.agent", instance_id.encode("utf-8")))
+    return headers

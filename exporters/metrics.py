@@ -1,0 +1,263 @@
+"""The agent's Prometheus metrics: names, units, buckets and label sets in one place.
+
+Names follow the Prometheus naming guide: prefix ``anomaly_agent_``, base units (seconds,
+messages), ``_total`` on counters, and only bounded labels (a closed enum, or the partitions this
+consumer is assigned). The names are a contract with dashboards and alert rules (issue 4): add,
+never rename. docs/metrics.md lists every series with example PromQL.
+
+Each ``AgentMetrics`` owns a private ``CollectorRegistry`` unless one is passed in, so tests and
+several agents in one process never collide on the global default registry.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from agent import __version__
+from agent.decode import DeadLetterReason
+
+# Dense around the decision threshold 1.0 (score = raw / calibrated threshold), so the share of
+# events just below / just above it — the ones a threshold change would flip — is visible.
+SCORE_BUCKETS = (0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+# 100 µs (decoding a small batch) to 10 s (embedding a large batch on a busy CPU).
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                 2.5, 5.0, 10.0)  # fmt: skip
+# 1 ms (live traffic) to 1 h (catching up on a backlog after downtime).
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+               1800.0, 3600.0)  # fmt: skip
+
+
+class Stage(StrEnum):
+    """The loop's stages, the ``stage`` label of ``anomaly_agent_stage_duration_seconds``."""
+
+    DECODE = "decode"
+    EMBED = "embed"
+    SCORE = "score"
+    PUBLISH = "publish"
+    COMMIT = "commit"
+
+
+class ReloadResult(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+class TransactionResult(StrEnum):
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+def batch_buckets(max_size: int) -> tuple[float, ...]:
+    """Powers of two below ``max_size`` and ``max_size`` itself: 1, 2, 4, ..., 32, 64 for 64."""
+    if max_size < 1:
+        raise ValueError(f"batch max size must be >= 1, got {max_size}")
+    buckets: list[float] = []
+    size = 1
+    while size < max_size:
+        buckets.append(float(size))
+        size *= 2
+    buckets.append(float(max_size))
+    return tuple(buckets)
+
+
+class AgentMetrics:
+    """Every series the agent exports, pre-initialised so each one exists (at 0) from start-up.
+
+    Pre-initialising matters for alerting: ``rate(x[5m])`` over a series that appears only on the
+    first dead letter cannot tell "none yet" from "not scraped".
+
+    ``batch_max_size`` (``batch.max_size``) sets the top ``batch_size`` bucket so the histogram
+    resolves exactly the range the loop can produce.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, batch_max_size: int = 1024) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_consumed = Counter(
+            "anomaly_agent_events_consumed_total",
+            "Records read from the input topics (including ones later dead-lettered).",
+            registry=r,
+        )
+        self.events_processed = Counter(
+            "anomaly_agent_events_processed_total",
+            "Events decoded, embedded and scored.",
+            registry=r,
+        )
+        self.events_dead_lettered = Counter(
+            "anomaly_agent_events_dead_lettered_total",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.alerts_published = Counter(
+            "anomaly_agent_alerts_published_total",
+            "Alerts produced to the alert topic (score > 1.0).",
+            registry=r,
+        )
+        self.anomaly_score = Histogram(
+            "anomaly_agent_anomaly_score",
+            "Anomaly score per event: raw measure / calibrated threshold; > 1.0 is anomalous.",
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "anomaly_agent_batch_size",
+            "Events per scored batch.",
+            buckets=batch_buckets(batch_max_size),
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "anomaly_agent_stage_duration_seconds",
+            "Wall time per batch spent in each loop stage.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.event_lag = Histogram(
+            "anomaly_agent_event_lag_seconds",
+            "Time from the record's Kafka timestamp to its scoring (end-to-end freshness).",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "anomaly_agent_consumer_lag_messages",
+            "Messages behind the partition's high watermark, per assigned partition (librdkafka stats).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "anomaly_agent_model_info",
+            "The model bundle in use (value 1; exactly one label set at a time).",
+            ["model_id", "sha256", "detector"],
+            registry=r,
+        )
+        self.last_processed = Gauge(
+            "anomaly_agent_last_processed_timestamp_seconds",
+            "Unix time the last batch was scored.",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "anomaly_agent_reloads_total",
+            "Model hot reloads by result.",
+            ["result"],
+            registry=r,
+        )
+        self.transactions = Counter(
+            "anomaly_agent_transactions_total",
+            "Kafka transactions (exactly-once delivery) by result.",
+            ["result"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "anomaly_agent_ready",
+            "1 when the agent is ready (model loaded, group joined, broker reachable), else 0.",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "anomaly_agent_build_info",
+            "The agent's version (value 1).",
+            ["version"],
+            registry=r,
+        )
+
+        for reason in DeadLetterReason:
+            self.events_dead_lettered.labels(reason=reason.value)
+        for stage in Stage:
+            self.stage_duration.labels(stage=stage.value)
+        for reload_result in ReloadResult:
+            self.reloads.labels(result=reload_result.value)
+        for tx_result in TransactionResult:
+            self.transactions.labels(result=tx_result.value)
+        self.build_info.labels(version=__version__).set(1)
+
+        self._lock = threading.Lock()
+        self._model_labels: tuple[str, str, str] | None = None
+        self._lag_labels: set[tuple[str, str]] = set()
+
+    def set_model(self, model_id: str, sha256: str, detector: str) -> None:
+        """Mark the model in use, removing the previous one's series so only the current is 1."""
+        labels = (model_id, sha256, detector)
+        with self._lock:
+            if self._model_labels is not None and self._model_labels != labels:
+                self.model_info.remove(*self._model_labels)
+            self.model_info.labels(*labels).set(1)
+            self._model_labels = labels
+
+    def observe_batch(
+        self,
+        scores: Iterable[float],
+        timestamps_ms: Iterable[int | None],
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Record one scored batch: ``batch_size``, ``anomaly_score`` and ``event_lag`` per event,
+        ``events_processed`` += batch length, ``last_processed`` = now.
+
+        ``timestamps_ms`` are the records' Kafka timestamps (None where absent: no lag sample).
+        Lag is clamped at 0 so producer clock skew cannot produce negative observations.
+        ``now`` is Unix time in seconds (default: ``time.time()``).
+        """
+        now = time.time() if now is None else now
+        count = 0
+        for score in scores:
+            self.anomaly_score.observe(score)
+            count += 1
+        for ts in timestamps_ms:
+            if ts is not None and ts >= 0:
+                self.event_lag.observe(max(0.0, now - ts / 1000.0))
+        self.batch_size.observe(count)
+        self.events_processed.inc(count)
+        self.last_processed.set(now)
+
+    def dead_lettered(self, reason: DeadLetterReason) -> None:
+        self.events_dead_lettered.labels(reason=reason.value).inc()
+
+    def update_from_librdkafka_stats(self, stats_json: str) -> None:
+        """Update ``consumer_lag`` from librdkafka's statistics JSON (the consumer's ``stats_cb``).
+
+        Reads ``topics.<topic>.partitions.<p>.consumer_lag``. Skipped: partition ``-1`` (librdkafka's
+        internal UA partition) and lag ``-1`` (unknown: not assigned, or no committed offset /
+        watermark yet). Series of partitions missing from the latest report — revoked in a
+        rebalance, or lag unknown — are removed, so the label set stays the current assignment.
+        Statistics from a producer (``"type": "producer"``) are ignored: they list topics with
+        lag -1 everywhere and would otherwise wipe the consumer's series when one callback is
+        shared. Malformed JSON raises ValueError; the caller logs it (stats_cb must not crash).
+        """
+        stats: Any = json.loads(stats_json)
+        if not isinstance(stats, dict):
+            raise ValueError("librdkafka statistics must be a JSON object")
+        if stats.get("type") not in (None, "consumer"):
+            return
+        current: dict[tuple[str, str], float] = {}
+        topics = stats.get("topics") or {}
+        for topic_name, topic in topics.items():
+            for partition_id, partition in (topic.get("partitions") or {}).items():
+                if str(partition_id) == "-1":
+                    continue
+                lag = partition.get("consumer_lag", -1)
+                if not isinstance(lag, int | float) or lag < 0:
+                    continue
+                current[(str(topic_name), str(partition_id))] = float(lag)
+        with self._lock:
+            for labels in self._lag_labels - current.keys():
+                self.consumer_lag.remove(*labels)
+            for labels, lag in current.items():
+                self.consumer_lag.labels(*labels).set(lag)
+            self._lag_labels = set(current)
+
+    def serve(self, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+        """Serve ``/metrics`` for this registry on ``host:port`` in a daemon thread.
+
+        Port 0 binds a free port (read it from ``server.server_port``). Stop with
+        ``server.shutdown(); server.server_close()``.
+        """
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        return server, thread

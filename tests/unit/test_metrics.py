@@ -1,0 +1,285 @@
+"""AgentMetrics: names, pre-initialised series, librdkafka lag parsing, model swap, HTTP exposition."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent import __version__
+from agent.decode import DeadLetterReason
+from exporters.metrics import AgentMetrics, Stage, batch_buckets
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(metrics: AgentMetrics) -> Samples:
+    """Every sample of the registry's text exposition, parsed back: (name, labels) -> value."""
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(metrics: AgentMetrics, name: str, **labels: str) -> float | None:
+    return samples(metrics).get((name, frozenset(labels.items())))
+
+
+def lag_series(metrics: AgentMetrics) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["topic"], dict(labels)["partition"]): v
+        for (name, labels), v in samples(metrics).items()
+        if name == "anomaly_agent_consumer_lag_messages"
+    }
+
+
+def partition_stats(partition: int, consumer_lag: int, fetch_state: str = "active") -> dict[str, Any]:
+    """One partition entry as librdkafka 2.x reports it in ``topics.<t>.partitions.<p>``."""
+    return {
+        "partition": partition,
+        "broker": 1 if partition >= 0 else -1,
+        "leader": 1 if partition >= 0 else -1,
+        "desired": partition >= 0,
+        "unknown": False,
+        "msgq_cnt": 0,
+        "msgq_bytes": 0,
+        "xmit_msgq_cnt": 0,
+        "xmit_msgq_bytes": 0,
+        "fetchq_cnt": 0,
+        "fetchq_size": 0,
+        "fetch_state": fetch_state,
+        "query_offset": -1001,
+        "next_offset": 120,
+        "app_offset": 120,
+        "stored_offset": 120,
+        "stored_leader_epoch": -1,
+        "commited_offset": 100,
+        "committed_offset": 100,
+        "committed_leader_epoch": -1,
+        "eof_offset": 150,
+        "lo_offset": 0,
+        "hi_offset": 150,
+        "ls_offset": 150,
+        "consumer_lag": consumer_lag,
+        "consumer_lag_stored": consumer_lag,
+        "leader_epoch": -1,
+        "txmsgs": 0,
+        "txbytes": 0,
+        "rxmsgs": 150,
+        "rxbytes": 18000,
+        "msgs": 150,
+        "rx_ver_drops": 0,
+        "msgs_inflight": 0,
+        "next_ack_seq": 0,
+        "next_err_seq": 0,
+        "acked_msgid": 0,
+    }
+
+
+def stats_json(topics: dict[str, dict[int, int]], client_type: str = "consumer") -> str:
+    """A librdkafka statistics document (abridged top level, full partition entries)."""
+    return json.dumps(
+        {
+            "name": "anomaly-agent#consumer-1",
+            "client_id": "anomaly-agent",
+            "type": client_type,
+            "ts": 5_016_483_227_792,
+            "time": 1_763_834_967,
+            "age": 5_000_000,
+            "replyq": 0,
+            "msg_cnt": 0,
+            "msg_size": 0,
+            "msg_max": 100_000,
+            "msg_size_max": 1_073_741_824,
+            "simple_cnt": 0,
+            "metadata_cache_cnt": 1,
+            "brokers": {},
+            "topics": {
+                topic: {
+                    "topic": topic,
+                    "age": 4_990,
+                    "metadata_age": 4_000,
+                    "batchsize": {"min": 0, "max": 0, "avg": 0},
+                    "batchcnt": {"min": 0, "max": 0, "avg": 0},
+                    # librdkafka always lists the internal UA partition -1 with lag -1.
+                    "partitions": {
+                        **{str(p): partition_stats(p, lag) for p, lag in partitions.items()},
+                        "-1": partition_stats(-1, -1, fetch_state="none"),
+                    },
+                }
+                for topic, partitions in topics.items()
+            },
+            "cgrp": {"state": "up", "join_state": "steady", "assignment_size": 2},
+        }
+    )
+
+
+@pytest.fixture
+def metrics() -> AgentMetrics:
+    return AgentMetrics(batch_max_size=64)
+
+
+def test_each_instance_has_its_own_registry() -> None:
+    a, b = AgentMetrics(), AgentMetrics()  # would raise "Duplicated timeseries" on a shared one
+    a.events_consumed.inc(3)
+    assert value(a, "anomaly_agent_events_consumed_total") == 3
+    assert value(b, "anomaly_agent_events_consumed_total") == 0
+
+
+def test_a_given_registry_is_used() -> None:
+    registry = CollectorRegistry()
+    metrics = AgentMetrics(registry)
+    metrics.alerts_published.inc()
+    assert registry.get_sample_value("anomaly_agent_alerts_published_total") == 1
+
+
+def test_contract_series_exist_at_zero_from_start(metrics: AgentMetrics) -> None:
+    s = samples(metrics)
+    for name in (
+        "anomaly_agent_events_consumed_total",
+        "anomaly_agent_events_processed_total",
+        "anomaly_agent_alerts_published_total",
+        "anomaly_agent_anomaly_score_count",
+        "anomaly_agent_batch_size_count",
+        "anomaly_agent_event_lag_seconds_count",
+        "anomaly_agent_last_processed_timestamp_seconds",
+        "anomaly_agent_ready",
+    ):
+        assert s[(name, frozenset())] == 0, name
+    for reason in DeadLetterReason:
+        assert s[("anomaly_agent_events_dead_lettered_total", frozenset({("reason", reason.value)}))] == 0
+    assert {r.value for r in DeadLetterReason} >= {
+        "invalid_utf8",
+        "invalid_json",
+        "missing_text",
+        "empty_text",
+        "too_large",
+        "not_an_object",
+    }
+    for stage in ("decode", "embed", "score", "publish", "commit"):
+        key = ("anomaly_agent_stage_duration_seconds_count", frozenset({("stage", stage)}))
+        assert s[key] == 0
+    for result in ("success", "failure"):
+        assert s[("anomaly_agent_reloads_total", frozenset({("result", result)}))] == 0
+    for result in ("committed", "aborted"):
+        assert s[("anomaly_agent_transactions_total", frozenset({("result", result)}))] == 0
+    assert s[("anomaly_agent_build_info", frozenset({("version", __version__)}))] == 1
+    assert not any(name == "anomaly_agent_model_info" for name, _ in s)
+
+
+def test_score_buckets_are_dense_around_the_threshold(metrics: AgentMetrics) -> None:
+    bounds = sorted(
+        float(dict(labels)["le"])
+        for (name, labels) in samples(metrics)
+        if name == "anomaly_agent_anomaly_score_bucket"
+    )
+    assert 1.0 in bounds
+    near = [b for b in bounds if 0.9 <= b <= 1.1]
+    assert len(near) >= 5  # 0.9, 0.95, 1.0, 1.05, 1.1
+
+
+def test_batch_buckets_end_at_the_configured_max() -> None:
+    assert batch_buckets(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert batch_buckets(100)[-2:] == (64, 100)
+    assert batch_buckets(1) == (1,)
+    assert batch_buckets(10_000)[-1] == 10_000
+    with pytest.raises(ValueError):
+        batch_buckets(0)
+
+
+def test_observe_batch(metrics: AgentMetrics) -> None:
+    now = 1_763_834_967.5
+    metrics.observe_batch([0.3, 0.97, 1.02, 4.0], [1_763_834_967_000, None, 1_763_834_966_000, None], now=now)
+    assert value(metrics, "anomaly_agent_batch_size_count") == 1
+    assert value(metrics, "anomaly_agent_batch_size_sum") == 4
+    assert value(metrics, "anomaly_agent_events_processed_total") == 4
+    assert value(metrics, "anomaly_agent_anomaly_score_count") == 4
+    assert value(metrics, "anomaly_agent_anomaly_score_bucket", le="1.0") == 2
+    assert value(metrics, "anomaly_agent_anomaly_score_bucket", le="1.05") == 3
+    assert value(metrics, "anomaly_agent_event_lag_seconds_count") == 2
+    assert value(metrics, "anomaly_agent_event_lag_seconds_sum") == pytest.approx(2.0)
+    assert value(metrics, "anomaly_agent_last_processed_timestamp_seconds") == now
+
+
+def test_event_lag_from_a_future_timestamp_is_clamped_to_zero(metrics: AgentMetrics) -> None:
+    metrics.observe_batch([0.5], [2_000_000_000_000], now=1_000_000_000.0)
+    assert value(metrics, "anomaly_agent_event_lag_seconds_sum") == 0
+    assert value(metrics, "anomaly_agent_event_lag_seconds_bucket", le="0.001") == 1
+
+
+def test_stage_and_dead_letter_labels(metrics: AgentMetrics) -> None:
+    with metrics.stage_duration.labels(Stage.EMBED).time():
+        pass
+    metrics.dead_lettered(DeadLetterReason.INVALID_JSON)
+    metrics.dead_lettered(DeadLetterReason.INVALID_JSON)
+    assert value(metrics, "anomaly_agent_stage_duration_seconds_count", stage="embed") == 1
+    assert value(metrics, "anomaly_agent_stage_duration_seconds_count", stage="score") == 0
+    assert value(metrics, "anomaly_agent_events_dead_lettered_total", reason="invalid_json") == 2
+
+
+def test_consumer_lag_from_librdkafka_stats(metrics: AgentMetrics) -> None:
+    metrics.update_from_librdkafka_stats(stats_json({"events": {0: 30, 1: 0, 2: -1}, "audit": {0: 7}}))
+    # Partition 2 lag -1 (unknown) and the UA partition -1 are skipped.
+    assert lag_series(metrics) == {("events", "0"): 30, ("events", "1"): 0, ("audit", "0"): 7}
+
+
+def test_revoked_partitions_lose_their_series(metrics: AgentMetrics) -> None:
+    metrics.update_from_librdkafka_stats(stats_json({"events": {0: 30, 1: 5}, "audit": {0: 7}}))
+    metrics.update_from_librdkafka_stats(stats_json({"events": {1: 2, 3: 9}}))
+    assert lag_series(metrics) == {("events", "1"): 2, ("events", "3"): 9}
+    metrics.update_from_librdkafka_stats(stats_json({"events": {1: -1}}))
+    assert lag_series(metrics) == {}
+
+
+def test_producer_stats_do_not_touch_consumer_lag(metrics: AgentMetrics) -> None:
+    metrics.update_from_librdkafka_stats(stats_json({"events": {0: 30}}))
+    metrics.update_from_librdkafka_stats(stats_json({"anomaly-alerts": {0: -1}}, client_type="producer"))
+    assert lag_series(metrics) == {("events", "0"): 30}
+
+
+def test_stats_without_topics_clear_the_lag(metrics: AgentMetrics) -> None:
+    metrics.update_from_librdkafka_stats(stats_json({"events": {0: 30}}))
+    metrics.update_from_librdkafka_stats(json.dumps({"type": "consumer", "name": "c"}))
+    assert lag_series(metrics) == {}
+
+
+def test_malformed_stats_raise_value_error(metrics: AgentMetrics) -> None:
+    with pytest.raises(ValueError):
+        metrics.update_from_librdkafka_stats("{not json")
+    with pytest.raises(ValueError):
+        metrics.update_from_librdkafka_stats("[]")
+
+
+def test_model_info_swap_keeps_only_the_current_model(metrics: AgentMetrics) -> None:
+    metrics.set_model("logs-2026-11-01", "a" * 64, "kmeans")
+    metrics.set_model("logs-2026-11-01", "a" * 64, "kmeans")  # idempotent
+    metrics.set_model("logs-2026-11-22", "b" * 64, "hdbscan")
+    models = {
+        labels: v for (name, labels), v in samples(metrics).items() if name == "anomaly_agent_model_info"
+    }
+    assert models == {
+        frozenset({("model_id", "logs-2026-11-22"), ("sha256", "b" * 64), ("detector", "hdbscan")}): 1
+    }
+
+
+def test_serve_exposes_the_registry_over_http(metrics: AgentMetrics) -> None:
+    metrics.events_consumed.inc(5)
+    server, thread = metrics.serve("127.0.0.1", 0)
+    try:
+        port = server.server_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        families = {f.name: f for f in text_string_to_metric_families(body)}
+        assert families["anomaly_agent_events_consumed"].samples[0].value == 5
+        assert "anomaly_agent_consumer_lag_messages" in families
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
