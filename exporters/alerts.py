@@ -1,0 +1,212 @@
+"""The alert record published to the alert topic: key, JSON value and CloudEvents headers.
+
+The value's schema (``schema_version`` 1) is documented in docs/alert-schema.md and pinned by
+docs/alert.schema.json; subscribers code against both, so fields are only ever added. The record is
+a CloudEvents 1.0 event in the Kafka protocol binding's *binary* mode: the CloudEvents attributes
+travel as ``ce_*`` headers and the value is the plain JSON alert, readable by consumers that know
+nothing about CloudEvents.
+
+Two identifiers with different jobs:
+
+* ``id`` is derived from the source record's (topic, partition, offset) alone, so a record
+  redelivered after a crash or rebalance yields an alert with the *same* id; subscribers dedupe
+  on it (at-least-once delivery can publish an alert twice, exactly-once cannot).
+* the Kafka key is a fingerprint of (model id, nearest cluster, masked text template), so
+  *similar* alerts — the same kind of line, near the same cluster, scored by the same model — go
+  to one partition, in order, and a subscriber can group or rate-limit per key. Do not enable
+  log compaction on the alert topic: it would keep only the latest alert per kind.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+SCHEMA_VERSION = 1
+CLOUDEVENTS_TYPE = "io.kafka-anomaly-agent.alert.v1"
+CONTENT_TYPE = "application/json"
+# Fixed forever: changing it would change every alert id and break subscribers' dedupe.
+# Derived, not random, so other implementations can recompute ids from the documented recipe.
+ALERT_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:kafka-anomaly-agent:alert")
+# 128 bits of sha256, hex: collision-free for grouping purposes and short in tooling output.
+KEY_HEX_CHARS = 32
+
+
+@dataclass(frozen=True)
+class AlertSource:
+    """Where the anomalous event came from: the input record's coordinates, key and timestamp."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int | None
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """A ready-to-produce alert: ``producer.produce(topic, key=r.key, value=r.value, headers=r.headers)``."""
+
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    id: str
+
+
+def alert_id(topic: str, partition: int, offset: int) -> str:
+    """The alert id of the record at (topic, partition, offset): a UUIDv5, stable across redelivery."""
+    return str(uuid.uuid5(ALERT_ID_NAMESPACE, f"{topic}/{partition}/{offset}"))
+
+
+def alert_key(model_id: str, cluster_id: int | None, template: str) -> bytes:
+    """Fingerprint of "similar" alerts: same model, same nearest cluster, same masked text.
+
+    ``template`` is the text after ``TextPreparation.prepare`` (variable tokens such as numbers,
+    ids and addresses masked), so "disk /dev/sda1 97% full" and "disk /dev/sdb2 99% full" share a
+    key when masking is on. Fields are joined with NUL, which cannot occur in a model id.
+    """
+    cluster = "" if cluster_id is None or cluster_id < 0 else str(int(cluster_id))
+    digest = hashlib.sha256("\0".join((model_id, cluster, template)).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:KEY_HEX_CHARS].encode("ascii")
+
+
+def build_alert(
+    *,
+    source: AlertSource,
+    text: str,
+    score: float,
+    threshold: float,
+    detector: str,
+    cluster_id: int | None,
+    cluster_label: str | None,
+    distance: float | None,
+    model_id: str,
+    model_sha256: str,
+    instance_id: str,
+    text_max_chars: int,
+    source_uri: str,
+    fields: Mapping[str, Any] | None,
+    detected_at: datetime | None = None,
+    prepared_text: str | None = None,
+    raw_threshold: float | None = None,
+) -> AlertRecord:
+    """Build the alert for one anomalous event.
+
+    ``text`` is the event's raw text (truncated to ``text_max_chars`` characters, with
+    ``text_truncated`` and ``text_length`` telling subscribers so); ``prepared_text`` is the
+    masked template used for the key (default: ``text``). ``score`` and ``threshold`` are on the
+    normalized scale (threshold 1.0); ``distance`` and ``raw_threshold`` are the detector's raw
+    measure and calibrated threshold where known. A negative ``cluster_id`` (the detector has no
+    cluster) is published as null. ``detected_at`` must be timezone-aware (default: now, UTC).
+    ``fields`` are the event's other JSON fields, carried verbatim (non-finite floats, which JSON
+    cannot hold, become the strings "NaN" / "Infinity" / "-Infinity").
+
+    Raises ValueError for a NaN score or a naive ``detected_at``: both are caller bugs.
+    """
+    if math.isnan(score):
+        raise ValueError("score is NaN; the detector produced no usable score")
+    if detected_at is None:
+        detected_at = datetime.now(UTC)
+    elif detected_at.tzinfo is None:
+        raise ValueError("detected_at must be timezone-aware")
+    aid = alert_id(source.topic, source.partition, source.offset)
+    key = alert_key(model_id, cluster_id, text if prepared_text is None else prepared_text)
+    truncated = len(text) > text_max_chars
+    has_cluster = cluster_id is not None and cluster_id >= 0
+
+    document: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "id": aid,
+        "source": _source_json(source),
+        "text": text[:text_max_chars],
+        "text_truncated": truncated,
+        "text_length": len(text),
+        "score": _finite(score),
+        "threshold": _finite(threshold),
+        "raw_threshold": None if raw_threshold is None else _finite(raw_threshold),
+        "detector": detector,
+        "cluster": {
+            "id": int(cluster_id) if cluster_id is not None and has_cluster else None,
+            "label": cluster_label if has_cluster else None,
+        },
+        "distance": None if distance is None else _finite(distance),
+        "model": {"id": model_id, "sha256": model_sha256},
+        "detected_at": _iso(detected_at),
+        "agent": instance_id,
+        "fields": _json_safe(dict(fields or {})),
+    }
+    value = _dumps(document)
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", aid.encode()),
+        ("ce_source", source_uri.encode("utf-8")),
+        ("ce_type", CLOUDEVENTS_TYPE.encode()),
+        ("ce_time", document["detected_at"].encode()),
+        ("ce_subject", f"{source.topic}/{source.partition}/{source.offset}".encode()),
+        ("ce_partitionkey", key),
+        ("content-type", CONTENT_TYPE.encode()),
+    ]
+    return AlertRecord(key=key, value=value, headers=headers, id=aid)
+
+
+def _source_json(source: AlertSource) -> dict[str, Any]:
+    key: str | None
+    if source.key is None:
+        key, encoding = None, None
+    else:
+        try:
+            key, encoding = source.key.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            key, encoding = base64.b64encode(source.key).decode("ascii"), "base64"
+    timestamp = None
+    if source.timestamp_ms is not None and source.timestamp_ms >= 0:
+        timestamp = _iso(datetime.fromtimestamp(source.timestamp_ms / 1000, UTC))
+    return {
+        "topic": source.topic,
+        "partition": source.partition,
+        "offset": source.offset,
+        "key": key,
+        "key_encoding": encoding,
+        "timestamp": timestamp,
+        "timestamp_ms": source.timestamp_ms if timestamp is not None else None,
+    }
+
+
+def _iso(moment: datetime) -> str:
+    """RFC 3339 / ISO 8601 UTC with milliseconds: ``2026-11-22T17:49:27.123Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _finite(number: float) -> float:
+    """JSON has no infinity; an infinite score (zero threshold) is published as the largest float."""
+    number = float(number)
+    if math.isinf(number):
+        return math.copysign(1.7976931348623157e308, number)
+    return number
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _dumps(document: dict[str, Any]) -> bytes:
+    text = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A carried field held an unpaired surrogate escape ("\ud800"): not encodable as UTF-8,
+        # but ASCII-escaped JSON carries it losslessly.
+        return json.dumps(document, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()

@@ -1,0 +1,227 @@
+"""build_alert: the value validates against docs/alert.schema.json, ids and keys are stable."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from jsonschema import Draft202012Validator, FormatChecker
+
+from exporters.alerts import (
+    CLOUDEVENTS_TYPE,
+    SCHEMA_VERSION,
+    AlertRecord,
+    AlertSource,
+    alert_id,
+    build_alert,
+)
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "alert.schema.json"
+DETECTED = datetime(2026, 11, 22, 17, 49, 27, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def validator() -> Draft202012Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, format_checker=FormatChecker())
+
+
+def make(**overrides: Any) -> AlertRecord:
+    kwargs: dict[str, Any] = {
+        "source": AlertSource(
+            topic="events", partition=2, offset=9041, key=b"order-17", timestamp_ms=1_763_833_767_000
+        ),
+        "text": "payment gateway timeout after 30000 ms for order 17",
+        "score": 1.84,
+        "threshold": 1.0,
+        "detector": "kmeans",
+        "cluster_id": 3,
+        "cluster_label": "payments",
+        "distance": 0.6624,
+        "model_id": "shop-2026-11-22",
+        "model_sha256": "c" * 64,
+        "instance_id": "agent-a",
+        "text_max_chars": 1000,
+        "source_uri": "kafka-anomaly-agent/prod-eu",
+        "fields": {"service": "checkout", "level": "ERROR", "latency_ms": 30000},
+        "detected_at": DETECTED,
+        "raw_threshold": 0.36,
+    }
+    kwargs.update(overrides)
+    return build_alert(**kwargs)
+
+
+def doc(record: AlertRecord) -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(record.value.decode("utf-8"))
+    return parsed
+
+
+def test_value_has_every_documented_field(validator: Draft202012Validator) -> None:
+    record = make()
+    value = doc(record)
+    validator.validate(value)
+    assert value == {
+        "schema_version": SCHEMA_VERSION,
+        "id": record.id,
+        "source": {
+            "topic": "events",
+            "partition": 2,
+            "offset": 9041,
+            "key": "order-17",
+            "key_encoding": "utf-8",
+            "timestamp": "2025-11-22T17:49:27.000Z",
+            "timestamp_ms": 1_763_833_767_000,
+        },
+        "text": "payment gateway timeout after 30000 ms for order 17",
+        "text_truncated": False,
+        "text_length": 51,
+        "score": 1.84,
+        "threshold": 1.0,
+        "raw_threshold": 0.36,
+        "detector": "kmeans",
+        "cluster": {"id": 3, "label": "payments"},
+        "distance": 0.6624,
+        "model": {"id": "shop-2026-11-22", "sha256": "c" * 64},
+        "detected_at": "2026-11-22T17:49:27.123Z",
+        "agent": "agent-a",
+        "fields": {"service": "checkout", "level": "ERROR", "latency_ms": 30000},
+    }
+
+
+def test_cloudevents_binary_mode_headers() -> None:
+    record = make()
+    headers = dict(record.headers)
+    assert len(headers) == len(record.headers), "no header name repeats"
+    assert headers == {
+        "ce_specversion": b"1.0",
+        "ce_id": record.id.encode(),
+        "ce_source": b"kafka-anomaly-agent/prod-eu",
+        "ce_type": CLOUDEVENTS_TYPE.encode(),
+        "ce_time": b"2026-11-22T17:49:27.123Z",
+        "ce_subject": b"events/2/9041",
+        "ce_partitionkey": record.key,
+        "content-type": b"application/json",
+    }
+
+
+def test_id_is_a_uuid5_of_the_source_coordinates_and_stable_across_redelivery() -> None:
+    first = make()
+    redelivered = make(detected_at=DETECTED + timedelta(minutes=5), score=1.9, instance_id="agent-b")
+    assert first.id == redelivered.id == alert_id("events", 2, 9041)
+    assert uuid.UUID(first.id).version == 5
+    assert uuid.UUID(first.id) == uuid.uuid5(
+        uuid.uuid5(uuid.NAMESPACE_URL, "urn:kafka-anomaly-agent:alert"), "events/2/9041"
+    )
+    assert make(source=AlertSource("events", 2, 9042, None, None)).id != first.id
+    assert make(source=AlertSource("events", 3, 9041, None, None)).id != first.id
+    assert make(source=AlertSource("other", 2, 9041, None, None)).id != first.id
+
+
+def test_key_groups_similar_alerts() -> None:
+    template = "payment gateway timeout after <NUM> ms for order <NUM>"
+    a = make(text="payment gateway timeout after 30000 ms for order 17", prepared_text=template)
+    b = make(
+        text="payment gateway timeout after 31000 ms for order 99",
+        prepared_text=template,
+        source=AlertSource("events", 0, 1, None, None),
+    )
+    assert a.key == b.key
+    assert len(a.key) == 32 and all(c in b"0123456789abcdef" for c in a.key)
+    assert make(prepared_text=template, cluster_id=4).key != a.key
+    assert make(prepared_text=template, model_id="shop-2026-12-01").key != a.key
+    assert make(prepared_text="disk full on <PATH>").key != a.key
+
+
+def test_key_defaults_to_the_raw_text() -> None:
+    assert make().key == make(prepared_text="payment gateway timeout after 30000 ms for order 17").key
+
+
+def test_long_text_is_truncated_and_flagged(validator: Draft202012Validator) -> None:
+    value = doc(make(text="é" * 40, text_max_chars=16))
+    validator.validate(value)
+    assert value["text"] == "é" * 16
+    assert value["text_truncated"] is True
+    assert value["text_length"] == 40
+
+
+def test_binary_key_is_base64_and_missing_key_and_timestamp_are_null(validator: Draft202012Validator) -> None:
+    value = doc(make(source=AlertSource("events", 0, 0, b"\xff\x00\xfe", None)))
+    validator.validate(value)
+    assert value["source"]["key"] == base64.b64encode(b"\xff\x00\xfe").decode()
+    assert value["source"]["key_encoding"] == "base64"
+    assert value["source"]["timestamp"] is None and value["source"]["timestamp_ms"] is None
+
+    value = doc(make(source=AlertSource("events", 0, 0, None, -1)))
+    validator.validate(value)
+    assert value["source"]["key"] is None and value["source"]["key_encoding"] is None
+    assert value["source"]["timestamp"] is None
+
+
+def test_detector_without_clusters_and_numpy_scalars(validator: Draft202012Validator) -> None:
+    """Scores arrive as numpy scalars from Detector.score; cluster -1 means "no cluster"."""
+    value = doc(
+        make(
+            score=np.float64(2.5),
+            cluster_id=np.int64(-1),
+            cluster_label=None,
+            distance=np.float64(0.9),
+            raw_threshold=None,
+        )
+    )
+    validator.validate(value)
+    assert value["cluster"] == {"id": None, "label": None}
+    assert value["score"] == 2.5 and value["raw_threshold"] is None
+    assert doc(make(cluster_id=np.int64(7)))["cluster"]["id"] == 7
+
+
+def test_non_finite_numbers_stay_valid_json(validator: Draft202012Validator) -> None:
+    record = make(score=float("inf"), fields={"ratio": float("nan"), "nested": [float("-inf")]})
+    value = json.loads(record.value, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    validator.validate(value)
+    assert value["score"] > 1e300
+    assert value["fields"] == {"ratio": "NaN", "nested": ["-Infinity"]}
+    with pytest.raises(ValueError, match="NaN"):
+        make(score=float("nan"))
+
+
+def test_unpaired_surrogate_in_a_carried_field_is_escaped_not_lost() -> None:
+    record = make(fields={"note": "bad \ud800 half"})
+    assert doc(record)["fields"]["note"] == "bad \ud800 half"
+
+
+def test_non_ascii_text_is_utf8_not_escaped() -> None:
+    record = make(text="Zahlung fehlgeschlagen: Überweisung 🚫")
+    assert "Überweisung 🚫".encode() in record.value
+
+
+def test_detected_at_defaults_to_now_utc_and_is_normalised_to_utc() -> None:
+    before = datetime.now(UTC)
+    value = doc(make(detected_at=None))
+    detected = datetime.fromisoformat(value["detected_at"].replace("Z", "+00:00"))
+    assert before - timedelta(seconds=1) <= detected <= datetime.now(UTC)
+
+    cet = timezone(timedelta(hours=1))
+    assert doc(make(detected_at=datetime(2026, 1, 1, 1, 0, tzinfo=cet)))["detected_at"] == (
+        "2026-01-01T00:00:00.000Z"
+    )
+    with pytest.raises(ValueError, match="timezone"):
+        make(detected_at=datetime(2026, 1, 1))
+
+
+def test_schema_rejects_a_malformed_alert(validator: Draft202012Validator) -> None:
+    """The schema is a real check: it refuses documents that break the contract."""
+    good = doc(make())
+    for field in ("id", "score", "source", "detected_at"):
+        broken = dict(good)
+        del broken[field]
+        assert not validator.is_valid(broken), field
+    assert not validator.is_valid({**good, "schema_version": 2})
+    assert not validator.is_valid({**good, "detected_at": "2026-11-22 17:49:27"})
+    assert not validator.is_valid({**good, "id": "not-a-uuid"})
