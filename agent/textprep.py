@@ -135,7 +135,7 @@ def mask_text(text: str, masks: tuple[Mask, ...] = MASKS) -> str:
     return text
 
 
-def _lookup(record: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+def lookup_field(record: Mapping[str, Any], path: str) -> tuple[bool, Any]:
     """(found, value) for a dotted path; a literal key containing dots wins (CSV columns may have them)."""
     if path in record:
         return True, record[path]
@@ -177,7 +177,7 @@ class TextPreparation:
         present = sorted(str(k) for k in record)
         parts: list[str] = []
         for name in self.fields:
-            found, value = _lookup(record, name)
+            found, value = lookup_field(record, name)
             if not found or value is None:
                 raise MissingTextError(
                     f"text field {name!r} is {'null' if found else 'missing'}"
