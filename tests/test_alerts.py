@@ -22,7 +22,7 @@ from exporters.alerts import (
     build_alert,
 )
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "alert.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "docs" / "alert.schema.json"
 DETECTED = datetime(2026, 11, 22, 17, 49, 27, 123456, tzinfo=UTC)
 
 
