@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from agent.config import EventFormat
+from agent.textprep import lookup_field
 
 # Bounded so a dead-letter header never carries (a large part of) the payload it describes.
 DETAIL_MAX_CHARS = 300
@@ -78,11 +79,13 @@ def decode_event(
     """Decode one record value.
 
     ``format`` is ``EventFormat.TEXT`` (the whole value is the text) or ``EventFormat.JSON`` (an
-    object; ``text_field`` is a dotted path such as ``"message.text"`` walking nested objects).
-    A number at the path is accepted and used as its JSON text (``42`` → ``"42"``); booleans, null,
-    arrays and objects are MISSING_TEXT. A null value (tombstone) is rejected as TOMBSTONE rather
-    than silently skipped, so what arrived is always accounted for. ``timestamp_ms`` is the
-    record's timestamp; negative values (librdkafka's "not available") become None.
+    object; ``text_field`` is a dotted path such as ``"message.text"`` resolved exactly as training
+    resolves it, by ``agent.textprep.lookup_field``: a literal key containing dots wins, numeric
+    parts index arrays). A number at the path is accepted as ``str(number)`` (``42`` → ``"42"``);
+    booleans, null, arrays and objects are MISSING_TEXT. A null value (tombstone) is rejected as
+    TOMBSTONE rather than silently skipped, so what arrived is always accounted for.
+    ``timestamp_ms`` is the record's timestamp; negative values (librdkafka's "not available")
+    become None.
 
     Never raises for any input bytes.
     """
@@ -115,23 +118,19 @@ def decode_event(
             DeadLetterReason.NOT_AN_OBJECT, f"top-level JSON value is {_json_type(document)}, not an object"
         )
 
-    path = text_field.split(".")
-    node: Any = document
-    for depth, key in enumerate(path):
-        if not isinstance(node, dict) or key not in node:
-            where = ".".join(path[: depth + 1])
-            return Rejected(DeadLetterReason.MISSING_TEXT, f"field {where!r} not found")
-        node = node[key]
+    found, node = lookup_field(document, text_field)
+    if not found:
+        return Rejected(DeadLetterReason.MISSING_TEXT, f"field {text_field!r} not found")
     if isinstance(node, str):
         text = node
     elif isinstance(node, int | float) and not isinstance(node, bool):
-        text = json.dumps(node)
+        text = str(node)  # as TextPreparation.extract does at training time
     else:
         return Rejected(
             DeadLetterReason.MISSING_TEXT,
             f"field {text_field!r} is {_json_type(node)}, expected a string or a number",
         )
-    return _checked_text(text, _without(document, path), ts)
+    return _checked_text(text, _without(document, text_field), ts)
 
 
 def _checked_text(text: str, fields: dict[str, Any], ts: int | None) -> DecodedEvent | Rejected:
@@ -149,15 +148,25 @@ def _checked_text(text: str, fields: dict[str, Any], ts: int | None) -> DecodedE
     return DecodedEvent(text=text, fields=fields, timestamp_ms=ts)
 
 
-def _without(document: dict[str, Any], path: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``document`` minus the leaf at ``path``; only the dicts along the path are copied."""
+def _without(document: dict[str, Any], text_field: str) -> dict[str, Any]:
+    """A copy of ``document`` minus the value ``lookup_field`` found; only the containers along
+    the path are copied, the input is never modified."""
     top = dict(document)
-    node = top
-    for key in path[:-1]:
-        child = dict(node[key])
+    if text_field in top:
+        del top[text_field]
+        return top
+    parts = text_field.split(".")
+    node: Any = top
+    for part in parts[:-1]:
+        key: str | int = int(part) if isinstance(node, list) else part
+        child = node[key]
+        child = list(child) if isinstance(child, list) else dict(child)
         node[key] = child
         node = child
-    del node[path[-1]]
+    if isinstance(node, list):
+        del node[int(parts[-1])]
+    else:
+        del node[parts[-1]]
     return top
 
 

@@ -42,12 +42,27 @@ def test_json_event_yields_text_other_fields_and_timestamp() -> None:
     )
 
 
-def test_nested_dotted_path_removes_only_the_leaf_and_leaves_the_input_untouched() -> None:
+def test_nested_dotted_path_removes_only_the_leaf_from_fields() -> None:
     value = b'{"message": {"text": "segfault in worker", "pid": 42}, "host": "a"}'
     result = decode(value, text_field="message.text")
     assert isinstance(result, DecodedEvent)
     assert result.text == "segfault in worker"
     assert result.fields == {"message": {"pid": 42}, "host": "a"}
+
+
+def test_literal_dotted_key_wins_and_numeric_parts_index_arrays() -> None:
+    """Same path rules as training (agent.textprep.lookup_field), so both read the same text."""
+    result = decode(b'{"log.message": "literal", "log": {"message": "nested"}}', text_field="log.message")
+    assert isinstance(result, DecodedEvent)
+    assert result.text == "literal"
+    assert result.fields == {"log": {"message": "nested"}}
+
+    value = b'{"entries": [{"msg": "first"}, {"msg": "second", "n": 2}], "host": "h"}'
+    result = decode(value, text_field="entries.1.msg")
+    assert isinstance(result, DecodedEvent)
+    assert result.text == "second"
+    assert result.fields == {"entries": [{"msg": "first"}, {"n": 2}], "host": "h"}
+    assert rejected(decode(value, text_field="entries.5.msg")).reason is DeadLetterReason.MISSING_TEXT
 
 
 def test_number_text_is_used_as_its_json_text() -> None:
