@@ -35,7 +35,10 @@ class OpsTools:
 
 def _resolve() -> OpsTools | None:
     path = os.pathsep.join([str(VENV_BIN), str(TOOLS_BIN), os.environ.get("PATH", "")])
-    found = {name: shutil.which(name, path=path) for name in ("systemd-analyze", "promtool", "prometheus", "hadolint")}
+    found = {
+        name: shutil.which(name, path=path)
+        for name in ("systemd-analyze", "promtool", "prometheus", "hadolint")
+    }
     kustomize: tuple[str, ...] | None = None
     if (k := shutil.which("kustomize", path=path)) is not None:
         kustomize = (k,)
@@ -58,7 +61,9 @@ def ensure_tools() -> OpsTools:
     if tools is not None:
         return tools
     env = dict(os.environ, VENV=str(VENV_BIN.parent))
-    proc = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, env=env, timeout=1200)
+    proc = subprocess.run(
+        ["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, env=env, timeout=1200
+    )
     tools = _resolve()
     if tools is None:
         raise RuntimeError(

@@ -44,7 +44,10 @@ def test_every_alert_has_a_firing_unit_test() -> None:
     assert alerts >= REQUIRED_ALERTS
     tests = yaml.safe_load((PROM / "rules_test.yml").read_text())
     fired = {
-        case["alertname"] for t in tests["tests"] for case in t.get("alert_rule_test", []) if case["exp_alerts"]
+        case["alertname"]
+        for t in tests["tests"]
+        for case in t.get("alert_rule_test", [])
+        if case["exp_alerts"]
     }
     assert fired == alerts, f"alerts without a test that shows them firing: {alerts - fired}"
 
