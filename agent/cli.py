@@ -114,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--events", type=int, default=None, help="how many events to replay (default: the whole sample)"
     )
+    p.add_argument(
+        "--rate", type=float, default=25.0, help="events per second to replay (0: as fast as possible)"
+    )
+    p.add_argument(
+        "--exit-after-replay",
+        action="store_true",
+        help="stop once the agent has processed every replayed event and its alerts were read (tests, CI)",
+    )
+    p.add_argument(
+        "--state-dir", type=Path, default=None, help="broker state, bundle, logs (default: var/demo)"
+    )
     return parser
 
 

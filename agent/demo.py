@@ -1,0 +1,829 @@
+"""``anomaly-agent demo`` (``make demo``): the whole product, end to end, on one machine.
+
+What it does, in order (docs/demo.md shows a session):
+
+1. starts a local single-node Kafka broker with ``deploy/local/kafka.sh`` (state in
+   ``var/demo/kafka``, wiped first so every run starts from empty topics) — or uses the broker
+   named by ``ANOMALY_AGENT_KAFKA__BOOTSTRAP_SERVERS`` when that is set;
+2. creates the input, alert and dead-letter topics named in ``deploy/demo/agent.toml``;
+3. trains a model bundle on ``deploy/demo/train.jsonl`` (800 normal service-log events shipped in
+   the project) with ``anomaly-agent train``, which exports the default embedder to ONNX once
+   into the cache; a bundle already trained from the same data is verified and reused;
+4. starts the agent exactly as an operator would, ``anomaly-agent run --config
+   deploy/demo/agent.toml`` in its own process, with environment overrides for the broker
+   address, the bundle path and, if 9464/8080 are taken, the metrics/health ports, and waits for
+   ``/readyz``;
+5. replays ``deploy/demo/stream.jsonl`` (normal events with stack traces, OOM kills, disk failures,
+   brute-force attempts... spread through it, and three malformed records) at ``--rate`` events/s,
+   printing every alert (read with ``isolation.level=read_committed``) and dead letter as it
+   arrives, with whether that event was meant to be anomalous;
+6. keeps running until Ctrl-C (or, with ``--exit-after-replay``, until the agent has committed
+   the offsets of every replayed event and the alerts have been read), then stops the agent with
+   SIGTERM (it drains its batch, commits and exits 0), closes the clients, stops the broker it
+   started (a broker it did not start is left running) and prints a summary, also written to
+   ``<state dir>/summary.json``.
+
+The agent runs in its own session (process group) so the terminal's Ctrl-C reaches only the
+demo, which then shuts things down in order; the broker is started with ``--owner-pid`` so it
+stops even if the demo is killed outright. The demo is an orchestrator: it never imports the
+training side (torch), only runs the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.bundle import BundleError, verify_bundle
+from agent.config import ConfigError, Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = REPO_ROOT / "deploy" / "demo"
+CONFIG_FILE = DEMO_DIR / "agent.toml"
+TRAIN_FILE = DEMO_DIR / "train.jsonl"
+STREAM_FILE = DEMO_DIR / "stream.jsonl"
+KAFKA_SH = REPO_ROOT / "deploy" / "local" / "kafka.sh"
+DEFAULT_STATE_DIR = REPO_ROOT / "var" / "demo"
+DETECTOR = "knn"
+BOOTSTRAP_ENV = "ANOMALY_AGENT_KAFKA__BOOTSTRAP_SERVERS"
+# How long the agent may take from start to /readyz (a cold onnxruntime session load included).
+READY_TIMEOUT_S = 180.0
+# --exit-after-replay: how long after the last send the agent may take to commit everything.
+DRAIN_TIMEOUT_S = 180.0
+# Once every input offset is committed, the matching alerts are committed too (same transaction);
+# this is how long to keep reading them after the last one arrived before calling it complete.
+SETTLE_S = 2.0
+EXIT_INTERRUPTED = 130
+
+
+class DemoError(Exception):
+    """A step of the demo failed; the message says which and where to look."""
+
+
+# --- the replayed stream ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """One line of stream.jsonl: what to send and what it is (normal, anomaly or malformed)."""
+
+    label: str
+    value: dict[str, Any] | str
+
+    @property
+    def service(self) -> str:
+        return str(self.value.get("service", "-")) if isinstance(self.value, dict) else "-"
+
+    def payload(self, now: datetime) -> bytes:
+        """The Kafka value: the event as JSON with ``ts`` set to the send time, or the raw string."""
+        if isinstance(self.value, str):
+            return self.value.encode("utf-8")
+        event = dict(self.value)
+        event["ts"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return json.dumps(event, ensure_ascii=False).encode("utf-8")
+
+
+def load_stream(path: Path, count: int | None) -> list[StreamRecord]:
+    """The first ``count`` records of the stream (all when None), cycling through it when longer."""
+    records = [StreamRecord(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    if not records:
+        raise DemoError(f"{path} holds no records")
+    if count is None:
+        return records
+    return [records[i % len(records)] for i in range(count)]
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+class Console:
+    """Aligned, optionally coloured lines on stdout; one place that knows the column layout."""
+
+    COLUMNS = "  {time:<8}  {kind:<5}  {score:>6}  {offset:>6}  {truth:<14}  {service:<16}  {text}"
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+        self.colour = out.isatty() and os.environ.get("NO_COLOR") is None
+
+    def _paint(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.colour else text
+
+    def line(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def step(self, number: int, title: str, detail: str) -> None:
+        self.line(f"{self._paint(f'[{number}/5]', '1')} {title:<16} {detail}")
+
+    def info(self, text: str) -> None:
+        self.line(f"      {text}")
+
+    def header(self) -> None:
+        self.line()
+        self.line(
+            self._paint(
+                self.COLUMNS.format(
+                    time="TIME",
+                    kind="KIND",
+                    score="SCORE",
+                    offset="OFFSET",
+                    truth="EXPECTED",
+                    service="SERVICE",
+                    text="TEXT",
+                ),
+                "1",
+            )
+        )
+
+    def record(
+        self, *, kind: str, score: float | None, offset: int, truth: str, service: str, text: str
+    ) -> None:
+        first, _, rest = text.strip().partition("\n")
+        if rest:
+            first += f" (+{rest.count(chr(10)) + 1} lines)"
+        prefix = self.COLUMNS.format(
+            time=datetime.now().strftime("%H:%M:%S"),
+            kind=kind,
+            score="" if score is None else f"{score:.2f}",
+            offset=offset,
+            truth=truth,
+            service=service[:16],
+            text="",
+        )
+        width = shutil.get_terminal_size((160, 24)).columns
+        room = max(20, width - len(prefix))
+        shown = first if len(first) <= room else first[: room - 1] + "…"
+        colour = {"ALERT": "31" if truth == "anomaly" else "33", "DLQ": "35"}.get(kind, "0")
+        self.line(self._paint(prefix, colour) + shown)
+
+
+# --- processes and clients ---------------------------------------------------------------------
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _port_available(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _kafka_sh(command: str, state_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Runs deploy/local/kafka.sh; its human-readable progress goes straight to our stderr.
+
+    In its own session: a Ctrl-C during a start must not kill the script between launching the
+    JVM and arming its owner watchdog; the demo lets the start finish, then stops the broker.
+    """
+    return subprocess.run(
+        ["bash", str(KAFKA_SH), command, "--dir", str(state_dir), *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+        start_new_session=True,
+    )
+
+
+@dataclass
+class Broker:
+    """The broker the demo talks to; ``owned`` when this run started it (and so stops it)."""
+
+    bootstrap: str
+    owned: bool
+    fresh: bool
+    state_dir: Path | None
+
+    @classmethod
+    def acquire(cls, state_dir: Path) -> Broker:
+        external = os.environ.get(BOOTSTRAP_ENV)
+        if external:
+            return cls(bootstrap=external, owned=False, fresh=False, state_dir=None)
+        running = _kafka_sh("status", state_dir).returncode == 0
+        if not running:
+            # A stopped demo broker's data is the previous run's: start from empty topics.
+            shutil.rmtree(state_dir, ignore_errors=True)
+        done = _kafka_sh("start", state_dir, "--owner-pid", str(os.getpid()))
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            _kafka_sh("stop", state_dir)
+            raise DemoError(
+                f"deploy/local/kafka.sh start failed (exit {done.returncode}); see its messages above"
+            )
+        return cls(bootstrap=lines[-1].strip(), owned=not running, fresh=not running, state_dir=state_dir)
+
+    def release(self) -> str:
+        if not self.owned or self.state_dir is None:
+            return "left running" if self.state_dir is not None else "external, untouched"
+        done = _kafka_sh("stop", self.state_dir)
+        return "stopped" if done.returncode == 0 else f"stop failed (exit {done.returncode})"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Topic and group names for this run (suffixed when the broker may hold earlier runs' data)."""
+
+    input: str
+    alerts: str
+    dead_letter: str
+    group_id: str
+
+    @classmethod
+    def for_run(cls, settings: Settings, suffix: str) -> Names:
+        return cls(
+            input=settings.topics.input[0] + suffix,
+            alerts=settings.topics.alerts + suffix,
+            dead_letter=settings.topics.dead_letter + suffix,
+            group_id=settings.kafka.group_id + suffix,
+        )
+
+
+def create_topics(bootstrap: str, names: Names) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    wanted = [
+        NewTopic(t, num_partitions=1, replication_factor=1)
+        for t in (names.input, names.alerts, names.dead_letter)
+    ]
+    for topic, future in admin.create_topics(wanted, operation_timeout=30).items():
+        try:
+            future.result(timeout=60)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise DemoError(f"creating topic {topic} on {bootstrap}: {exc}") from exc
+
+
+def _fingerprint(detector: str) -> str:
+    digest = hashlib.sha256(TRAIN_FILE.read_bytes())
+    digest.update(detector.encode())
+    return digest.hexdigest()
+
+
+def ensure_bundle(bundle: Path, env: Mapping[str, str]) -> tuple[str, bool]:
+    """Trains the demo bundle unless one trained from the same data verifies; returns (how, trained)."""
+    stamp = bundle.with_name(bundle.name + ".source-sha256")
+    fingerprint = _fingerprint(DETECTOR)
+    if stamp.is_file() and stamp.read_text().strip() == fingerprint:
+        try:
+            verify_bundle(bundle)
+        except BundleError:
+            pass
+        else:
+            return "reused (same training data, files verified)", False
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "agent.cli", "train",
+        "--input", str(TRAIN_FILE), "--text-field", "message", "--detector", DETECTOR, "--out", str(bundle),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=dict(env), check=False, stdout=sys.stderr)
+    if done.returncode != 0:
+        raise DemoError(f"training the demo bundle failed (exit {done.returncode}): {' '.join(command)}")
+    stamp.write_text(fingerprint + "\n")
+    return "trained", True
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+def scrape(metrics_url: str) -> dict[str, float]:
+    """The agent's counters from /metrics, summed over labels (name without ``_total``)."""
+    status, body = _get(metrics_url)
+    if status != 200:
+        return {}
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        if family.type != "counter":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                totals[family.name] = totals.get(family.name, 0.0) + float(sample.value)
+    return totals
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    if not path.is_file():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Agent:
+    """``anomaly-agent run`` as a child process in its own session, output in a log file."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: Any
+
+    @classmethod
+    def start(cls, env: Mapping[str, str], log_path: Path) -> Agent:
+        log_file = log_path.open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(CONFIG_FILE)],
+            env=dict(env),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the terminal's Ctrl-C is the demo's to handle, in order
+        )
+        return cls(process=process, log_path=log_path, log_file=log_file)
+
+    def wait_ready(self, readyz: str, stop: StopFlag) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and not stop.is_set():
+            if self.process.poll() is not None:
+                raise DemoError(
+                    f"the agent exited with {self.process.returncode} before it was ready; "
+                    f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
+                )
+            if _get(readyz, timeout=1.0)[0] == 200:
+                return
+            time.sleep(0.25)
+        if not stop.is_set():
+            raise DemoError(f"the agent was not ready within {READY_TIMEOUT_S:.0f}s; see {self.log_path}")
+
+    def stop(self, grace_s: float) -> int:
+        """SIGTERM, wait for the graceful exit (drain, commit, close); SIGKILL only past the grace."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace_s + 10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log_file.close()
+        return int(self.process.returncode)
+
+
+class StopFlag:
+    """Set by the first SIGINT/SIGTERM; a second Ctrl-C raises KeyboardInterrupt (the impatient exit)."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._set and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._set = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+# --- the replay and the readers ----------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What was sent and what came back, keyed by input offset so alerts map to their events."""
+
+    sent: Counter[str] = field(default_factory=Counter)
+    by_offset: dict[int, StreamRecord] = field(default_factory=dict)
+    alerts: dict[int, float] = field(default_factory=dict)
+    dead_letters: dict[int, str] = field(default_factory=dict)
+    delivery_errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        anomalous = {o for o, r in self.by_offset.items() if r.label == "anomaly"}
+        malformed = {o for o, r in self.by_offset.items() if r.label == "malformed"}
+        alerted = set(self.alerts)
+        return {
+            "events_sent": sum(self.sent.values()),
+            "events_sent_by_label": dict(self.sent),
+            "alerts_received": len(self.alerts),
+            "anomalies_alerted": len(alerted & anomalous),
+            "anomalies_missed_offsets": sorted(anomalous - alerted),
+            "false_positive_offsets": sorted(alerted - anomalous),
+            "dead_letters_received": len(self.dead_letters),
+            "dead_letter_reasons": dict(Counter(self.dead_letters.values())),
+            "malformed_not_dead_lettered_offsets": sorted(malformed - set(self.dead_letters)),
+            "delivery_errors": self.delivery_errors,
+        }
+
+
+class Readers:
+    """read_committed readers of the alert and dead-letter topics, printing what arrives."""
+
+    def __init__(self, bootstrap: str, names: Names, tally: Tally, console: Console) -> None:
+        self.names = names
+        self.tally = tally
+        self.console = console
+        self.last_arrival = time.monotonic()
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"demo-reader-{uuid.uuid4().hex[:8]}",  # required by librdkafka; never committed
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        self.consumer.assign(
+            [
+                TopicPartition(names.alerts, 0, OFFSET_BEGINNING),
+                TopicPartition(names.dead_letter, 0, OFFSET_BEGINNING),
+            ]
+        )
+
+    def poll(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self.consumer.poll(max(0.0, min(0.1, deadline - time.monotonic())))
+            if message is not None:
+                self._show(message)
+            if time.monotonic() >= deadline:
+                return
+
+    def _show(self, message: Message) -> None:
+        if message.error():
+            self.console.info(f"reader: {message.error()}")
+            return
+        self.last_arrival = time.monotonic()
+        if message.topic() == self.names.alerts:
+            alert = json.loads(message.value() or b"null")
+            offset = int(alert["source"]["offset"])
+            self.tally.alerts[offset] = float(alert["score"])
+            record = self.tally.by_offset.get(offset)
+            self.console.record(
+                kind="ALERT", score=float(alert["score"]), offset=offset,
+                truth=_truth(record, "anomaly"), service=record.service if record else "?",
+                text=str(alert["text"]),
+            )  # fmt: skip
+        else:
+            headers = _headers(message)
+            offset = int(headers.get("dlq.source.offset", "-1"))
+            reason = headers.get("dlq.reason", "?")
+            self.tally.dead_letters[offset] = reason
+            record = self.tally.by_offset.get(offset)
+            raw = (message.value() or b"").decode("utf-8", "replace")
+            self.console.record(
+                kind="DLQ", score=None, offset=offset, truth=_truth(record, "malformed"),
+                service=reason, text=raw,
+            )  # fmt: skip
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _headers(message: Message) -> dict[str, str]:
+    """A record's headers as text; the last value of a repeated name wins (as dlq.* headers specify)."""
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return {
+        name: value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
+        for name, value in pairs
+    }
+
+
+def _truth(record: StreamRecord | None, expected: str) -> str:
+    """The EXPECTED column: what the replayed event was, flagged when it was not ``expected``."""
+    if record is None:
+        return "?"
+    return record.label if record.label == expected else f"{record.label} (!)"
+
+
+def committed_all(bootstrap: str, names: Names) -> bool:
+    """Whether the agent's group has committed the input topic's end offset (everything processed)."""
+    probe = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": names.group_id, "enable.auto.commit": False}
+    )
+    try:
+        tp = TopicPartition(names.input, 0)
+        _, high = probe.get_watermark_offsets(tp, timeout=10)
+        committed = probe.committed([tp], timeout=10)[0].offset
+        return bool(high > 0 and committed >= high)
+    except KafkaException:
+        return False
+    finally:
+        probe.close()
+
+
+def replay(
+    producer: Producer,
+    records: list[StreamRecord],
+    *,
+    topic: str,
+    rate: float,
+    tally: Tally,
+    readers: Readers,
+    stop: StopFlag,
+) -> None:
+    """Sends the records at ``rate`` events/s (0 = as fast as possible), reading alerts in between."""
+
+    def delivered(index: int) -> Any:
+        def callback(err: KafkaError | None, message: Message) -> None:
+            if err is not None:
+                tally.delivery_errors.append(f"record {index}: {err}")
+            else:
+                tally.by_offset[message.offset() or 0] = records[index]
+
+        return callback
+
+    started = time.monotonic()
+    for index, record in enumerate(records):
+        if stop.is_set():
+            return
+        if rate > 0:
+            due = started + index / rate
+            while time.monotonic() < due and not stop.is_set():
+                producer.poll(0)
+                readers.poll(min(0.05, max(0.0, due - time.monotonic())))
+        producer.produce(
+            topic, value=record.payload(datetime.now(UTC)), key=f"demo-{index}", on_delivery=delivered(index)
+        )
+        tally.sent[record.label] += 1
+        producer.poll(0)
+    producer.flush(30)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def _child_env(
+    broker: Broker, names: Names, suffix: str, bundle: Path, ports: tuple[int, int]
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            BOOTSTRAP_ENV: broker.bootstrap,
+            "ANOMALY_AGENT_MODEL__BUNDLE": str(bundle),
+            "ANOMALY_AGENT_METRICS__PORT": str(ports[0]),
+            "ANOMALY_AGENT_HEALTH__PORT": str(ports[1]),
+        }
+    )
+    if suffix:
+        env.update(
+            {
+                "ANOMALY_AGENT_TOPICS__INPUT": json.dumps([names.input]),
+                "ANOMALY_AGENT_TOPICS__ALERTS": names.alerts,
+                "ANOMALY_AGENT_TOPICS__DEAD_LETTER": names.dead_letter,
+                "ANOMALY_AGENT_KAFKA__GROUP_ID": names.group_id,
+            }
+        )
+    return env
+
+
+def _ports(settings: Settings) -> tuple[int, int]:
+    """The configured metrics/health ports, or free ones when something else holds them."""
+    metrics, health = settings.metrics.port, settings.health.port
+    if not _port_available(settings.metrics.host, metrics):
+        metrics = _free_port(settings.metrics.host)
+    if not _port_available(settings.health.host, health) or health == metrics:
+        health = _free_port(settings.health.host)
+    return metrics, health
+
+
+def run_demo(args: argparse.Namespace, console: Console, stop: StopFlag) -> dict[str, Any]:
+    """The demo proper; returns the summary. Everything it starts is stopped before it returns."""
+    t0 = time.monotonic()
+    state_dir: Path = (args.state_dir or DEFAULT_STATE_DIR).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    settings = load_settings(CONFIG_FILE)
+    records = load_stream(STREAM_FILE, args.events)
+    summary: dict[str, Any] = {"state_dir": str(state_dir)}
+
+    console.line("kafka-anomaly-agent demo — Ctrl-C stops everything")
+    t = time.monotonic()
+    broker = Broker.acquire(state_dir / "kafka")
+    summary["bootstrap"] = broker.bootstrap
+    how = (
+        "external (ANOMALY_AGENT_KAFKA__BOOTSTRAP_SERVERS)"
+        if broker.state_dir is None
+        else (
+            f"started, state in {broker.state_dir}"
+            if broker.owned
+            else f"already running, state in {broker.state_dir}"
+        )
+    )
+    console.step(1, "Kafka broker", f"{broker.bootstrap} ({how}, {time.monotonic() - t:.1f}s)")
+    agent: Agent | None = None
+    readers: Readers | None = None
+    producer: Producer | None = None
+    tally = Tally()
+    try:
+        suffix = "" if broker.fresh else f"-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
+        names = Names.for_run(settings, suffix)
+        create_topics(broker.bootstrap, names)
+        summary["topics"] = {"input": names.input, "alerts": names.alerts, "dead_letter": names.dead_letter}
+        console.step(2, "topics", f"{names.input} → agent → {names.alerts}, {names.dead_letter}")
+
+        bundle = state_dir / "bundle"
+        ports = _ports(settings)
+        env = _child_env(broker, names, suffix, bundle, ports)
+        t = time.monotonic()
+        console.step(3, "model bundle", f"{DETECTOR} detector on {TRAIN_FILE.relative_to(REPO_ROOT)} ...")
+        try:
+            how, _ = ensure_bundle(bundle, env)
+        except DemoError:
+            if stop.is_set():  # Ctrl-C reached the training process too; that is not a failure
+                return summary
+            raise
+        console.info(f"{bundle}: {how} in {time.monotonic() - t:.1f}s")
+        if stop.is_set():
+            return summary
+
+        metrics_url = f"http://{settings.metrics.host}:{ports[0]}/metrics"
+        base = f"http://{settings.health.host}:{ports[1]}"
+        summary.update(metrics_url=metrics_url, healthz_url=f"{base}/healthz", readyz_url=f"{base}/readyz")
+        t = time.monotonic()
+        agent = Agent.start(env, state_dir / "agent.log")
+        console.step(
+            4,
+            "agent",
+            f"anomaly-agent run --config {CONFIG_FILE.relative_to(REPO_ROOT)} (pid {agent.process.pid})",
+        )
+        agent.wait_ready(f"{base}/readyz", stop)
+        if stop.is_set():
+            return summary
+        console.info(f"ready in {time.monotonic() - t:.1f}s; log {agent.log_path}")
+        console.info(f"metrics  {metrics_url}")
+        console.info(f"health   {base}/healthz   {base}/readyz")
+        summary["setup_seconds"] = round(time.monotonic() - t0, 1)
+
+        readers = Readers(broker.bootstrap, names, tally, console)
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+        labels = Counter(r.label for r in records)
+        pace = f"{args.rate:g} events/s" if args.rate > 0 else "full speed"
+        console.step(
+            5, "replay",
+            f"{len(records)} events at {pace}: {labels['normal']} normal, {labels['anomaly']} anomalous, "
+            f"{labels['malformed']} malformed → {names.input}",
+        )  # fmt: skip
+        console.header()
+        t = time.monotonic()
+        replay(producer, records, topic=names.input, rate=args.rate, tally=tally, readers=readers, stop=stop)
+        summary["replay_seconds"] = round(time.monotonic() - t, 1)
+        summary["all_processed"] = _wait_processed(
+            broker, names, readers, stop, args.exit_after_replay, console
+        )
+        summary["agent_counters"] = scrape(metrics_url)
+    finally:
+        if agent is not None:
+            console.line()
+            console.info("stopping the agent (SIGTERM: finish the batch, commit, exit)")
+            summary["agent_exit_code"] = agent.stop(settings.lifecycle.shutdown_grace_seconds)
+        if readers is not None:
+            readers.poll(1.0)  # the agent's last transaction may have committed alerts
+            readers.close()
+        if producer is not None:
+            producer.flush(5)
+            producer = None  # destroyed now, before the broker stops, not at garbage collection
+        summary["broker"] = broker.release()
+        summary.update(tally.summary())
+        summary["elapsed_seconds"] = round(time.monotonic() - t0, 1)
+        (state_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def _wait_processed(
+    broker: Broker, names: Names, readers: Readers, stop: StopFlag, exit_after_replay: bool, console: Console
+) -> bool:
+    """Reads alerts until the agent has committed every replayed offset (then exits, or waits for Ctrl-C)."""
+    done = False
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    next_check = 0.0
+    while not stop.is_set():
+        readers.poll(0.2)
+        now = time.monotonic()
+        if not done and now >= next_check:
+            next_check = now + 0.5
+            if committed_all(broker.bootstrap, names):
+                done = True
+                readers.last_arrival = max(readers.last_arrival, now)
+                if not exit_after_replay:
+                    console.info(
+                        "every replayed event is processed; the agent keeps running — Ctrl-C to stop"
+                    )
+        if exit_after_replay:
+            if done and now - readers.last_arrival >= SETTLE_S:
+                return True
+            if not done and now >= deadline:
+                console.info(
+                    f"the agent had not committed every event {DRAIN_TIMEOUT_S:.0f}s after the replay"
+                )
+                return False
+    return done
+
+
+def print_summary(console: Console, summary: Mapping[str, Any]) -> None:
+    sent = summary.get("events_sent_by_label", {})
+    counters = summary.get("agent_counters", {})
+    console.line()
+    console.line("summary")
+    console.info(
+        f"events sent        {summary.get('events_sent', 0)} "
+        f"({sent.get('normal', 0)} normal, {sent.get('anomaly', 0)} anomalous, "
+        f"{sent.get('malformed', 0)} malformed)"
+    )
+    console.info(
+        f"alerts received    {summary.get('alerts_received', 0)} "
+        f"({summary.get('anomalies_alerted', 0)} of {sent.get('anomaly', 0)} anomalies, "
+        f"{len(summary.get('false_positive_offsets', []))} on normal events)"
+    )
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("dead_letter_reasons", {}).items()))
+    console.info(
+        f"dead letters       {summary.get('dead_letters_received', 0)}" + (f" ({reasons})" if reasons else "")
+    )
+    if counters:
+        console.info(
+            "agent's counters   "
+            + ", ".join(
+                f"{name.removeprefix('anomaly_agent_')} {value:g}"
+                for name, value in sorted(counters.items())
+                if name.startswith("anomaly_agent_")
+                and any(w in name for w in ("consumed", "processed", "dead_lettered", "alerts_published"))
+            )
+        )
+    console.info(f"agent exit code    {summary.get('agent_exit_code', '-')}")
+    console.info(f"broker             {summary.get('bootstrap', '-')}: {summary.get('broker', '-')}")
+    console.info(
+        f"took               {summary.get('elapsed_seconds', 0)}s "
+        f"(set-up {summary.get('setup_seconds', '-')}s)"
+    )
+    console.info(f"summary written to {Path(summary.get('state_dir', '.')) / 'summary.json'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Entry point of ``anomaly-agent demo``; 0 when the agent exited cleanly (and, with
+    ``--exit-after-replay``, every replayed event was processed)."""
+    console = Console()
+    stop = StopFlag()
+    try:
+        with stop.installed():
+            summary = run_demo(args, console, stop)
+    except (DemoError, ConfigError) as exc:
+        print(f"anomaly-agent demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("anomaly-agent demo: interrupted twice; children may still be stopping", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print_summary(console, summary)
+    if "agent_exit_code" not in summary:
+        return EXIT_INTERRUPTED if stop.is_set() else 1
+    if summary["agent_exit_code"] != 0:
+        return 1
+    if args.exit_after_replay and not summary.get("all_processed"):
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agent.demo [flags]`` (what ``make demo`` runs): the CLI's demo subcommand."""
+    from agent.cli import main as cli_main
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
