@@ -12,9 +12,11 @@ several agents in one process never collide on the global default registry.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -23,6 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from agent import __version__
 from agent.decode import DeadLetterReason
+
+log = logging.getLogger(__name__)
 
 # Dense around the decision threshold 1.0 (score = raw / calibrated threshold), so the share of
 # events just below / just above it — the ones a threshold change would flip — is visible.
@@ -66,6 +70,18 @@ def batch_buckets(max_size: int) -> tuple[float, ...]:
         size *= 2
     buckets.append(float(max_size))
     return tuple(buckets)
+
+
+def _timestamp(moment: datetime | str | None) -> float | None:
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+        except ValueError:
+            log.warning("model created_at %r is not ISO 8601; model age metric omitted", moment)
+            return None
+    if moment is None or moment.tzinfo is None:
+        return None
+    return moment.timestamp()
 
 
 class AgentMetrics:
@@ -139,6 +155,12 @@ class AgentMetrics:
             ["model_id", "sha256", "detector"],
             registry=r,
         )
+        self.model_created = Gauge(
+            "anomaly_agent_model_created_timestamp_seconds",
+            "Unix time the model bundle in use was trained (manifest created_at); absent when unknown.",
+            ["model_id"],
+            registry=r,
+        )
         self.last_processed = Gauge(
             "anomaly_agent_last_processed_timestamp_seconds",
             "Unix time the last batch was scored.",
@@ -182,13 +204,24 @@ class AgentMetrics:
         self._model_labels: tuple[str, str, str] | None = None
         self._lag_labels: set[tuple[str, str]] = set()
 
-    def set_model(self, model_id: str, sha256: str, detector: str) -> None:
-        """Mark the model in use, removing the previous one's series so only the current is 1."""
+    def set_model(
+        self, model_id: str, sha256: str, detector: str, created_at: datetime | str | None = None
+    ) -> None:
+        """Mark the model in use, removing the previous one's series so only the current is 1.
+
+        ``created_at`` (the manifest's ISO 8601 ``created_at``, or a timezone-aware datetime) sets
+        ``anomaly_agent_model_created_timestamp_seconds`` for the model-staleness alert; when it is
+        None or unparsable that series is absent rather than 0, which would read as "1970".
+        """
         labels = (model_id, sha256, detector)
+        created = _timestamp(created_at)
         with self._lock:
             if self._model_labels is not None and self._model_labels != labels:
                 self.model_info.remove(*self._model_labels)
+            self.model_created.clear()  # holds at most the previous model's series
             self.model_info.labels(*labels).set(1)
+            if created is not None:
+                self.model_created.labels(model_id).set(created)
             self._model_labels = labels
 
     def observe_batch(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -256,16 +257,36 @@ def test_malformed_stats_raise_value_error(metrics: AgentMetrics) -> None:
         metrics.update_from_librdkafka_stats("[]")
 
 
+def model_series(metrics: AgentMetrics, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    return {labels: v for (n, labels), v in samples(metrics).items() if n == name}
+
+
 def test_model_info_swap_keeps_only_the_current_model(metrics: AgentMetrics) -> None:
-    metrics.set_model("logs-2026-11-01", "a" * 64, "kmeans")
-    metrics.set_model("logs-2026-11-01", "a" * 64, "kmeans")  # idempotent
-    metrics.set_model("logs-2026-11-22", "b" * 64, "hdbscan")
-    models = {
-        labels: v for (name, labels), v in samples(metrics).items() if name == "anomaly_agent_model_info"
+    metrics.set_model("logs-2026-11-01", "a" * 64, "kmeans", created_at="2026-11-01T08:00:00Z")
+    metrics.set_model("logs-2026-11-01", "a" * 64, "kmeans", created_at="2026-11-01T08:00:00Z")  # idempotent
+    assert model_series(metrics, "anomaly_agent_model_created_timestamp_seconds") == {
+        frozenset({("model_id", "logs-2026-11-01")}): datetime(2026, 11, 1, 8, tzinfo=UTC).timestamp()
     }
-    assert models == {
+    metrics.set_model("logs-2026-11-22", "b" * 64, "hdbscan", created_at=datetime(2026, 11, 22, tzinfo=UTC))
+    assert model_series(metrics, "anomaly_agent_model_info") == {
         frozenset({("model_id", "logs-2026-11-22"), ("sha256", "b" * 64), ("detector", "hdbscan")}): 1
     }
+    assert model_series(metrics, "anomaly_agent_model_created_timestamp_seconds") == {
+        frozenset({("model_id", "logs-2026-11-22")}): datetime(2026, 11, 22, tzinfo=UTC).timestamp()
+    }
+
+
+@pytest.mark.parametrize("created_at", [None, "last tuesday", datetime(2026, 11, 22)])
+def test_unknown_model_age_is_absent_not_zero(
+    metrics: AgentMetrics, created_at: datetime | str | None
+) -> None:
+    """A 0 would read as "trained in 1970" and fire the staleness alert."""
+    metrics.set_model("m1", "a" * 64, "knn", created_at="2026-11-01T08:00:00+00:00")
+    metrics.set_model("m2", "b" * 64, "knn", created_at=created_at)
+    assert model_series(metrics, "anomaly_agent_model_created_timestamp_seconds") == {}
+    metrics.set_model("m3", "c" * 64, "knn", created_at=created_at)  # swapping from "unknown" works
+    assert model_series(metrics, "anomaly_agent_model_created_timestamp_seconds") == {}
+    assert len(model_series(metrics, "anomaly_agent_model_info")) == 1
 
 
 def test_serve_exposes_the_registry_over_http(metrics: AgentMetrics) -> None:
