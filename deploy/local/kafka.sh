@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# Run a real single-node Apache Kafka 4 broker (KRaft, combined broker+controller) on 127.0.0.1
+# without Docker: the official jars come from Maven Central once into a version-keyed cache, the
+# JVM runs in the background, and this script waits until clients can connect.
+#
+#   deploy/local/kafka.sh start  [--port N] [--dir DIR] [--set KEY=VALUE]... [--owner-pid PID]
+#   deploy/local/kafka.sh stop   [--dir DIR]
+#   deploy/local/kafka.sh status [--dir DIR]
+#
+# start prints the bootstrap address (127.0.0.1:PORT) as the last line of stdout; everything meant
+# for humans goes to stderr. start on a running broker just prints its address again. status exits
+# 0 when the broker runs and 3 when it does not. See docs/local-broker.md for the knobs.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
+
+KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
+CACHE_ROOT=${ANOMALY_AGENT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kafka-anomaly-agent}
+LIBS_DIR=$CACHE_ROOT/kafka/$KAFKA_VERSION/libs
+STATE_DIR=${ANOMALY_AGENT_STATE_DIR:-$REPO_ROOT/var/kafka}
+PORT=${KAFKA_PORT:-}
+START_TIMEOUT=${KAFKA_START_TIMEOUT:-120}
+STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
+HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}
+# Serial GC and C1-only JIT: a test broker lives minutes on a shared 2-core box, where G1's
+# concurrent threads and C2 compilation cost more start-up CPU than they ever pay back.
+JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xss512k -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true}
+JAVA=${JAVA_HOME:+$JAVA_HOME/bin/}java
+OWNER_PID=""
+OVERRIDES=()
+
+log() { printf 'kafka.sh: %s\n' "$*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+usage() {
+	sed -n '6,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+}
+
+# --- helpers -----------------------------------------------------------------------------------
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Prints the broker pid when the pid file names a live JVM running *this* state dir's broker, so a
+# recycled pid is never mistaken for (or killed as) ours.
+running_pid() {
+	local pid
+	[[ -f $PID_FILE ]] || return 1
+	pid=$(<"$PID_FILE")
+	[[ $pid =~ ^[0-9]+$ ]] || return 1
+	kill -0 "$pid" 2>/dev/null || return 1
+	ps -p "$pid" -o args= 2>/dev/null | grep -qF -- "kafka.Kafka $CONF_FILE" || return 1
+	printf '%s\n' "$pid"
+}
+
+require_tools() {
+	command -v "$JAVA" >/dev/null || die "java not found; install a JDK 17+ (apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
+	command -v python3 >/dev/null || die "python3 not found (used to pick free ports)"
+	local spec
+	spec=$("$JAVA" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+	[[ ${spec%%.*} -ge 17 ]] 2>/dev/null || die "Kafka $KAFKA_VERSION needs Java 17+, $JAVA is ${spec:-unknown}"
+}
+
+# Resolves kafka_2.13 and its runtime dependencies once per version. Maven writes into a temp dir
+# beside the cache entry and the finished dir is renamed into place, so an interrupted download
+# never leaves a half cache behind; a concurrent run that renamed first simply wins.
+ensure_libs() {
+	[[ -d $LIBS_DIR ]] && return 0
+	command -v mvn >/dev/null || die "mvn not found; install Maven (apt-get install maven) to fetch the Kafka jars"
+	local parent tmp
+	parent=$(dirname "$LIBS_DIR")
+	mkdir -p "$parent"
+	tmp=$(mktemp -d "$parent/.libs.XXXXXX")
+	# shellcheck disable=SC2064  # expand now: the trap must remove this very temp dir
+	trap "rm -rf '$tmp'" EXIT
+	log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $LIBS_DIR (once)"
+	mvn -B -ntp -f "$SCRIPT_DIR/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+		dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/libs" >"$tmp/mvn.log" 2>&1 ||
+		{
+			tail -n 40 "$tmp/mvn.log" >&2
+			die "Maven could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (output above)"
+		}
+	[[ -f $tmp/libs/kafka_2.13-$KAFKA_VERSION.jar ]] || die "Maven finished but kafka_2.13-$KAFKA_VERSION.jar is missing"
+	mv -T "$tmp/libs" "$LIBS_DIR" 2>/dev/null || [[ -d $LIBS_DIR ]] || die "could not move the jars into $LIBS_DIR"
+	rm -rf "$tmp"
+	trap - EXIT
+}
+
+write_config() {
+	local port=$1 cport=$2
+	{
+		echo "# Written by deploy/local/kafka.sh on every start; edit with --set KEY=VALUE instead."
+		echo "process.roles=broker,controller"
+		echo "node.id=1"
+		echo "controller.quorum.voters=1@127.0.0.1:$cport"
+		echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+		echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
+		echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+		echo "inter.broker.listener.name=PLAINTEXT"
+		echo "controller.listener.names=CONTROLLER"
+		echo "log.dirs=$STATE_DIR/data"
+		echo "num.partitions=1"
+		echo "default.replication.factor=1"
+		echo "min.insync.replicas=1"
+		# Topics are created explicitly (AdminClient / the agent's set-up), as on most production
+		# clusters; a typo in a topic name then fails loudly instead of creating a new topic.
+		echo "auto.create.topics.enable=false"
+		# Internal topics on one node: replication factor 1, few partitions so that the first
+		# consumer group / transaction does not wait for 50 partitions to be created.
+		echo "offsets.topic.replication.factor=1"
+		echo "offsets.topic.num.partitions=5"
+		echo "transaction.state.log.replication.factor=1"
+		echo "transaction.state.log.min.isr=1"
+		echo "transaction.state.log.num.partitions=5"
+		echo "share.coordinator.state.topic.replication.factor=1"
+		echo "share.coordinator.state.topic.min.isr=1"
+		echo "group.initial.rebalance.delay.ms=0"
+		echo "num.network.threads=2"
+		echo "num.io.threads=4"
+		echo "log.retention.hours=24"
+		echo "log.segment.bytes=67108864"
+		local kv
+		for kv in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do echo "$kv"; done
+	} >"$CONF_FILE"
+}
+
+format_storage() {
+	[[ -f $STATE_DIR/data/meta.properties ]] && return 0
+	local cid
+	# A Kafka cluster id is 16 random bytes, base64url without padding; Kafka rejects ids
+	# starting with '-', so draw again in that case.
+	until [[ ${cid:-} =~ ^[A-Za-z0-9_] ]]; do
+		cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+	done
+	# shellcheck disable=SC2086  # JVM_OPTS is deliberately word-split
+	"$JAVA" $JVM_OPTS -Dlog4j2.configurationFile="$SCRIPT_DIR/log4j2.properties" -Dkafka.logs.dir="$STATE_DIR" \
+		-cp "$LIBS_DIR/*" kafka.tools.StorageTool format -t "$cid" -c "$CONF_FILE" >"$STATE_DIR/format.log" 2>&1 ||
+		{
+			cat "$STATE_DIR/format.log" >&2
+			die "formatting KRaft storage in $STATE_DIR/data failed"
+		}
+}
+
+show_log_tail() {
+	log "last lines of $STATE_DIR/kafka.out and kafka.log:"
+	tail -n 5 "$STATE_DIR/kafka.out" >&2 2>/dev/null || true
+	tail -n 30 "$STATE_DIR/kafka.log" >&2 2>/dev/null || true
+}
+
+terminate() {
+	local pid=$1 waited=0
+	kill -TERM "$pid" 2>/dev/null || return 0
+	while kill -0 "$pid" 2>/dev/null; do
+		if ((waited >= STOP_TIMEOUT * 5)); then
+			log "pid $pid still alive after ${STOP_TIMEOUT}s; sending SIGKILL"
+			kill -KILL "$pid" 2>/dev/null || true
+			break
+		fi
+		sleep 0.2
+		waited=$((waited + 1))
+	done
+}
+
+# Launches the JVM and waits for it. Returns 0 when ready, 2 when the listener port was taken
+# (the caller may retry with fresh ports), dies otherwise.
+launch() {
+	local port=$1 cport=$2 pid log_offset=0 deadline
+	write_config "$port" "$cport"
+	format_storage
+	[[ -f $STATE_DIR/kafka.log ]] && log_offset=$(wc -c <"$STATE_DIR/kafka.log")
+	# Monitor mode gives the broker its own process group: Ctrl-C aimed at the caller (a shell, a
+	# pytest run) does not kill it, and nohup keeps it alive when the terminal goes away.
+	set -m
+	# shellcheck disable=SC2086  # HEAP_OPTS / JVM_OPTS are deliberately word-split
+	nohup "$JAVA" $HEAP_OPTS $JVM_OPTS \
+		-Dlog4j2.configurationFile="$SCRIPT_DIR/log4j2.properties" -Dkafka.logs.dir="$STATE_DIR" \
+		-cp "$LIBS_DIR/*" kafka.Kafka "$CONF_FILE" </dev/null >"$STATE_DIR/kafka.out" 2>&1 &
+	pid=$!
+	set +m
+	echo "$pid" >"$PID_FILE"
+	deadline=$((SECONDS + START_TIMEOUT))
+	until port_open "$port" && tail -c "+$((log_offset + 1))" "$STATE_DIR/kafka.log" 2>/dev/null | grep -q "Kafka Server started"; do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			rm -f "$PID_FILE"
+			if grep -qs "Address already in use" "$STATE_DIR/kafka.out" "$STATE_DIR/kafka.log"; then
+				return 2
+			fi
+			show_log_tail
+			die "the broker exited during start-up"
+		fi
+		if ((SECONDS >= deadline)); then
+			show_log_tail
+			terminate "$pid"
+			rm -f "$PID_FILE"
+			die "the broker was not ready within ${START_TIMEOUT}s (KAFKA_START_TIMEOUT)"
+		fi
+		sleep 0.2
+	done
+	if [[ -n $OWNER_PID ]]; then
+		# Watchdog: stop the broker once the owning process (e.g. a pytest session) is gone, even
+		# if it was killed before it could run its teardown.
+		set -m
+		# shellcheck disable=SC2016  # $1..$3 are expanded by the watchdog's own bash
+		nohup bash -c '
+			while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 2; done
+			if ps -p "$2" -o args= 2>/dev/null | grep -qF -- "kafka.Kafka $3"; then kill -TERM "$2"; fi
+		' kafka-watchdog "$OWNER_PID" "$pid" "$CONF_FILE" </dev/null >/dev/null 2>&1 &
+		set +m
+	fi
+	return 0
+}
+
+# --- commands ----------------------------------------------------------------------------------
+
+cmd_start() {
+	local pid port cport attempt rc
+	if pid=$(running_pid); then
+		log "already running (pid $pid, state dir $STATE_DIR)"
+		cat "$ADDR_FILE"
+		return 0
+	fi
+	rm -f "$PID_FILE" "$ADDR_FILE"
+	require_tools
+	ensure_libs
+	local started=$SECONDS
+	for attempt in 1 2 3; do
+		if [[ -n $PORT ]]; then
+			port=$PORT
+			port_open "$port" && die "port $port is already in use"
+		else
+			port=$(free_port)
+		fi
+		cport=$(free_port)
+		[[ $cport == "$port" ]] && cport=$(free_port)
+		rc=0
+		launch "$port" "$cport" || rc=$?
+		((rc == 0)) && break
+		[[ -z $PORT && $attempt -lt 3 ]] || { show_log_tail && die "port $port or $cport is already in use"; }
+		log "port $port or $cport was taken meanwhile; retrying with fresh ports"
+	done
+	echo "127.0.0.1:$port" >"$ADDR_FILE"
+	log "Kafka $KAFKA_VERSION ready in $((SECONDS - started))s: pid $(<"$PID_FILE"), state dir $STATE_DIR, log $STATE_DIR/kafka.log"
+	cat "$ADDR_FILE"
+}
+
+cmd_stop() {
+	local pid
+	if ! pid=$(running_pid); then
+		rm -f "$PID_FILE" "$ADDR_FILE"
+		log "not running (state dir $STATE_DIR)"
+		return 0
+	fi
+	log "stopping pid $pid"
+	terminate "$pid"
+	rm -f "$PID_FILE" "$ADDR_FILE"
+	log "stopped"
+}
+
+cmd_status() {
+	local pid
+	if pid=$(running_pid); then
+		echo "running: pid $pid, bootstrap $(<"$ADDR_FILE"), state dir $STATE_DIR, Kafka $KAFKA_VERSION"
+		return 0
+	fi
+	echo "not running (state dir $STATE_DIR)"
+	return 3
+}
+
+# --- main --------------------------------------------------------------------------------------
+
+[[ $# -ge 1 ]] || {
+	usage
+	exit 2
+}
+COMMAND=$1
+shift
+while [[ $# -gt 0 ]]; do
+	case $1 in
+	--port)
+		PORT=${2:?--port needs a number}
+		shift 2
+		;;
+	--dir)
+		STATE_DIR=${2:?--dir needs a directory}
+		shift 2
+		;;
+	--set)
+		[[ ${2:-} == *=* ]] || die "--set needs KEY=VALUE"
+		OVERRIDES+=("$2")
+		shift 2
+		;;
+	--owner-pid)
+		OWNER_PID=${2:?--owner-pid needs a pid}
+		shift 2
+		;;
+	-h | --help)
+		usage
+		exit 0
+		;;
+	*)
+		usage
+		die "unknown argument: $1"
+		;;
+	esac
+done
+[[ -z $PORT || $PORT =~ ^[0-9]+$ ]] || die "port must be a number, got '$PORT'"
+[[ -z $OWNER_PID || $OWNER_PID =~ ^[0-9]+$ ]] || die "--owner-pid must be a number, got '$OWNER_PID'"
+
+# Only start creates the state dir; stop/status on a missing one simply report "not running".
+[[ $COMMAND == start ]] && mkdir -p "$STATE_DIR"
+[[ $STATE_DIR == /* ]] || STATE_DIR=$PWD/$STATE_DIR
+[[ -d $STATE_DIR ]] && STATE_DIR=$(cd "$STATE_DIR" && pwd -P)
+CONF_FILE=$STATE_DIR/server.properties
+PID_FILE=$STATE_DIR/kafka.pid
+ADDR_FILE=$STATE_DIR/bootstrap
+
+case $COMMAND in
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+*)
+	usage
+	die "unknown command: $COMMAND (start|stop|status)"
+	;;
+esac
