@@ -329,7 +329,7 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
 
 
 def scrape(metrics_url: str) -> dict[str, float]:
-    """The agent's counters from /metrics, summed over labels (name without ``_total``)."""
+    """The agent's counters from /metrics by sample name (``..._total``), summed over labels."""
     status, body = _get(metrics_url)
     if status != 200:
         return {}
@@ -339,7 +339,7 @@ def scrape(metrics_url: str) -> dict[str, float]:
             continue
         for sample in family.samples:
             if sample.name.endswith("_total"):
-                totals[family.name] = totals.get(family.name, 0.0) + float(sample.value)
+                totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
     return totals
 
 

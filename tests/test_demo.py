@@ -1,0 +1,87 @@
+"""The README's first command: the demo's shipped data, and the demo itself end to end.
+
+The end-to-end test runs ``anomaly-agent demo --exit-after-replay`` as a user would (a separate
+process) against the session's real broker: it trains the demo bundle, starts ``anomaly-agent
+run``, replays 200 events and must see an alert for every anomalous one, a dead letter for every
+malformed one, and the agent exit 0 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.demo import STREAM_FILE, Tally, load_stream
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_sample_data_is_what_the_generator_makes() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "deploy" / "demo" / "generate.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_prefix_of_the_stream_holds_anomalies_and_cycles_past_its_end() -> None:
+    whole = load_stream(STREAM_FILE, None)
+    prefix = load_stream(STREAM_FILE, 50)
+    assert [r.label for r in prefix] == [r.label for r in whole[:50]]
+    assert sum(r.label == "anomaly" for r in prefix) >= 2
+    longer = load_stream(STREAM_FILE, len(whole) + 3)
+    assert longer[len(whole) :] == whole[:3]
+
+
+def test_tally_maps_alerts_to_the_events_they_came_from() -> None:
+    records = load_stream(STREAM_FILE, 40)
+    tally = Tally()
+    tally.by_offset = dict(enumerate(records))
+    anomalous = [o for o, r in tally.by_offset.items() if r.label == "anomaly"]
+    normal = next(o for o, r in tally.by_offset.items() if r.label == "normal")
+    tally.alerts = {anomalous[0]: 2.0, normal: 1.2}
+    summary = tally.summary()
+    assert summary["anomalies_alerted"] == 1
+    assert summary["anomalies_missed_offsets"] == anomalous[1:]
+    assert summary["false_positive_offsets"] == [normal]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_bounded_demo_alerts_on_the_anomalies_and_stops_cleanly(kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = dict(os.environ, ANOMALY_AGENT_KAFKA__BOOTSTRAP_SERVERS=kafka_bootstrap, HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "agent.cli", "demo", "--events", "200", "--rate", "0"]
+    command += ["--exit-after-replay", "--state-dir", str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    output = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, output
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    sent = summary["events_sent_by_label"]
+    assert summary["events_sent"] == 200
+    assert sent["anomaly"] >= 10
+    assert summary["all_processed"] is True
+    assert summary["agent_exit_code"] == 0
+    assert summary["delivery_errors"] == []
+    # Every anomalous event raised an alert; the threshold is calibrated to ~1 % false positives.
+    assert summary["anomalies_missed_offsets"] == [], output
+    assert summary["anomalies_alerted"] == sent["anomaly"]
+    assert len(summary["false_positive_offsets"]) <= max(2, sent["normal"] // 20), output
+    # Malformed records are dead-lettered with a reason, not dropped.
+    assert summary["malformed_not_dead_lettered_offsets"] == []
+    assert summary["dead_letters_received"] == sent.get("malformed", 0) >= 1
+    # What the user sees: alerts as they arrive, where the metrics are, the summary.
+    assert "ALERT" in done.stdout
+    assert summary["metrics_url"] in done.stdout
+    assert "alerts received" in done.stdout
+    # The agent's own counters agree with what the read_committed reader saw.
+    counters = summary["agent_counters"]
+    assert counters["anomaly_agent_alerts_published_total"] == summary["alerts_received"]
+    assert counters["anomaly_agent_events_consumed_total"] == 200
