@@ -126,7 +126,7 @@ class AgentMetrics:
         )
         self.batch_size = Histogram(
             "anomaly_agent_batch_size",
-            "Events per scored batch.",
+            "Events scored per batch.",
             buckets=batch_buckets(batch_max_size),
             registry=r,
         )
@@ -232,7 +232,9 @@ class AgentMetrics:
         now: float | None = None,
     ) -> None:
         """Record one scored batch: ``batch_size``, ``anomaly_score`` and ``event_lag`` per event,
-        ``events_processed`` += batch length, ``last_processed`` = now.
+        ``events_processed`` += batch length, ``last_processed`` = now. An empty batch (every
+        record dead-lettered) is not a ``batch_size`` observation: the histogram describes the
+        batches the embedder saw.
 
         ``timestamps_ms`` are the records' Kafka timestamps (None where absent: no lag sample).
         Lag is clamped at 0 so producer clock skew cannot produce negative observations.
@@ -246,8 +248,9 @@ class AgentMetrics:
         for ts in timestamps_ms:
             if ts is not None and ts >= 0:
                 self.event_lag.observe(max(0.0, now - ts / 1000.0))
-        self.batch_size.observe(count)
-        self.events_processed.inc(count)
+        if count:
+            self.batch_size.observe(count)
+            self.events_processed.inc(count)
         self.last_processed.set(now)
 
     def dead_lettered(self, reason: DeadLetterReason) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
+from agent.textprep import TextPreparation
 from exporters.alerts import (
     CLOUDEVENTS_TYPE,
     SCHEMA_VERSION,
@@ -22,7 +24,8 @@ from exporters.alerts import (
     build_alert,
 )
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "docs" / "alert.schema.json"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+SCHEMA_PATH = DOCS / "alert.schema.json"
 DETECTED = datetime(2026, 11, 22, 17, 49, 27, 123456, tzinfo=UTC)
 
 
@@ -225,3 +228,44 @@ def test_schema_rejects_a_malformed_alert(validator: Draft202012Validator) -> No
     assert not validator.is_valid({**good, "schema_version": 2})
     assert not validator.is_valid({**good, "detected_at": "2026-11-22 17:49:27"})
     assert not validator.is_valid({**good, "id": "not-a-uuid"})
+
+
+def fenced_blocks(markdown: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", markdown, flags=re.S | re.M)
+
+
+def test_documented_example_is_what_build_alert_produces(validator: Draft202012Validator) -> None:
+    """docs/alert-schema.md's example is real output (same inputs), and it validates."""
+    markdown = (DOCS / "alert-schema.md").read_text()
+    (example_json,) = fenced_blocks(markdown, "json")
+    example = json.loads(example_json)
+    validator.validate(example)
+    text = "payment gateway timeout after 30000 ms for order 8f3e2c1a-77b0-4c1e-9d2a-5b6c7d8e9f00"
+    record = build_alert(
+        source=AlertSource("shop-events", 2, 918273, b"checkout-7f9c", 1795369767412),
+        text=text,
+        score=1.8412,
+        threshold=1.0,
+        detector="kmeans",
+        cluster_id=3,
+        cluster_label="payments",
+        distance=0.5524,
+        model_id="shop-2026-11-20",
+        model_sha256="9b1f0c4e2a7d5e8f3c6b1a0d9e8f7c6b5a4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b",
+        instance_id="agent-eu-1",
+        text_max_chars=1000,
+        source_uri="kafka-anomaly-agent/prod-eu",
+        fields={"service": "checkout", "level": "ERROR", "region": "eu-west-1", "latency_ms": 30000},
+        detected_at=datetime(2026, 11, 22, 17, 49, 27, 915000, tzinfo=UTC),
+        prepared_text=TextPreparation().prepare(text),
+        raw_threshold=0.3,
+    )
+    assert doc(record) == example
+    assert f"Key `{record.key.decode()}`" in markdown
+    for name, header in record.headers:
+        assert f"`{name}: {header.decode()}`" in markdown, name
+
+
+def test_documented_consumer_snippet_compiles() -> None:
+    (snippet,) = fenced_blocks((DOCS / "alert-schema.md").read_text(), "python")
+    compile(snippet, "alert-schema.md consumer snippet", "exec")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -208,6 +209,13 @@ def test_observe_batch(metrics: AgentMetrics) -> None:
     assert value(metrics, "anomaly_agent_last_processed_timestamp_seconds") == now
 
 
+def test_batch_of_only_dead_letters_is_no_batch_size_sample(metrics: AgentMetrics) -> None:
+    metrics.observe_batch([], [], now=1_000.0)
+    assert value(metrics, "anomaly_agent_batch_size_count") == 0
+    assert value(metrics, "anomaly_agent_events_processed_total") == 0
+    assert value(metrics, "anomaly_agent_last_processed_timestamp_seconds") == 1_000.0
+
+
 def test_event_lag_from_a_future_timestamp_is_clamped_to_zero(metrics: AgentMetrics) -> None:
     metrics.observe_batch([0.5], [2_000_000_000_000], now=1_000_000_000.0)
     assert value(metrics, "anomaly_agent_event_lag_seconds_sum") == 0
@@ -304,3 +312,22 @@ def test_serve_exposes_the_registry_over_http(metrics: AgentMetrics) -> None:
         server.server_close()
         thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_docs_list_every_exported_metric_and_label() -> None:
+    """docs/metrics.md is the dashboard authors' reference: it must not miss a series."""
+    markdown = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    metrics = AgentMetrics()
+    metrics.set_model("m", "s", "kmeans", created_at="2026-11-22T00:00:00Z")
+    metrics.update_from_librdkafka_stats(stats_json({"events": {0: 1}}))
+    for family in metrics.registry.collect():
+        if family.name.endswith("_created"):
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{name}`" in markdown, name
+        for sample in family.samples:
+            for label, label_value in sample.labels.items():
+                if label != "le":
+                    assert f"`{label}`" in markdown, (name, label)
+                    if label in {"reason", "stage", "result"}:
+                        assert f"`{label_value}`" in markdown, (name, label, label_value)
