@@ -1,0 +1,92 @@
+"""librdkafka configurations for the agent's consumer and producer, derived from ``Settings``.
+
+Kept apart from the loop so the properties that make the delivery guarantees hold are in one
+short, reviewable place:
+
+- the consumer never commits on its own (``enable.auto.commit=false``): offsets are committed
+  by the loop, inside the producer's transaction (exactly-once) or after delivery reports
+  (at-least-once), and it reads only committed data (``isolation.level=read_committed``);
+- the exactly-once producer's ``transactional.id`` is stable per instance
+  (``<group id>-<instance id>``), so an instance restarted after a crash fences its predecessor
+  in ``init_transactions`` and the broker aborts the predecessor's open transaction at once
+  (otherwise ``read_committed`` readers of the alert topic stall until ``transaction.timeout.ms``);
+- the at-least-once producer is idempotent with ``acks=all``, so broker-side retries never
+  duplicate a record.
+
+The guarantee-bearing properties are applied after the ``kafka.librdkafka`` pass-through and win
+over it; a pass-through value that tries to change one is reported by ``overridden_keys``.
+Tunables with sensible defaults (``auto.offset.reset``, ``statistics.interval.ms``) may be
+changed through the pass-through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from agent.config import Delivery, Settings
+
+# librdkafka statistics feed anomaly_agent_consumer_lag_messages and broker reachability.
+DEFAULT_STATISTICS_INTERVAL_MS = 5_000
+
+ErrorCallback = Callable[[KafkaError], None]
+StatsCallback = Callable[[str], None]
+
+
+def transactional_id(group_id: str, instance_id: str) -> str:
+    """The exactly-once producer's ``transactional.id``: the same for every run of one instance."""
+    return f"{group_id}-{instance_id}"
+
+
+def _consumer_fixed(settings: Settings) -> dict[str, Any]:
+    return {
+        "group.id": settings.kafka.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "session.timeout.ms": settings.kafka.session_timeout_ms,
+        "max.poll.interval.ms": settings.kafka.max_poll_interval_ms,
+    }
+
+
+def _producer_fixed(settings: Settings) -> dict[str, Any]:
+    fixed: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+    if settings.delivery is Delivery.EXACTLY_ONCE:
+        fixed["transactional.id"] = transactional_id(settings.kafka.group_id, settings.instance_id)
+        fixed["transaction.timeout.ms"] = settings.kafka.transaction_timeout_ms
+    return fixed
+
+
+def consumer_config(
+    settings: Settings,
+    *,
+    error_cb: ErrorCallback,
+    stats_cb: StatsCallback,
+    logger: logging.Logger,
+) -> dict[str, Any]:
+    """The consumer's configuration: shared client settings, pass-through, then the fixed keys."""
+    conf = settings.kafka.client_config()
+    conf.setdefault("auto.offset.reset", "earliest")
+    conf.setdefault("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS)
+    conf.update(_consumer_fixed(settings))
+    conf.update({"error_cb": error_cb, "stats_cb": stats_cb, "logger": logger})
+    return conf
+
+
+def producer_config(settings: Settings, *, error_cb: ErrorCallback, logger: logging.Logger) -> dict[str, Any]:
+    """The producer's configuration: transactional for exactly-once, idempotent for at-least-once."""
+    conf = settings.kafka.client_config()
+    # Statistics are only read from the consumer; don't make the producer compute them.
+    conf.pop("statistics.interval.ms", None)
+    conf.update(_producer_fixed(settings))
+    conf.update({"error_cb": error_cb, "logger": logger})
+    return conf
+
+
+def overridden_keys(settings: Settings) -> list[str]:
+    """Pass-through keys (``kafka.librdkafka``) that the agent replaces to keep its guarantees."""
+    fixed = _consumer_fixed(settings) | _producer_fixed(settings)
+    return sorted(key for key in settings.kafka.librdkafka if key in fixed)

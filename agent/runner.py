@@ -1,0 +1,316 @@
+"""``anomaly-agent run``: settings → model → metrics/health servers → pipeline, plus process concerns.
+
+What lives here and not in the pipeline: reading ``NOTIFY_SOCKET`` / ``WATCHDOG_USEC`` (the only
+environment reads besides ``load_settings``), logging set-up, signal handling, the bundle watcher
+thread, systemd notifications and exit codes. The pipeline knows nothing about processes.
+
+Exit codes (sysexits.h, what systemd and operators expect of a daemon):
+
+====  ==========================================================================================
+0     stopped by SIGTERM/SIGINT after draining the in-flight batch
+1     the shutdown did not finish within ``lifecycle.shutdown_grace_seconds`` (forced exit)
+65    EX_DATAERR: the model bundle is invalid or tampered with (the message names the file)
+69    EX_UNAVAILABLE: no broker reachable for ``lifecycle.broker_unavailable_exit_seconds``
+70    EX_SOFTWARE: a Kafka client state the agent cannot recover from in-process
+78    EX_CONFIG: invalid configuration, missing bundle directory, missing output topic, or a
+      metrics/health port that cannot be bound
+====  ==========================================================================================
+
+Signals: SIGTERM/SIGINT stop after the in-flight batch (a second one exits at once); SIGHUP
+reloads the bundle. Reloads (SIGHUP or, with ``model.watch``, a changed ``manifest.json``) are
+loaded and verified on the watcher thread and swapped in by the loop between batches; a bad
+bundle is refused, logged and counted in ``anomaly_agent_reloads_total{result="failure"}``, and
+the running model stays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from agent.bundle import MANIFEST, BundleError
+from agent.config import EXIT_CONFIG, ConfigError, Settings, load_settings
+from agent.health import HealthServer, HealthState, serve_health
+from agent.pipeline import ActiveModel, BrokerUnavailableError, Pipeline, PipelineError, load_model
+from agent.sdnotify import SystemdNotifier, watchdog_interval
+from exporters.metrics import AgentMetrics, ReloadResult
+
+log = logging.getLogger("agent.runner")
+
+EXIT_OK = 0
+EXIT_GRACE_EXCEEDED = 1
+EXIT_DATAERR = 65
+EXIT_UNAVAILABLE = 69
+EXIT_SOFTWARE = 70
+
+
+class _OneLineFormatter(logging.Formatter):
+    """``2026-11-22T17:50:08.123Z INFO agent.pipeline: message``, always one line (tracebacks
+    included: newlines become `` | ``), so log shippers keep a record together."""
+
+    converter = staticmethod(time.gmtime)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", " | ")
+
+
+def setup_logging(level: str) -> None:
+    """Single-line records on stderr at ``level`` (journald and container runtimes collect stderr)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _OneLineFormatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class BundleWatcher:
+    """Reloads the bundle on request (SIGHUP) or when ``manifest.json`` changes (``model.watch``).
+
+    Runs on its own daemon thread so loading (hash checks, onnxruntime session) never stalls the
+    loop; a verified model is handed to ``on_loaded`` (``Pipeline.offer_model``). A changed
+    manifest is reloaded once per change of its stat signature: a bundle that failed is retried
+    only when it changes again (or on SIGHUP), not every interval.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        current_sha256: str,
+        on_loaded: Callable[[ActiveModel], None],
+        metrics: AgentMetrics,
+        notifier: SystemdNotifier,
+        watch: bool,
+        interval_s: float,
+        intra_op_threads: int,
+    ) -> None:
+        self._path = path
+        self._current = current_sha256
+        self._on_loaded = on_loaded
+        self._metrics = metrics
+        self._notifier = notifier
+        self._watch = watch
+        self._interval = interval_s
+        self._threads = intra_op_threads
+        self._wake = threading.Event()
+        self._forced = False
+        self._stopped = False
+        self._last_signature: tuple[int, int, int] | None = self._signature()
+        self._thread = threading.Thread(target=self._run, name="bundle-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def trigger(self) -> None:
+        """Reload now (SIGHUP); safe from a signal handler: the loop never waits on this event."""
+        self._forced = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = (self._path / MANIFEST).stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self._interval if self._watch else None)
+            self._wake.clear()
+            if self._stopped:
+                return
+            forced, self._forced = self._forced, False
+            if forced:
+                self._reload(forced=True)
+                continue
+            signature = self._signature()
+            if signature is None or signature == self._last_signature:
+                continue
+            self._last_signature = signature
+            try:
+                digest = hashlib.sha256((self._path / MANIFEST).read_bytes()).hexdigest()
+            except OSError:
+                continue  # replaced right now; the next poll sees the new signature
+            if digest != self._current:
+                self._reload(forced=False)
+
+    def _reload(self, *, forced: bool) -> None:
+        if forced:
+            self._notifier.reloading()
+        log.info("reloading the model bundle %s (%s)", self._path, "SIGHUP" if forced else "manifest changed")
+        try:
+            model = load_model(self._path, intra_op_threads=self._threads)
+        except BundleError as exc:
+            self._metrics.reloads.labels(result=ReloadResult.FAILURE.value).inc()
+            log.error("reload refused, the running model stays: %s", exc)
+        else:
+            self._current = model.bundle.sha256
+            self._on_loaded(model)
+            self._metrics.reloads.labels(result=ReloadResult.SUCCESS.value).inc()
+            log.info(
+                "new model verified model=%s sha256=%s; swapping it in before the next batch",
+                model.bundle.model_id,
+                model.bundle.sha256[:12],
+            )
+        finally:
+            if forced:
+                self._notifier.ready()
+
+
+class _SystemdHooks:
+    """Per-iteration systemd duties: READY=1 once ready, WATCHDOG=1 every half WATCHDOG_USEC."""
+
+    def __init__(
+        self, notifier: SystemdNotifier, health: HealthState, watchdog_every_s: float | None
+    ) -> None:
+        self._notifier = notifier
+        self._health = health
+        self._every = watchdog_every_s
+        self._last_ping = 0.0
+        self.ready_sent = False
+
+    def __call__(self) -> None:
+        if not self.ready_sent and self._health.ready()[0]:
+            self.ready_sent = True
+            self._notifier.ready()
+            self._notifier.status("consuming")
+            log.info("ready: model loaded, group joined")
+        if self._every is not None:
+            now = time.monotonic()
+            if now - self._last_ping >= self._every:
+                self._last_ping = now
+                self._notifier.watchdog()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``anomaly-agent run [--config FILE]``: load the settings and run until stopped."""
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"anomaly-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level)
+    return run_agent(settings)
+
+
+def run_agent(settings: Settings) -> int:
+    """Run the agent with ``settings`` in this process until a signal or a fatal condition;
+    returns the exit code (see the module docstring)."""
+    notifier = SystemdNotifier(os.environ.get("NOTIFY_SOCKET"))
+    watchdog_every = watchdog_interval(os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID"))
+
+    bundle_path = settings.model.bundle
+    if not bundle_path.is_dir():
+        log.error("model.bundle %s: no such directory; train a bundle or fix the path", bundle_path)
+        return EXIT_CONFIG
+    try:
+        model = load_model(bundle_path, intra_op_threads=settings.model.intra_op_threads)
+    except BundleError as exc:
+        log.error("refusing to start: %s", exc)
+        return EXIT_DATAERR
+    log.info(
+        "model loaded model=%s sha256=%s detector=%s from %s",
+        model.bundle.model_id,
+        model.bundle.sha256[:12],
+        model.bundle.detector_name,
+        bundle_path,
+    )
+
+    metrics = AgentMetrics(batch_max_size=settings.batch.max_size)
+    health = HealthState(settings.health.stall_seconds)
+    servers: list[Callable[[], None]] = []
+    try:
+        if settings.metrics.enabled:
+            metrics_server, _ = metrics.serve(settings.metrics.host, settings.metrics.port)
+            servers.append(metrics_server.shutdown)
+            log.info("metrics on http://%s:%d/metrics", settings.metrics.host, metrics_server.server_port)
+        if settings.health.enabled:
+            health_server: HealthServer = serve_health(
+                health, settings.health.host, settings.health.port, settings.health.stall_seconds
+            )
+            servers.append(health_server.shutdown)
+            log.info("health on http://%s:%d/healthz and /readyz", settings.health.host, health_server.port)
+    except OSError as exc:
+        log.error("cannot serve metrics/health (%s); change metrics.port / health.port", exc)
+        for shutdown in servers:
+            shutdown()
+        return EXIT_CONFIG
+
+    hooks = _SystemdHooks(notifier, health, watchdog_every)
+    pipeline = Pipeline(settings, model, metrics=metrics, health=health, on_iteration=hooks)
+    watcher = BundleWatcher(
+        bundle_path,
+        current_sha256=model.bundle.sha256,
+        on_loaded=pipeline.offer_model,
+        metrics=metrics,
+        notifier=notifier,
+        watch=settings.model.watch,
+        interval_s=settings.model.watch_interval_seconds,
+        intra_op_threads=settings.model.intra_op_threads,
+    )
+    stopping = threading.Event()
+    grace = settings.lifecycle.shutdown_grace_seconds
+
+    def force_exit() -> None:
+        log.error("shutdown took longer than lifecycle.shutdown_grace_seconds = %g; exiting now", grace)
+        os._exit(EXIT_GRACE_EXCEEDED)
+
+    def on_stop_signal(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(EXIT_GRACE_EXCEEDED)
+        stopping.set()
+        log.info("%s: finishing the in-flight batch, then stopping", signal.Signals(signum).name)
+        health.set_stopping()
+        notifier.stopping()
+        pipeline.request_stop()
+        timer = threading.Timer(grace, force_exit)
+        timer.daemon = True
+        timer.start()
+
+    def on_reload_signal(_signum: int, _frame: FrameType | None) -> None:
+        watcher.trigger()
+
+    signal.signal(signal.SIGTERM, on_stop_signal)
+    signal.signal(signal.SIGINT, on_stop_signal)
+    signal.signal(signal.SIGHUP, on_reload_signal)
+    watcher.start()
+    code = EXIT_OK
+    try:
+        pipeline.run()
+    except BrokerUnavailableError as exc:
+        log.error("giving up: %s", exc)
+        code = EXIT_UNAVAILABLE
+    except ConfigError as exc:
+        log.error("refusing to run: %s", exc)
+        code = EXIT_CONFIG
+    except PipelineError as exc:
+        log.error("stopping: %s; a restart resumes from the committed offsets", exc)
+        code = EXIT_SOFTWARE
+    finally:
+        health.set_stopping()
+        if not stopping.is_set():
+            notifier.stopping()
+        watcher.stop()
+        pipeline.close()
+        for shutdown in servers:
+            shutdown()
+        notifier.close()
+    log.info("stopped (exit code %d)", code)
+    return code
