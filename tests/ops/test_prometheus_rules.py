@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,25 @@ def test_scrape_config_check(ops_tools: OpsTools) -> None:
     jobs = {job["job_name"] for job in config["scrape_configs"]}
     # rules.yml selects job="anomaly-agent"
     assert "anomaly-agent" in jobs
+
+
+def test_rules_use_only_exported_series() -> None:
+    """Every anomaly_agent_* name in the rules is one the agent's registry exports (histograms by
+    their _bucket/_sum/_count samples): a renamed metric would silently disable an alert."""
+    from exporters.metrics import AgentMetrics
+
+    exported: set[str] = set()
+    for family in AgentMetrics(batch_max_size=64).registry.collect():
+        exported.add(family.name)
+        exported.update(sample.name for sample in family.samples)
+        if family.type == "histogram":
+            exported.update(f"{family.name}_{suffix}" for suffix in ("bucket", "sum", "count"))
+    rules = yaml.safe_load(RULES.read_text())
+    used = {
+        name
+        for g in rules["groups"]
+        for r in g["rules"]
+        for name in re.findall(r"\banomaly_agent_\w+", r["expr"])
+    }
+    assert used, "the rules select no agent series"
+    assert used <= exported, f"not exported by exporters.metrics: {used - exported}"
