@@ -257,6 +257,8 @@ def _export_graph(model_dir: Path, onnx_path: Path, max_seq_length: int) -> tupl
         # "no causal mask"); they hold for every input the runtime feeds, and the parity tests
         # check the graph at other batch sizes and lengths than the traced sample.
         warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
+        # dynamo=False is deliberate: the dynamo exporter needs onnxscript and gave no gain here.
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
         dim = int(wrapper(*args).shape[-1])
         torch.onnx.export(
             wrapper,
@@ -284,13 +286,18 @@ def _quantize(fp32_path: Path, int8_path: Path) -> None:
     )
 
 
+def _check_out(out: Path) -> None:
+    """Refuse to overwrite anything but an earlier export (checked before the slow work starts)."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a directory; choose an empty or new directory")
+    if out.is_dir() and not (out / "embedder.json").is_file() and any(out.iterdir()):
+        raise ExportError(f"{out} exists and is not an exported embedder; choose an empty or new directory")
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``; a previous export at ``out`` is replaced."""
+    """Move the finished ``tmp`` to ``out``; a previous export (or empty directory) at ``out`` is replaced."""
     if out.exists():
-        if not (out / "embedder.json").is_file() and any(out.iterdir()):
-            raise ExportError(
-                f"{out} exists and is not an exported embedder; choose an empty or new directory"
-            )
+        _check_out(out)
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(old)
         tmp.rename(out)
@@ -308,6 +315,7 @@ def export_embedder(model_dir: Path | None, out: Path, *, int8: bool = False) ->
     model_dir = default_model_dir() if model_dir is None else Path(model_dir)
     described = _describe_model(model_dir)
     out = Path(out)
+    _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
