@@ -259,10 +259,12 @@ class AgentMetrics:
     def update_from_librdkafka_stats(self, stats_json: str) -> None:
         """Update ``consumer_lag`` from librdkafka's statistics JSON (the consumer's ``stats_cb``).
 
-        Reads ``topics.<topic>.partitions.<p>.consumer_lag``. Skipped: partition ``-1`` (librdkafka's
-        internal UA partition) and lag ``-1`` (unknown: not assigned, or no committed offset /
-        watermark yet). Series of partitions missing from the latest report — revoked in a
-        rebalance, or lag unknown — are removed, so the label set stays the current assignment.
+        Reads ``topics.<topic>.partitions.<p>.consumer_lag`` (high watermark, or last stable offset
+        under read_committed, minus the committed offset). Skipped: partition ``-1`` (librdkafka's
+        internal UA partition), partitions with ``"desired": false`` (revoked: librdkafka keeps
+        reporting them, with their last lag, after a rebalance) and lag ``-1`` (unknown: no
+        committed offset or watermark yet). Series of partitions skipped or missing in the latest
+        report are removed, so the label set is the current assignment.
         Statistics from a producer (``"type": "producer"``) are ignored: they list topics with
         lag -1 everywhere and would otherwise wipe the consumer's series when one callback is
         shared. Malformed JSON raises ValueError; the caller logs it (stats_cb must not crash).
@@ -276,7 +278,8 @@ class AgentMetrics:
         topics = stats.get("topics") or {}
         for topic_name, topic in topics.items():
             for partition_id, partition in (topic.get("partitions") or {}).items():
-                if str(partition_id) == "-1":
+                # Revoked partitions stay in the report with their last lag and desired=false.
+                if str(partition_id) == "-1" or partition.get("desired") is False:
                     continue
                 lag = partition.get("consumer_lag", -1)
                 if not isinstance(lag, int | float) or lag < 0:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -41,13 +44,15 @@ def lag_series(metrics: AgentMetrics) -> dict[tuple[str, str], float]:
     }
 
 
-def partition_stats(partition: int, consumer_lag: int, fetch_state: str = "active") -> dict[str, Any]:
+def partition_stats(
+    partition: int, consumer_lag: int, fetch_state: str = "active", desired: bool = True
+) -> dict[str, Any]:
     """One partition entry as librdkafka 2.x reports it in ``topics.<t>.partitions.<p>``."""
     return {
         "partition": partition,
         "broker": 1 if partition >= 0 else -1,
         "leader": 1 if partition >= 0 else -1,
-        "desired": partition >= 0,
+        "desired": desired,
         "unknown": False,
         "msgq_cnt": 0,
         "msgq_bytes": 0,
@@ -84,7 +89,11 @@ def partition_stats(partition: int, consumer_lag: int, fetch_state: str = "activ
     }
 
 
-def stats_json(topics: dict[str, dict[int, int]], client_type: str = "consumer") -> str:
+def stats_json(
+    topics: dict[str, dict[int, int]],
+    client_type: str = "consumer",
+    revoked: dict[str, dict[int, int]] | None = None,
+) -> str:
     """A librdkafka statistics document (abridged top level, full partition entries)."""
     return json.dumps(
         {
@@ -112,10 +121,14 @@ def stats_json(topics: dict[str, dict[int, int]], client_type: str = "consumer")
                     # librdkafka always lists the internal UA partition -1 with lag -1.
                     "partitions": {
                         **{str(p): partition_stats(p, lag) for p, lag in partitions.items()},
-                        "-1": partition_stats(-1, -1, fetch_state="none"),
+                        **{
+                            str(p): partition_stats(p, lag, fetch_state="stopped", desired=False)
+                            for p, lag in (revoked or {}).get(topic, {}).items()
+                        },
+                        "-1": partition_stats(-1, -1, fetch_state="none", desired=False),
                     },
                 }
-                for topic, partitions in topics.items()
+                for topic, partitions in {**(revoked or {}), **topics}.items()
             },
             "cgrp": {"state": "up", "join_state": "steady", "assignment_size": 2},
         }
@@ -246,6 +259,15 @@ def test_revoked_partitions_lose_their_series(metrics: AgentMetrics) -> None:
     assert lag_series(metrics) == {}
 
 
+def test_partitions_reported_after_revocation_lose_their_series(metrics: AgentMetrics) -> None:
+    """librdkafka keeps revoked partitions in its report, with their last lag and desired=false."""
+    metrics.update_from_librdkafka_stats(stats_json({"events": {0: 2, 1: 0}}))
+    metrics.update_from_librdkafka_stats(stats_json({"events": {1: 0}}, revoked={"events": {0: 2}}))
+    assert lag_series(metrics) == {("events", "1"): 0}
+    metrics.update_from_librdkafka_stats(stats_json({}, revoked={"events": {0: 2, 1: 0}}))
+    assert lag_series(metrics) == {}
+
+
 def test_producer_stats_do_not_touch_consumer_lag(metrics: AgentMetrics) -> None:
     metrics.update_from_librdkafka_stats(stats_json({"events": {0: 30}}))
     metrics.update_from_librdkafka_stats(stats_json({"anomaly-alerts": {0: -1}}, client_type="producer"))
@@ -331,3 +353,51 @@ def test_docs_list_every_exported_metric_and_label() -> None:
                     assert f"`{label}`" in markdown, (name, label)
                     if label in {"reason", "stage", "result"}:
                         assert f"`{label_value}`" in markdown, (name, label, label_value)
+
+
+@pytest.mark.integration
+def test_consumer_lag_from_a_real_consumers_statistics(
+    kafka_bootstrap: str, make_topic: Callable[..., str], make_group: Callable[[], str]
+) -> None:
+    """Real librdkafka statistics: lag per assigned partition, series gone after revocation."""
+    topic = make_topic(partitions=2)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(10):
+        producer.produce(topic, value=b"event", partition=i % 2)
+    assert producer.flush(30) == 0
+
+    metrics = AgentMetrics()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": make_group(),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "statistics.interval.ms": 100,
+            "stats_cb": metrics.update_from_librdkafka_stats,
+        }
+    )
+
+    def ours() -> dict[tuple[str, str], float]:
+        return {k: v for k, v in lag_series(metrics).items() if k[0] == topic}
+
+    def poll_until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, f"{what}: lag series are {ours()}"
+            message = consumer.poll(0.1)
+            if message is not None and message.error() is None:
+                consumed.append(message)
+
+    consumed: list[Any] = []
+    try:
+        consumer.subscribe([topic])
+        poll_until(lambda: len(consumed) == 10, "consuming 10 records")
+        consumer.commit(
+            offsets=[TopicPartition(topic, 0, 3), TopicPartition(topic, 1, 5)], asynchronous=False
+        )
+        poll_until(lambda: ours() == {(topic, "0"): 2.0, (topic, "1"): 0.0}, "lag after commit")
+        consumer.unsubscribe()
+        poll_until(lambda: ours() == {}, "lag series after revocation")
+    finally:
+        consumer.close()
