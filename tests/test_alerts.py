@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from confluent_kafka import Consumer, Producer
 from jsonschema import Draft202012Validator, FormatChecker
 
 from agent.textprep import TextPreparation
@@ -269,3 +272,44 @@ def test_documented_example_is_what_build_alert_produces(validator: Draft202012V
 def test_documented_consumer_snippet_compiles() -> None:
     (snippet,) = fenced_blocks((DOCS / "alert-schema.md").read_text(), "python")
     compile(snippet, "alert-schema.md consumer snippet", "exec")
+
+
+@pytest.mark.integration
+def test_alert_record_round_trips_through_a_transaction(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    make_group: Callable[[], str],
+    validator: Draft202012Validator,
+) -> None:
+    """Produced as the agent does (transactionally), read as the documented subscriber reads."""
+    topic = make_topic()
+    record = make()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": f"{topic}-tx"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    headers: list[tuple[str, str | bytes | None]] = list(record.headers)  # produce() takes the wider type
+    producer.produce(topic, key=record.key, value=record.value, headers=headers)
+    producer.commit_transaction(30)
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": make_group(),
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 30
+        msg = None
+        while msg is None or msg.error() is not None:
+            assert time.monotonic() < deadline, "alert not received"
+            msg = consumer.poll(0.5)
+    finally:
+        consumer.close()
+    value = msg.value()
+    assert value is not None
+    assert (msg.key(), value, msg.headers()) == (record.key, record.value, record.headers)
+    validator.validate(json.loads(value))

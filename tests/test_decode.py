@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, Producer
 
 from agent.config import EventFormat
 from agent.decode import (
@@ -217,3 +221,59 @@ def test_every_rejection_detail_fits_a_header() -> None:
     for value in (big, b"\xff" + b"a" * 50_000, b"[" + b"1," * 20_000 + b"1]"):
         result = rejected(decode(value, max_bytes=1_000_000))
         assert len(result.detail) < DETAIL_MAX_CHARS
+
+
+@pytest.mark.integration
+def test_dead_letter_copy_round_trips_through_kafka(
+    kafka_bootstrap: str, make_topic: Callable[..., str], make_group: Callable[[], str]
+) -> None:
+    """Original key/value bytes and headers (a null-valued one included) survive the copy."""
+    source_topic, dlq_topic = make_topic(), make_topic()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(
+        source_topic, key=b"k1", value=b"\xff not utf-8", headers=[("trace", b"t-1"), ("flag", None)]
+    )
+    assert producer.flush(30) == 0
+
+    def read_one(topic: str) -> Any:
+        consumer = Consumer(
+            {"bootstrap.servers": kafka_bootstrap, "group.id": make_group(), "auto.offset.reset": "earliest"}
+        )
+        try:
+            consumer.subscribe([topic])
+            deadline = time.monotonic() + 30
+            msg = None
+            while msg is None or msg.error() is not None:
+                assert time.monotonic() < deadline, f"nothing received on {topic}"
+                msg = consumer.poll(0.5)
+            return msg
+        finally:
+            consumer.close()
+
+    original = read_one(source_topic)
+    result = rejected(decode(original.value(), timestamp_ms=original.timestamp()[1]))
+    headers = dead_letter_headers(
+        reason=result.reason,
+        detail=result.detail,
+        topic=original.topic(),
+        partition=original.partition(),
+        offset=original.offset(),
+        original_headers=original.headers(),
+        instance_id="agent-it",
+    )
+    outgoing: list[tuple[str, str | bytes | None]] = list(headers)  # produce() takes the wider type
+    producer.produce(dlq_topic, key=original.key(), value=original.value(), headers=outgoing)
+    assert producer.flush(30) == 0
+
+    copy = read_one(dlq_topic)
+    assert (copy.key(), copy.value()) == (b"k1", b"\xff not utf-8")
+    received = copy.headers()
+    assert received[:2] == [("trace", b"t-1"), ("flag", b"")]
+    assert dict(received[2:]) == {
+        "dlq.reason": b"invalid_utf8",
+        "dlq.detail": result.detail.encode(),
+        "dlq.source.topic": source_topic.encode(),
+        "dlq.source.partition": b"0",
+        "dlq.source.offset": b"0",
+        "dlq.agent": b"agent-it",
+    }
