@@ -1,0 +1,113 @@
+"""End to end on the real broker: the agent alerts on exactly the events the offline scorer flags.
+
+A bundle trained with ``anomaly-agent train`` on BGL normal lines; a stream of held-out normal
+lines, BGL alert lines and foreign texts (SMS) is produced to the input topic; the pipeline runs
+in-process until it has committed every event. The alert topic, read as subscribers read it
+(read_committed), must hold one alert for each event ``anomaly-agent score`` calls anomalous and
+none for the others, matched by the alert's source partition/offset.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from agent_helpers import (
+    agent_bundle,
+    alert_sources,
+    json_records,
+    make_events,
+    offline_anomalies,
+    offsets,
+    produce,
+    read_committed,
+)
+from kafka_fixtures import GroupFactory, TopicFactory
+
+from agent.config import load_settings
+from agent.pipeline import Pipeline, load_model
+from exporters.alerts import alert_id
+from exporters.metrics import AgentMetrics
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+agent_bundle_fixture = agent_bundle
+
+
+@pytest.mark.parametrize("delivery", ["exactly_once", "at_least_once"])
+def test_alerts_are_exactly_the_offline_anomalies(
+    delivery: str,
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    make_group: GroupFactory,
+    agent_bundle: Path,
+    datasets_dir: Path,
+    tmp_path: Path,
+) -> None:
+    source, alerts_topic, dead_topic, group = make_topic(2), make_topic(1), make_topic(1), make_group()
+    events = make_events(datasets_dir, normal=120, bgl_alerts=30, foreign=30, seed=7)
+    expected = offline_anomalies(agent_bundle, events, tmp_path)
+    anomalous = {i for i, flagged in enumerate(expected) if flagged}
+    # A test whose stream has no anomalies (or only anomalies) could not tell alerting from noise.
+    assert 10 <= len(anomalous) <= len(events) - 50, f"{len(anomalous)} anomalies among {len(events)}"
+
+    positions = produce(kafka_bootstrap, source, json_records(events))
+    event_at = {position: i for i, position in enumerate(positions)}
+
+    settings = load_settings(
+        delivery=delivery,
+        instance_id="e2e-agent",
+        kafka={"bootstrap_servers": kafka_bootstrap, "group_id": group},
+        topics={"input": [source], "alerts": alerts_topic, "dead_letter": dead_topic},
+        model={"bundle": agent_bundle, "intra_op_threads": 1, "watch": False},
+        batch={"max_size": 32, "max_wait_ms": 100},
+    )
+    model = load_model(agent_bundle, intra_op_threads=1)
+    metrics = AgentMetrics(batch_max_size=32)
+    with Pipeline(settings, model, metrics=metrics) as pipeline:
+        stats = pipeline.run(max_messages=len(events), idle_timeout_s=60)
+
+    assert stats.consumed == len(events)
+    assert stats.processed == len(events)
+    assert stats.dead_lettered == 0
+    assert stats.alerts == len(anomalous)
+
+    alerts = read_committed(kafka_bootstrap, alerts_topic)
+    sources = alert_sources(alerts)
+    duplicates = {s: n for s, n in Counter(sources).items() if n > 1}
+    assert not duplicates, f"alerts published more than once: {duplicates}"
+    alerted = {event_at[s] for s in sources}
+    assert alerted == anomalous, (
+        f"missing alerts for events {sorted(anomalous - alerted)}, "
+        f"unexpected alerts for {sorted(alerted - anomalous)}"
+    )
+
+    for msg in alerts:
+        alert = json.loads(msg.value() or b"")
+        event = events[event_at[(alert["source"]["partition"], alert["source"]["offset"])]]
+        assert alert["id"] == alert_id(source, alert["source"]["partition"], alert["source"]["offset"])
+        assert alert["source"]["topic"] == source
+        assert alert["source"]["key"] == f"key-{event['seq']}"
+        assert alert["text"] == event["text"][:1000]
+        assert alert["fields"] == {"host": event["host"], "seq": event["seq"]}
+        assert alert["score"] > 1.0 and alert["threshold"] == 1.0
+        assert alert["model"] == {"id": model.bundle.model_id, "sha256": model.bundle.sha256}
+        assert alert["detector"] == "knn" and alert["agent"] == "e2e-agent"
+        headers = dict(msg.headers() or [])
+        assert headers["ce_specversion"] == b"1.0" and headers["ce_id"] == alert["id"].encode()
+        assert headers["content-type"] == b"application/json"
+
+    assert read_committed(kafka_bootstrap, dead_topic, quiet_s=0.5) == []
+    committed, ends = offsets(kafka_bootstrap, group, source)
+    assert committed == ends, "the consumer group's committed offsets did not reach the end of the input"
+
+    sample = metrics.registry.get_sample_value
+    assert sample("anomaly_agent_events_consumed_total") == len(events)
+    assert sample("anomaly_agent_events_processed_total") == len(events)
+    assert sample("anomaly_agent_alerts_published_total") == len(anomalous)
+    assert sample("anomaly_agent_anomaly_score_count") == len(events)
+    if delivery == "exactly_once":
+        assert (sample("anomaly_agent_transactions_total", {"result": "committed"}) or 0) >= len(events) / 32
+        assert sample("anomaly_agent_transactions_total", {"result": "aborted"}) == 0
