@@ -180,7 +180,7 @@ class AgentMetrics:
         )
         self.ready = Gauge(
             "anomaly_agent_ready",
-            "1 when the agent is ready (model loaded, group joined, broker reachable), else 0.",
+            "1 when /readyz answers 200 (model loaded, group joined, broker reachable, not stopping).",
             registry=r,
         )
         self.build_info = Gauge(
