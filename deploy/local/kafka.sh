@@ -27,6 +27,11 @@ HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}
 # concurrent threads and C2 compilation cost more start-up CPU than they ever pay back.
 JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xss512k -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true}
 JAVA=${JAVA_HOME:+$JAVA_HOME/bin/}java
+# Class-data sharing: the first broker that stops cleanly dumps the classes it loaded into an
+# archive beside the jars; later starts map it instead of parsing ~45 jars (about 40% faster).
+KAFKA_CDS=${KAFKA_CDS:-1}
+CDS_DIR=$CACHE_ROOT/kafka/$KAFKA_VERSION/cds
+CDS_FILE=""
 OWNER_PID=""
 OVERRIDES=()
 
@@ -63,9 +68,15 @@ running_pid() {
 require_tools() {
 	command -v "$JAVA" >/dev/null || die "java not found; install a JDK 17+ (apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
 	command -v python3 >/dev/null || die "python3 not found (used to pick free ports)"
-	local spec
-	spec=$("$JAVA" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+	local settings spec
+	settings=$("$JAVA" -XshowSettings:properties -version 2>&1)
+	spec=$(sed -n 's/^ *java.specification.version = //p' <<<"$settings")
 	[[ ${spec%%.*} -ge 17 ]] 2>/dev/null || die "Kafka $KAFKA_VERSION needs Java 17+, $JAVA is ${spec:-unknown}"
+	# A CDS archive only fits the exact JVM build and flags that wrote it, hence the key.
+	local key
+	key=$(printf '%s\n' "$(grep -E '^ *java\.(home|runtime\.version) = ' <<<"$settings")" "$HEAP_OPTS" "$JVM_OPTS" |
+		cksum | cut -d' ' -f1)
+	CDS_FILE=$CDS_DIR/$key.jsa
 }
 
 # Resolves kafka_2.13 and its runtime dependencies once per version. Maven writes into a temp dir
@@ -139,8 +150,10 @@ format_storage() {
 	until [[ ${cid:-} =~ ^[A-Za-z0-9_] ]]; do
 		cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
 	done
-	# shellcheck disable=SC2086  # JVM_OPTS is deliberately word-split
-	"$JAVA" $JVM_OPTS -Dlog4j2.configurationFile="$SCRIPT_DIR/log4j2.properties" -Dkafka.logs.dir="$STATE_DIR" \
+	local cds_opts=()
+	[[ $KAFKA_CDS == 1 && -f $CDS_FILE ]] && cds_opts=(-XX:SharedArchiveFile="$CDS_FILE")
+	# shellcheck disable=SC2086  # HEAP_OPTS / JVM_OPTS are deliberately word-split
+	"$JAVA" $HEAP_OPTS $JVM_OPTS ${cds_opts[@]+"${cds_opts[@]}"} -Dlog4j2.configurationFile="$SCRIPT_DIR/log4j2.properties" -Dkafka.logs.dir="$STATE_DIR" \
 		-cp "$LIBS_DIR/*" kafka.tools.StorageTool format -t "$cid" -c "$CONF_FILE" >"$STATE_DIR/format.log" 2>&1 ||
 		{
 			cat "$STATE_DIR/format.log" >&2
@@ -161,11 +174,27 @@ terminate() {
 		if ((waited >= STOP_TIMEOUT * 5)); then
 			log "pid $pid still alive after ${STOP_TIMEOUT}s; sending SIGKILL"
 			kill -KILL "$pid" 2>/dev/null || true
-			break
+			return 1
 		fi
 		sleep 0.2
 		waited=$((waited + 1))
 	done
+}
+
+# After the broker exited: keep the CDS archive it dumped if it exited cleanly, else drop it.
+settle_cds() {
+	local clean=$1 tmp final
+	[[ -f $CDS_PENDING ]] || return 0
+	{
+		read -r tmp
+		read -r final
+	} <"$CDS_PENDING"
+	rm -f "$CDS_PENDING"
+	if [[ $clean == 1 && -s $tmp ]]; then
+		mv -f "$tmp" "$final"
+	else
+		rm -f "$tmp"
+	fi
 }
 
 # Launches the JVM and waits for it. Returns 0 when ready, 2 when the listener port was taken
@@ -175,11 +204,25 @@ launch() {
 	write_config "$port" "$cport"
 	format_storage
 	[[ -f $STATE_DIR/kafka.log ]] && log_offset=$(wc -c <"$STATE_DIR/kafka.log")
+	local cds_opts=()
+	rm -f "$CDS_PENDING"
+	if [[ $KAFKA_CDS == 1 ]]; then
+		if [[ -f $CDS_FILE ]]; then
+			cds_opts=(-XX:SharedArchiveFile="$CDS_FILE")
+		else
+			# The JVM writes the archive when it exits; stop renames it into place only after a
+			# clean exit, so a broker killed mid-dump never leaves a torn archive for the next one.
+			mkdir -p "$CDS_DIR"
+			find "$CDS_DIR" -maxdepth 1 -name '.*.tmp.jsa' -mmin +10 -delete
+			printf '%s\n%s\n' "$CDS_DIR/.$(basename "$CDS_FILE" .jsa).$$.tmp.jsa" "$CDS_FILE" >"$CDS_PENDING"
+			cds_opts=(-XX:ArchiveClassesAtExit="$(head -n 1 "$CDS_PENDING")")
+		fi
+	fi
 	# Monitor mode gives the broker its own process group: Ctrl-C aimed at the caller (a shell, a
 	# pytest run) does not kill it, and nohup keeps it alive when the terminal goes away.
 	set -m
 	# shellcheck disable=SC2086  # HEAP_OPTS / JVM_OPTS are deliberately word-split
-	nohup "$JAVA" $HEAP_OPTS $JVM_OPTS \
+	nohup "$JAVA" $HEAP_OPTS $JVM_OPTS ${cds_opts[@]+"${cds_opts[@]}"} \
 		-Dlog4j2.configurationFile="$SCRIPT_DIR/log4j2.properties" -Dkafka.logs.dir="$STATE_DIR" \
 		-cp "$LIBS_DIR/*" kafka.Kafka "$CONF_FILE" </dev/null >"$STATE_DIR/kafka.out" 2>&1 &
 	pid=$!
@@ -189,6 +232,7 @@ launch() {
 	until port_open "$port" && tail -c "+$((log_offset + 1))" "$STATE_DIR/kafka.log" 2>/dev/null | grep -q "Kafka Server started"; do
 		if ! kill -0 "$pid" 2>/dev/null; then
 			rm -f "$PID_FILE"
+			settle_cds 0
 			if grep -qs "Address already in use" "$STATE_DIR/kafka.out" "$STATE_DIR/kafka.log"; then
 				return 2
 			fi
@@ -197,21 +241,22 @@ launch() {
 		fi
 		if ((SECONDS >= deadline)); then
 			show_log_tail
-			terminate "$pid"
+			terminate "$pid" || true
 			rm -f "$PID_FILE"
+			settle_cds 0
 			die "the broker was not ready within ${START_TIMEOUT}s (KAFKA_START_TIMEOUT)"
 		fi
 		sleep 0.2
 	done
 	if [[ -n $OWNER_PID ]]; then
-		# Watchdog: stop the broker once the owning process (e.g. a pytest session) is gone, even
-		# if it was killed before it could run its teardown.
+		# Watchdog: stop the broker (through this script's own stop) once the owning process,
+		# e.g. a pytest session, is gone, even if it was killed before it could run its teardown.
 		set -m
-		# shellcheck disable=SC2016  # $1..$3 are expanded by the watchdog's own bash
+		# shellcheck disable=SC2016  # $1..$4 are expanded by the watchdog's own bash
 		nohup bash -c '
 			while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 2; done
-			if ps -p "$2" -o args= 2>/dev/null | grep -qF -- "kafka.Kafka $3"; then kill -TERM "$2"; fi
-		' kafka-watchdog "$OWNER_PID" "$pid" "$CONF_FILE" </dev/null >/dev/null 2>&1 &
+			exec "$3" stop --dir "$4"
+		' kafka-watchdog "$OWNER_PID" "$pid" "$SCRIPT_DIR/kafka.sh" "$STATE_DIR" </dev/null >>"$STATE_DIR/watchdog.log" 2>&1 &
 		set +m
 	fi
 	return 0
@@ -258,7 +303,9 @@ cmd_stop() {
 		return 0
 	fi
 	log "stopping pid $pid"
-	terminate "$pid"
+	local clean=1
+	terminate "$pid" || clean=0
+	settle_cds "$clean"
 	rm -f "$PID_FILE" "$ADDR_FILE"
 	log "stopped"
 }
@@ -319,6 +366,7 @@ done
 [[ -d $STATE_DIR ]] && STATE_DIR=$(cd "$STATE_DIR" && pwd -P)
 CONF_FILE=$STATE_DIR/server.properties
 PID_FILE=$STATE_DIR/kafka.pid
+CDS_PENDING=$STATE_DIR/cds-pending
 ADDR_FILE=$STATE_DIR/bootstrap
 
 case $COMMAND in
