@@ -93,10 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedder", type=Path, default=None, help="exported ONNX embedder directory (default: export once)"
     )
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument(
+        "--mask",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="replace variable tokens (numbers, ids, IPs, timestamps, paths) with placeholders",
+    )
+    p.add_argument(
+        "--max-chars", type=int, default=2048, help="truncate prepared texts to this many characters"
+    )
+    p.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.2,
+        help="share of normal records kept out of fitting to measure the false-positive rate (0: none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and the detector")
 
     p = sub.add_parser("score", help="score records with a bundle; JSONL to stdout in input order")
     p.add_argument("--bundle", type=Path, required=True)
     _add_input_args(p, text_field_default=None)
+    p.add_argument(
+        "--label-field",
+        default=None,
+        help="label field/column to copy into the output (plain text: a column number, cut from the text)",
+    )
 
     p = sub.add_parser("evaluate", help="measure detection quality on labelled data and write a report")
     p.add_argument("--bundle", type=Path, required=True)
