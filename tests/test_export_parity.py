@@ -82,6 +82,18 @@ def test_cached_export_reuses_the_existing_directory(embedder_dir: Path) -> None
     assert cached_export(int8=True) != embedder_dir
 
 
+@pytest.mark.slow
+def test_cached_export_replaces_a_damaged_cache_entry(embedder_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = cached_export(cache_root=cache)
+    assert first.parent == cache / "onnx"
+    assert first.name == embedder_dir.name  # same key as the session's cache: same model, options, tools
+    (first / "tokenizer.json").write_text("{}", encoding="utf-8")
+    again = cached_export(cache_root=cache)
+    assert again == first
+    assert OnnxEmbedder(again, intra_op_threads=1).embed(["disk full on /var"]).shape == (1, 384)
+
+
 def test_export_refuses_a_directory_that_is_not_a_sentence_transformer(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}", encoding="utf-8")
     with pytest.raises(ExportError, match=r"no modules\.json"):

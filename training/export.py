@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cache import default_cache_root
+from agent.embedder import EmbedderError, read_manifest
 
 # Bump when the exported graph, tokenizer handling or embedder.json change meaning: it is part of
 # the cache key, so stale cached exports are not reused.
@@ -371,7 +372,8 @@ def cached_export(
 
     The key covers the source model's file hash, the options, :data:`EXPORT_CODE_VERSION` and the
     exporting tools' versions, so CI and developers pay for an export once per machine and a
-    change to any of them gives a fresh export rather than a stale one.
+    change to any of them gives a fresh export rather than a stale one. A cached directory whose
+    files no longer match their sha256 in embedder.json is exported again rather than returned.
     """
     model_dir = default_model_dir() if model_dir is None else Path(model_dir)
     _describe_model(model_dir)
@@ -389,12 +391,20 @@ def cached_export(
     )
     key = f"{'int8' if int8 else 'fp32'}-{hashlib.sha256(key_material.encode()).hexdigest()[:16]}"
     target = root / "onnx" / key
-    if (target / "embedder.json").is_file():
+    if _intact(target):
         return target
     with _locked(root / "onnx" / f".{key}.lock"):
-        if not (target / "embedder.json").is_file():
+        if not _intact(target):  # missing, or damaged since: export (again)
             export_embedder(model_dir, target, int8=int8)
     return target
+
+
+def _intact(target: Path) -> bool:
+    try:
+        read_manifest(target)
+    except EmbedderError:
+        return False
+    return True
 
 
 def cmd_export_embedder(args: argparse.Namespace) -> int:
