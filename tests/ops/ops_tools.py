@@ -1,5 +1,5 @@
 """Helpers for the deploy/ checks: the real tools (systemd-analyze, promtool, prometheus,
-kustomize, hadolint), installed on demand by deploy/ci/install-tools.sh.
+kustomize, hadolint, composecheck), installed on demand by deploy/ci/install-tools.sh.
 
 A clean CI machine has none of the Debian tools; the session fixture runs the project's install
 script once, then fails (never skips) with the script's output when a tool is still missing, so a
@@ -31,6 +31,7 @@ class OpsTools:
     prometheus: str
     kustomize: tuple[str, ...]
     hadolint: str
+    composecheck: str
 
 
 def _resolve() -> OpsTools | None:
@@ -44,7 +45,12 @@ def _resolve() -> OpsTools | None:
         kustomize = (k,)
     elif (kubectl := shutil.which("kubectl", path=path)) is not None:
         kustomize = (kubectl, "kustomize")
-    if kustomize is None or any(v is None for v in found.values()):
+    composecheck = TOOLS_BIN / "composecheck"
+    sources = [p for p in (DEPLOY / "ci" / "composecheck").iterdir() if p.is_file()]
+    stale = not composecheck.is_file() or any(
+        p.stat().st_mtime > composecheck.stat().st_mtime for p in sources
+    )
+    if kustomize is None or stale or any(v is None for v in found.values()):
         return None
     return OpsTools(
         systemd_analyze=str(found["systemd-analyze"]),
@@ -52,6 +58,7 @@ def _resolve() -> OpsTools | None:
         prometheus=str(found["prometheus"]),
         kustomize=kustomize,
         hadolint=str(found["hadolint"]),
+        composecheck=str(composecheck),
     )
 
 

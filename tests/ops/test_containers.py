@@ -5,6 +5,7 @@ model and must give the intended values, consistent with Kafka, Prometheus and G
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -133,6 +134,36 @@ def test_image_default_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
         f"{IMAGE_TOML.relative_to(REPO_ROOT)} /etc/anomaly-agent/agent.toml" in line
         for line in stages["runtime"]
     )
+
+
+def _compose_go(ops_tools: OpsTools, compose_file: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "ANOMALY_AGENT_BUNDLE"}
+    return subprocess.run(
+        [ops_tools.composecheck, str(compose_file)], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_compose_file_loads_with_compose_go(ops_tools: OpsTools) -> None:
+    """compose-go (Docker Compose v2's loader) accepts the file: compose-spec schema,
+    interpolation and references; its normalized agent environment is the one tested below."""
+    proc = _compose_go(ops_tools, COMPOSE)
+    assert proc.returncode == 0, proc.stderr
+    project = json.loads(proc.stdout)
+    assert set(project["services"]) == set(_compose()["services"])
+    agent = project["services"]["anomaly-agent"]
+    assert agent["environment"] == _env_list(_compose()["services"]["anomaly-agent"]["environment"])
+    (bundle,) = agent["volumes"]
+    assert bundle["source"] == str(COMPOSE.parent / "bundle") and bundle["read_only"] is True
+
+
+def test_compose_go_rejects_a_broken_file(ops_tools: OpsTools, tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(
+        COMPOSE.read_text().replace("    read_only: true\n", "    read_only: true\n    readonly: true\n")
+    )
+    proc = _compose_go(ops_tools, broken)
+    assert proc.returncode != 0
+    assert "readonly" in proc.stderr
 
 
 def test_compose_agent_settings(monkeypatch: pytest.MonkeyPatch) -> None:
