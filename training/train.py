@@ -81,6 +81,11 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(f"--detector {args.detector}: {exc}") from None
 
+    if getattr(detector, "requires_labels", False) and args.label_field is None:
+        raise InputError(
+            f"--detector {args.detector} needs the normal class of every training record:"
+            " give --label-field (and --normal-labels to pick the normal classes)"
+        )
     records = read_records(args.input, label_field=args.label_field)
     text_prep = text_prep_for_input(
         args.input, args.text_field, TextPreparation(mask=args.mask, max_chars=args.max_chars)

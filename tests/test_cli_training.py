@@ -1,0 +1,260 @@
+"""train / score / evaluate through the real CLI on 300 real BGL lines with the real ONNX embedder."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.bundle import load_bundle
+from agent.cli import main
+
+pytestmark = pytest.mark.slow
+
+N_LINES = 300
+
+
+def run_cli(*argv: str | Path) -> tuple[int, str, str]:
+    """Run ``anomaly-agent ARGV`` in-process; (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path) -> dict[str, Any]:
+    """The first 300 BGL lines as plain text, as JSONL (nested text, label field) and as CSV."""
+    d = tmp_path_factory.mktemp("bgl")
+    lines = (datasets_dir / "bgl_2k" / "BGL_2k.log").read_text(encoding="utf-8").splitlines()[:N_LINES]
+    labels = [line.split(" ", 1)[0] for line in lines]
+    bodies = [line.split(" ", 1)[1] for line in lines]
+    (d / "bgl.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with (d / "bgl.jsonl").open("w", encoding="utf-8") as fh:
+        for label, body in zip(labels, bodies, strict=True):
+            fh.write(json.dumps({"event": {"message": body}, "alert": label}) + "\n")
+    with (d / "bgl.csv").open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["alert", "message"])
+        writer.writerows(zip(labels, bodies, strict=True))
+    return {"dir": d, "labels": labels, "bodies": bodies}
+
+
+@pytest.fixture(scope="module")
+def trained(data: dict[str, Any], embedder_dir: Path) -> dict[str, Any]:
+    out = data["dir"] / "bundle"
+    code, stdout, stderr = run_cli(
+        "train",
+        "--input", data["dir"] / "bgl.log",
+        "--label-field", "1",
+        "--normal-labels", "-",
+        "--detector", "knn",
+        "--embedder", embedder_dir,
+        "--out", out,
+    )  # fmt: skip
+    assert code == 0, stderr
+    return {"bundle": out, "summary": json.loads(stdout), "stderr": stderr}
+
+
+def test_train_writes_a_verified_bundle_and_a_json_summary(
+    trained: dict[str, Any], data: dict[str, Any]
+) -> None:
+    summary = trained["summary"]
+    n_normal = data["labels"].count("-")
+    assert 0 < n_normal < N_LINES
+    training = summary["training"]
+    assert training["records"] == N_LINES
+    assert training["normal_records"] == n_normal
+    assert training["anomalous_records"] == N_LINES - n_normal
+    assert training["fit_records"] + training["validation_records"] == n_normal
+    assert training["validation_records"] == round(0.2 * n_normal)
+    assert training["label_counts"] == {label: data["labels"].count(label) for label in set(data["labels"])}
+    assert training["normal_labels"] == ["-"]
+    evaluation = summary["evaluation"]
+    assert evaluation["target_fpr"] == 0.01
+    assert 0.0 <= evaluation["validation_fpr"] <= 1.0
+    assert evaluation["anomalies"]["counts"]["anomalous"] == N_LINES - n_normal
+    assert "embedding" in trained["stderr"]  # progress bar on stderr, stdout held only the JSON
+
+    bundle = load_bundle(trained["bundle"])
+    assert bundle.model_id == summary["model_id"]
+    assert bundle.detector_name == "knn"
+    assert bundle.text_prep.fields == ("text",)
+    assert bundle.manifest["training"] == training
+    assert bundle.manifest["evaluation"] == evaluation
+    sample = bundle.training_sample()
+    assert sample is not None
+    assert sample.shape == (training["training_sample"], bundle.manifest["embedder"]["dim"])
+    np.testing.assert_allclose(np.linalg.norm(sample, axis=1), 1.0, atol=1e-4)
+
+
+def _jsonl(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_score_keeps_input_order_and_agrees_across_formats(
+    trained: dict[str, Any], data: dict[str, Any]
+) -> None:
+    bundle = trained["bundle"]
+    code, stdout, stderr = run_cli(
+        "score", "--bundle", bundle, "--input", data["dir"] / "bgl.log", "--label-field", "1"
+    )
+    assert code == 0, stderr
+    rows = _jsonl(stdout)
+    assert [r["line"] for r in rows] == list(range(1, N_LINES + 1))
+    assert [r["label"] for r in rows] == data["labels"]
+    for row in rows:
+        assert row["is_anomaly"] == (row["score"] > 1.0)
+        assert row["cluster_label"] in (None, "-")
+        assert row["threshold"] is None or row["distance"] / row["threshold"] == pytest.approx(row["score"])
+    assert not rows[0]["text"].startswith("- ")  # the label column never reaches the model
+    assert rows[0]["text"].startswith("<NUM> <TS> <NODE> <TS> <NODE> RAS KERNEL")
+
+    code, stdout, _ = run_cli(
+        "score", "--bundle", bundle, "--input", data["dir"] / "bgl.jsonl", "--text-field", "event.message"
+    )
+    assert code == 0
+    from_jsonl = _jsonl(stdout)
+    assert [r["text"] for r in from_jsonl] == [r["text"] for r in rows]
+    np.testing.assert_allclose([r["score"] for r in from_jsonl], [r["score"] for r in rows], rtol=1e-5)
+    assert any(r["is_anomaly"] for r in rows) or max(r["score"] for r in rows) <= 1.0
+
+
+def test_evaluate_counts_match_scores_and_the_report_is_written(
+    trained: dict[str, Any], data: dict[str, Any]
+) -> None:
+    bundle, report = trained["bundle"], data["dir"] / "report"
+    code, stdout, stderr = run_cli(
+        "evaluate",
+        "--bundle", bundle,
+        "--input", data["dir"] / "bgl.log",
+        "--label-field", "1",
+        "--normal-labels", "-",
+        "--report", report,
+    )  # fmt: skip
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    counts = result["counts"]
+    anomalous = [label != "-" for label in data["labels"]]
+    assert counts["n"] == N_LINES
+    assert counts["anomalous"] == sum(anomalous)
+    assert counts["normal"] == N_LINES - sum(anomalous)
+    assert counts["tp"] + counts["fn"] == counts["anomalous"]
+    assert counts["fp"] + counts["tn"] == counts["normal"]
+
+    _, scored, _ = run_cli(
+        "score", "--bundle", bundle, "--input", data["dir"] / "bgl.log", "--label-field", "1"
+    )
+    flags = [r["is_anomaly"] for r in _jsonl(scored)]
+    assert counts["flagged"] == sum(flags)
+    assert counts["tp"] == sum(f and a for f, a in zip(flags, anomalous, strict=True))
+    assert result["recall"] == pytest.approx(counts["tp"] / counts["anomalous"])
+    assert 0.0 <= result["auroc"] <= 1.0
+    assert result["per_label"]["KERNDTLB"]["n"] == data["labels"].count("KERNDTLB")
+
+    pngs = ["projection.png", "score_histogram.png", "outliers_vs_threshold.png", "roc.png", "pr.png"]
+    for name in pngs:
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    index = (report / "index.html").read_text(encoding="utf-8")
+    assert all(f'src="{name}"' in index for name in pngs)
+    assert result["report"] == str(report / "index.html")
+    saved = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    assert saved == {k: v for k, v in result.items() if k != "report"}
+
+    code, csv_out, stderr = run_cli(
+        "evaluate",
+        "--bundle", bundle,
+        "--input", data["dir"] / "bgl.csv",
+        "--text-field", "message",
+        "--label-field", "alert",
+        "--normal-labels", "-",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert json.loads(csv_out)["counts"] == counts
+
+
+def _error(*argv: str | Path) -> str:
+    code, stdout, stderr = run_cli(*argv)
+    assert code == 2, stderr
+    assert stdout == ""
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("anomaly-agent: ")
+    return lines[0]
+
+
+def test_input_errors_are_one_line_with_exit_2(
+    trained: dict[str, Any], data: dict[str, Any], embedder_dir: Path, tmp_path: Path
+) -> None:
+    bundle = trained["bundle"]
+    missing = tmp_path / "nope.jsonl"
+    assert f"input file {missing} does not exist" in _error("score", "--bundle", bundle, "--input", missing)
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    assert "holds no records" in _error("score", "--bundle", bundle, "--input", empty)
+
+    no_text = tmp_path / "no_text.jsonl"
+    no_text.write_text('{"text": "fine"}\n\n{"msg": "x", "level": "INFO"}\n', encoding="utf-8")
+    message = _error("train", "--input", no_text, "--embedder", embedder_dir, "--out", tmp_path / "b")
+    assert f"{no_text} line 3: text field 'text' is missing (fields present: level, msg)" in message
+
+    message = _error(
+        "evaluate", "--bundle", bundle, "--input", data["dir"] / "bgl.jsonl",
+        "--text-field", "event.message", "--label-field", "severity", "--normal-labels", "-",
+    )  # fmt: skip
+    assert "line 1: label field 'severity' is missing (fields present: alert, event)" in message
+
+    message = _error(
+        "train", "--input", data["dir"] / "bgl.jsonl", "--text-field", "event.message",
+        "--label-field", "alert", "--normal-labels=-,INFO",
+        "--embedder", embedder_dir, "--out", tmp_path / "b",
+    )  # fmt: skip
+    assert "--normal-labels 'INFO' never occurs in label field 'alert'; labels found: '-' (" in message
+    assert "'KERNDTLB' (" in message
+
+    message = _error(
+        "score", "--bundle", bundle, "--input", data["dir"] / "bgl.log", "--label-field", "alert"
+    )
+    assert "--label-field must be a column number" in message
+    assert not (tmp_path / "b").exists()
+
+
+def test_tampered_bundle_is_refused_by_score(
+    trained: dict[str, Any], data: dict[str, Any], tmp_path: Path
+) -> None:
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    for f in trained["bundle"].rglob("*"):
+        target = copy / f.relative_to(trained["bundle"])
+        if f.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(f.read_bytes())
+    sample = copy / "training_sample.npy"
+    raw = bytearray(sample.read_bytes())
+    raw[-1] ^= 0xFF
+    sample.write_bytes(bytes(raw))
+    message = _error("score", "--bundle", copy, "--input", data["dir"] / "bgl.log")
+    assert "training_sample.npy does not match its sha256" in message
+    assert message.endswith("re-train or restore the bundle")
+
+
+def test_class_centroid_without_labels_is_a_usage_error(
+    data: dict[str, Any], embedder_dir: Path, tmp_path: Path
+) -> None:
+    message = _error(
+        "train", "--input", data["dir"] / "bgl.jsonl", "--text-field", "event.message",
+        "--detector", "class-centroid", "--embedder", embedder_dir, "--out", tmp_path / "b",
+    )  # fmt: skip
+    assert "--detector class-centroid needs the normal class of every training record" in message
+    assert "--label-field" in message
+    assert not (tmp_path / "b").exists()
