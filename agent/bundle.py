@@ -235,6 +235,8 @@ def write_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        # mkdtemp makes the directory private (0700); the agent often runs as another user.
+        tmp.chmod(0o777 & ~_current_umask())
         shutil.copytree(embedder_dir, tmp / EMBEDDER_DIR)
         (tmp / DETECTOR_DIR).mkdir()
         for written in detector.save(tmp / DETECTOR_DIR):
@@ -273,6 +275,12 @@ def write_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _swap_into_place(new: Path, out: Path) -> None:

@@ -86,6 +86,12 @@ def fake_embedder_dir(tmp_path: Path) -> Path:
     return d
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _vectors(n: int, seed: int) -> FloatArray:
     v = np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
     unit: FloatArray = v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -143,6 +149,8 @@ def test_round_trip(tmp_path: Path, fake_embedder_dir: Path) -> None:
     sample = bundle.training_sample()
     assert sample is not None
     np.testing.assert_array_equal(sample, _vectors(10, 0))
+
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()  # readable by the agent's user, not 0700
 
     original = PickleDetector()
     original.fit(_vectors(50, 0))
