@@ -287,7 +287,10 @@ cmd_start() {
 		rc=0
 		launch "$port" "$cport" || rc=$?
 		((rc == 0)) && break
-		[[ -z $PORT && $attempt -lt 3 ]] || { show_log_tail && die "port $port or $cport is already in use"; }
+		if [[ -n $PORT || $attempt -ge 3 ]]; then
+			grep -h "failed to bind" "$STATE_DIR/kafka.out" "$STATE_DIR/kafka.log" | tail -n 1 >&2 || true
+			die "port $port or $cport is already in use"
+		fi
 		log "port $port or $cport was taken meanwhile; retrying with fresh ports"
 	done
 	echo "127.0.0.1:$port" >"$ADDR_FILE"
