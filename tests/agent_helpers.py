@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Lines of BGL_2k used to train the session bundle; events replayed to the agent come after them.
 TRAIN_NORMAL_LINES = 500
 AGENT_START_TIMEOUT_S = 90.0
+# (key, value, headers) of one input record.
+Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]
 
 
 # ----------------------------------------------------------------------------- data
@@ -117,11 +120,7 @@ def offline_anomalies(bundle: Path, events: Sequence[Mapping[str, Any]], work: P
 # ----------------------------------------------------------------------------- Kafka I/O
 
 
-def produce(
-    bootstrap: str,
-    topic: str,
-    records: Sequence[tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]],
-) -> list[tuple[int, int]]:
+def produce(bootstrap: str, topic: str, records: Sequence[Record]) -> list[tuple[int, int]]:
     """Produce (key, value, headers) records in order; returns each one's (partition, offset)."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
     positions: list[tuple[int, int] | None] = [None] * len(records)
@@ -146,7 +145,56 @@ def produce(
     return [p for p in positions if p is not None]
 
 
-def json_records(events: Sequence[Mapping[str, Any]]) -> list[tuple[bytes | None, bytes | None, None]]:
+class StreamProducer:
+    """Produces records in order at about ``rate`` records/s on a background thread, recording
+    where each one landed; ``join`` waits for the end of the stream and checks every delivery."""
+
+    def __init__(self, bootstrap: str, topic: str, records: Sequence[Record], *, rate: float) -> None:
+        self.positions: list[tuple[int, int] | None] = [None] * len(records)
+        self.produced = 0
+        self._records = records
+        self._topic = topic
+        self._interval = 1.0 / rate
+        self._errors: list[KafkaError] = []
+        self._producer = Producer(
+            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+        )
+        self._thread = threading.Thread(target=self._run, name="stream-producer", daemon=True)
+        self._thread.start()
+
+    def _report(self, index: int) -> Callable[[KafkaError | None, Message], None]:
+        def report(error: KafkaError | None, msg: Message) -> None:
+            if error is not None:
+                self._errors.append(error)
+            else:
+                partition, offset = msg.partition(), msg.offset()
+                assert partition is not None and offset is not None
+                self.positions[index] = (partition, offset)
+
+        return report
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        for i, (key, value, headers) in enumerate(self._records):
+            delay = start + i * self._interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self._producer.produce(
+                self._topic, value=value, key=key, headers=headers, on_delivery=self._report(i)
+            )
+            self._producer.poll(0)
+            self.produced = i + 1
+        self._producer.flush(30)
+
+    def join(self, timeout: float) -> list[tuple[int, int]]:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the stream did not finish within {timeout} s"
+        assert not self._errors, f"delivery failed: {self._errors[:3]}"
+        assert all(p is not None for p in self.positions), "not every record was delivered"
+        return [p for p in self.positions if p is not None]
+
+
+def json_records(events: Sequence[Mapping[str, Any]]) -> list[Record]:
     return [(f"key-{e['seq']}".encode(), json.dumps(e).encode(), None) for e in events]
 
 

@@ -1,0 +1,131 @@
+"""Crash test on the real broker: ``kill -9`` the agent at random moments while a stream flows.
+
+The agent runs as a process (``anomaly-agent run``, configured by environment) with the default
+exactly-once delivery. While a producer streams events, the agent is killed with SIGKILL shortly
+after it has committed its first transaction of each life (so it dies mid-backlog, often with a
+transaction open), and restarted, five times; a last instance drains the stream and stops with
+SIGTERM. A read_committed reader must then find every alert ``anomaly-agent score`` expects, and
+every dead letter, exactly once: counted by source partition/offset and by alert id.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from agent_helpers import (
+    AgentProcess,
+    AgentTopics,
+    Record,
+    StreamProducer,
+    agent_bundle,
+    agent_env,
+    agent_processes,
+    alert_sources,
+    json_records,
+    make_events,
+    offline_anomalies,
+    offsets,
+    read_committed,
+    wait_caught_up,
+    wait_until,
+)
+from kafka_fixtures import GroupFactory, TopicFactory
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+agent_bundle_fixture = agent_bundle
+agent_processes_fixture = agent_processes
+
+KILLS = 5
+COMMITTED = 'anomaly_agent_transactions_total{result="committed"}'
+RATE = 10.0  # events/s: the stream outlasts the kill rounds, which wait out the 6 s session timeout
+
+
+def test_kill_9_and_restart_publishes_every_alert_exactly_once(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    make_group: GroupFactory,
+    agent_bundle: Path,
+    agent_processes: list[AgentProcess],
+    datasets_dir: Path,
+    tmp_path: Path,
+    record_property: pytest.RecordProperty,
+) -> None:
+    topics = AgentTopics(make_topic(2), make_topic(1), make_topic(1), make_group())
+    events = make_events(datasets_dir, normal=300, bgl_alerts=60, foreign=120, seed=23)
+    expected = offline_anomalies(agent_bundle, events, tmp_path)
+    # A malformed record every 40 records: dead letters are part of the transactions too.
+    records: list[Record] = []
+    is_alert: dict[int, bool] = {}  # record index -> expected to alert
+    poison_at: set[int] = set()
+    for record, flagged in zip(json_records(events), expected, strict=True):
+        if len(records) % 40 == 20:
+            poison_at.add(len(records))
+            records.append((f"poison-{len(records)}".encode(), b"{broken json", None))
+        is_alert[len(records)] = flagged
+        records.append(record)
+    assert 40 <= sum(is_alert.values()) <= len(events) - 100
+
+    env = agent_env(kafka_bootstrap, topics, agent_bundle, instance_id="crash-agent", batch__max_size="16")
+    stream = StreamProducer(kafka_bootstrap, topics.input, records, rate=RATE)
+    rng = random.Random(5)
+    kill_log: list[dict[str, float]] = []
+    for life in range(KILLS):
+        agent = AgentProcess(env, tmp_path / f"agent-{life}.log")
+        agent_processes.append(agent)
+        wait_until(lambda a=agent: _committed(a) >= 1, timeout=60, what="the agent's first commit")
+        time.sleep(rng.uniform(0.0, 0.8))
+        committed = _committed(agent)
+        agent.kill()
+        kill_log.append({"life": life, "committed_transactions": committed, "produced": stream.produced})
+
+    final = AgentProcess(env, tmp_path / "agent-final.log")
+    agent_processes.append(final)
+    positions = stream.join(timeout=120)
+    wait_caught_up(kafka_bootstrap, topics.group, topics.input, timeout=120)
+    assert final.terminate() == 0, final.tail()
+
+    record_at = {position: i for i, position in enumerate(positions)}
+    alerts = read_committed(kafka_bootstrap, topics.alerts)
+    by_source = Counter(record_at[s] for s in alert_sources(alerts))
+    by_id = Counter(json.loads(m.value() or b"")["id"] for m in alerts)
+    dead = read_committed(kafka_bootstrap, topics.dead_letter)
+    dead_headers = [dict(m.headers() or []) for m in dead]
+    dead_by_source = Counter(
+        record_at[(int(h["dlq.source.partition"]), int(h["dlq.source.offset"]))] for h in dead_headers
+    )
+    expected_alerts = {i for i, flagged in is_alert.items() if flagged}
+    report = {
+        "events": len(records),
+        "kills": len(kill_log),
+        "expected_alerts": len(expected_alerts),
+        "alerts_read": len(alerts),
+        # Records in the alert log incl. aborted ones and transaction markers: above alerts_read
+        # + one marker per committed transaction when a kill left a transaction open.
+        "alert_log_end_offset": sum(offsets(kafka_bootstrap, topics.group, topics.alerts)[1].values()),
+        "distinct_alerts": len(by_source),
+        "dead_letters_expected": len(poison_at),
+        "dead_letters_read": len(dead),
+        "kill_log": kill_log,
+    }
+    record_property("crash_test", json.dumps(report))
+    print("crash test:", json.dumps(report))
+
+    assert {i: n for i, n in by_source.items() if n > 1} == {}, "alerts duplicated across crashes"
+    assert {i: n for i, n in by_id.items() if n > 1} == {}, "alert ids duplicated across crashes"
+    assert set(by_source) == expected_alerts, (
+        f"missing {sorted(expected_alerts - set(by_source))}, "
+        f"unexpected {sorted(set(by_source) - expected_alerts)}"
+    )
+    assert dead_by_source == Counter(poison_at), "every malformed record dead-lettered exactly once"
+
+
+def _committed(agent: AgentProcess) -> float:
+    if agent.proc.poll() is not None:
+        raise AssertionError(f"agent exited with {agent.proc.returncode}:\n{agent.tail()}")
+    return agent.metric(COMMITTED)
