@@ -14,8 +14,7 @@ import pytest
 
 from agent.bundle import load_bundle
 from agent.cli import main
-
-pytestmark = pytest.mark.slow
+from training.records import InputError, read_records
 
 N_LINES = 300
 
@@ -26,6 +25,41 @@ def run_cli(*argv: str | Path) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(a) for a in argv])
     return code, out.getvalue(), err.getvalue()
+
+
+def test_readers_keep_line_numbers_across_formats(tmp_path: Path) -> None:
+    multi = tmp_path / "m.csv"
+    multi.write_text('alert,text\n-,"two\nlines"\n\nX,second\n', encoding="utf-8")
+    assert [(r.line, r.data) for r in read_records(multi)] == [
+        (2, {"alert": "-", "text": "two\nlines"}),
+        (5, {"alert": "X", "text": "second"}),
+    ]
+    array = tmp_path / "a.json"
+    array.write_text('[{"text": "a"}, {"text": "b"}]', encoding="utf-8")
+    assert [(r.line, r.data["text"]) for r in read_records(array)] == [(1, "a"), (2, "b")]
+    log = tmp_path / "x.log"
+    log.write_text("\ufeff- first  line\n\nKERNDTLB   second\n", encoding="utf-8")
+    assert [(r.line, r.data) for r in read_records(log, label_field="1")] == [
+        (1, {"text": "first  line", "1": "-"}),
+        (3, {"text": "second", "1": "KERNDTLB"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.jsonl", b'{"text": "a"}\nnot json\n', "bad.jsonl line 2: not valid JSON"),
+        ("list.jsonl", b'{"text": "a"}\n[1, 2]\n', "list.jsonl line 2: expected a JSON object, got list"),
+        ("bin.log", b"fine\nx\xff\n", "bin.log line 2: not UTF-8 text"),
+        ("wide.csv", b"a,text\n1,2,3\n", "wide.csv line 2: 3 values but the header has 2 columns"),
+        ("blank.log", b"\n  \n", "holds no records"),
+    ],
+)
+def test_reader_errors_name_file_and_line(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        read_records(path)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +96,7 @@ def trained(data: dict[str, Any], embedder_dir: Path) -> dict[str, Any]:
     return {"bundle": out, "summary": json.loads(stdout), "stderr": stderr}
 
 
+@pytest.mark.slow
 def test_train_writes_a_verified_bundle_and_a_json_summary(
     trained: dict[str, Any], data: dict[str, Any]
 ) -> None:
@@ -98,6 +133,7 @@ def _jsonl(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+@pytest.mark.slow
 def test_score_keeps_input_order_and_agrees_across_formats(
     trained: dict[str, Any], data: dict[str, Any]
 ) -> None:
@@ -131,6 +167,7 @@ def test_score_keeps_input_order_and_agrees_across_formats(
     np.testing.assert_allclose([r["score"] for r in from_jsonl], [r["score"] for r in rows], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_evaluate_counts_match_scores_and_the_report_is_written(
     trained: dict[str, Any], data: dict[str, Any]
 ) -> None:
@@ -196,6 +233,7 @@ def _error(*argv: str | Path) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_input_errors_are_one_line_with_exit_2(
     trained: dict[str, Any], data: dict[str, Any], embedder_dir: Path, tmp_path: Path
 ) -> None:
@@ -233,6 +271,7 @@ def test_input_errors_are_one_line_with_exit_2(
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_tampered_bundle_is_refused_by_score(
     trained: dict[str, Any], data: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -254,6 +293,7 @@ def test_tampered_bundle_is_refused_by_score(
     assert message.endswith("re-train or restore the bundle")
 
 
+@pytest.mark.slow
 def test_class_centroid_without_labels_is_a_usage_error(
     data: dict[str, Any], embedder_dir: Path, tmp_path: Path
 ) -> None:
