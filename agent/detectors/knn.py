@@ -1,0 +1,145 @@
+"""k-nearest-neighbour detector: cosine distance to the k nearest normal training vectors.
+
+Raw measure: mean (``aggregate="mean"``) or k-th (``"kth"``) cosine distance ``1 - x·r`` to the
+k nearest reference vectors. Embeddings are L2-normalized, so this is one matrix product per
+batch; scoring is done in blocks of ``block_size`` events to bound memory (block × reference
+floats).
+
+Reference set: the fit part of the normal vectors, exact duplicates removed (log streams repeat
+the same line thousands of times; a duplicate adds nothing to "is there normal data near this
+point" but would let one template fill all k neighbour slots), then capped at ``max_reference``
+by seeded subsampling so memory (``max_reference × dim × 4`` bytes) and time per event stay
+bounded on large training sets.
+
+Clusters: with labels, an event's cluster is its nearest neighbour's class and thresholds are
+calibrated per class (with shrinkage); without labels there is one global threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.detectors._common import CalibratedDetector, Float64Array, IntArray, LabelArray
+from agent.detectors.base import FloatArray
+
+_AGGREGATES = ("mean", "kth")
+
+
+class KnnDetector(CalibratedDetector):
+    """Cosine distance to the k nearest normal vectors / calibrated threshold."""
+
+    name = "knn"
+
+    def __init__(
+        self,
+        *,
+        k: int = 5,
+        aggregate: str = "mean",
+        max_reference: int = 20000,
+        block_size: int = 1024,
+        target_fpr: float = 0.01,
+        holdout_fraction: float = 0.2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(target_fpr=target_fpr, holdout_fraction=holdout_fraction, seed=seed)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if aggregate not in _AGGREGATES:
+            raise ValueError(f"aggregate must be one of {_AGGREGATES}, got {aggregate!r}")
+        if max_reference < 1 or block_size < 1:
+            raise ValueError("max_reference and block_size must be >= 1")
+        self.k = int(k)
+        self.aggregate = aggregate
+        self.max_reference = int(max_reference)
+        self.block_size = int(block_size)
+        self._reference: FloatArray | None = None
+        self._reference_class: IntArray | None = None
+        self._classes: list[str] | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "aggregate": self.aggregate,
+            "max_reference": self.max_reference,
+            "block_size": self.block_size,
+            "target_fpr": self.target_fpr,
+            "holdout_fraction": self.holdout_fraction,
+            "seed": self.seed,
+        }
+
+    @property
+    def n_clusters(self) -> int:
+        return 0 if self._classes is None else len(self._classes)
+
+    @property
+    def cluster_labels(self) -> list[str] | None:
+        return None if self._classes is None else list(self._classes)
+
+    @property
+    def reference_size(self) -> int:
+        return 0 if self._reference is None else len(self._reference)
+
+    def _fit(self, vectors: FloatArray, labels: LabelArray | None) -> None:
+        # Deduplicate on (vector, label) so a vector seen under two classes keeps both.
+        keyed = (
+            vectors if labels is None else np.concatenate([vectors, _label_codes(labels)[:, None]], axis=1)
+        )
+        _, first = np.unique(keyed, axis=0, return_index=True)
+        keep = np.sort(first)
+        if len(keep) > self.max_reference:
+            rng = np.random.default_rng(self.seed)
+            keep = np.sort(rng.choice(keep, self.max_reference, replace=False))
+        self._reference = np.ascontiguousarray(vectors[keep], dtype=np.float32)
+        if labels is None:
+            self._classes, self._reference_class = None, None
+        else:
+            classes, codes = np.unique(labels[keep], return_inverse=True)
+            self._classes = [str(c) for c in classes]
+            self._reference_class = codes.astype(np.int64)
+
+    def _raw(self, vectors: FloatArray) -> tuple[Float64Array, IntArray]:
+        if self._reference is None:
+            raise RuntimeError("knn detector is not fitted")
+        reference = self._reference
+        k = min(self.k, len(reference))
+        raw = np.empty(len(vectors), dtype=np.float64)
+        cluster = np.full(len(vectors), -1, dtype=np.int64)
+        for start in range(0, len(vectors), self.block_size):
+            block = vectors[start : start + self.block_size]
+            similarity = block @ reference.T
+            top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+            top_sim = np.take_along_axis(similarity, top, axis=1).astype(np.float64)
+            distance = np.clip(1.0 - top_sim, 0.0, 2.0)
+            raw[start : start + len(block)] = (
+                distance.mean(axis=1) if self.aggregate == "mean" else distance.max(axis=1)
+            )
+            if self._reference_class is not None:
+                nearest = top[np.arange(len(block)), top_sim.argmax(axis=1)]
+                cluster[start : start + len(block)] = self._reference_class[nearest]
+        return raw, cluster
+
+    def _arrays(self) -> dict[str, npt.NDArray[Any]]:
+        assert self._reference is not None
+        arrays: dict[str, npt.NDArray[Any]] = {"reference": self._reference}
+        if self._reference_class is not None and self._classes is not None:
+            arrays["reference_class"] = self._reference_class
+            arrays["classes"] = np.asarray(self._classes, dtype=np.str_)
+        return arrays
+
+    def _restore(
+        self, arrays: Mapping[str, npt.NDArray[Any]], meta: Mapping[str, Any], directory: Path
+    ) -> None:
+        self._reference = np.ascontiguousarray(arrays["reference"], dtype=np.float32)
+        if "reference_class" in arrays:
+            self._reference_class = np.asarray(arrays["reference_class"], dtype=np.int64)
+            self._classes = [str(c) for c in arrays["classes"]]
+
+
+def _label_codes(labels: LabelArray) -> FloatArray:
+    _, codes = np.unique(labels, return_inverse=True)
+    return codes.astype(np.float32)

@@ -1,0 +1,151 @@
+"""Loaders that turn the dev datasets (../shared/datasets) into train/test splits.
+
+Each split is fixed by the issue so quality numbers are comparable across detectors and runs:
+
+- ``emotion``: train on the *train* split's ``joy``, ``sadness``, ``anger`` tweets; test on the
+  whole *test* split, where ``fear``, ``love``, ``surprise`` are the anomalies (the Apache Beam
+  example's setup).
+- ``bgl``: BGL_2k in file order; train on the normal lines (first field ``-``) of the first 1,000
+  lines; test on all of lines 1,001-2,000, where any first field other than ``-`` (an alert tag) is
+  an anomaly. The label field is never part of the text.
+- ``sms``: the UCI SMS Spam Collection; the ham messages are shuffled with
+  ``numpy.random.default_rng(0)`` and split 80/20; train on the 80 % ham, test on the 20 % ham plus
+  every spam message.
+
+Records are plain dicts of string fields so the project's ``TextPreparation.extract`` (dotted
+field paths) turns them into the text that is embedded, exactly as ``train`` would from JSONL.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+Record = dict[str, str]
+
+#: BGL line layout (loghub): alert tag or "-", unix time, date, node, time, node again,
+#: then type (RAS), component (KERNEL, APP, ...), level (INFO, FATAL, ...) and the free-text message.
+BGL_FIELDS = (
+    "label",
+    "unix_time",
+    "date",
+    "node",
+    "time",
+    "node_repeat",
+    "type",
+    "component",
+    "level",
+    "message",
+)
+
+DATASET_NAMES = ("emotion", "bgl", "sms")
+
+
+@dataclass(frozen=True)
+class DevSplit:
+    """One dataset's normal training records and labelled test records.
+
+    ``train_labels`` are the normal classes of the training records (what ``--label-field`` gives
+    ``train``); ``test_is_anomaly`` is the ground truth for the test records.
+    """
+
+    name: str
+    train_records: list[Record]
+    train_labels: list[str]
+    test_records: list[Record]
+    test_labels: list[str]
+    normal_labels: tuple[str, ...]
+    #: the fields that carry the event's meaning, in the order they are joined into the text.
+    text_fields: tuple[str, ...]
+
+    @property
+    def test_is_anomaly(self) -> npt.NDArray[np.bool_]:
+        normal = set(self.normal_labels)
+        return np.array([label not in normal for label in self.test_labels], dtype=bool)
+
+
+def parse_bgl_line(line: str) -> Record:
+    """Split one loghub BGL line into ``BGL_FIELDS``; a missing message becomes ""."""
+    parts = line.rstrip("\n").split(maxsplit=len(BGL_FIELDS) - 1)
+    if len(parts) < len(BGL_FIELDS) - 1:
+        raise ValueError(f"not a BGL log line (expected at least {len(BGL_FIELDS) - 1} fields): {line!r}")
+    parts += [""] * (len(BGL_FIELDS) - len(parts))
+    return dict(zip(BGL_FIELDS, parts, strict=True))
+
+
+def _read_jsonl(path: Path) -> list[Mapping[str, str]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def load_emotion(datasets_dir: Path) -> DevSplit:
+    normal = ("joy", "sadness", "anger")
+    train = [r for r in _read_jsonl(datasets_dir / "emotion" / "train.jsonl") if r["label"] in normal]
+    test = _read_jsonl(datasets_dir / "emotion" / "test.jsonl")
+    return DevSplit(
+        name="emotion",
+        train_records=[{"text": r["text"]} for r in train],
+        train_labels=[r["label"] for r in train],
+        test_records=[{"text": r["text"]} for r in test],
+        test_labels=[r["label"] for r in test],
+        normal_labels=normal,
+        text_fields=("text",),
+    )
+
+
+def load_bgl(datasets_dir: Path) -> DevSplit:
+    with (datasets_dir / "bgl_2k" / "BGL_2k.log").open(encoding="utf-8", errors="replace") as fh:
+        records = [parse_bgl_line(line) for line in fh if line.strip()]
+    half = len(records) // 2
+    first, second = records[:half], records[half:]
+    train = [r for r in first if r["label"] == "-"]
+    # The label field is ground truth, never input: strip it from what the detector may see.
+    return DevSplit(
+        name="bgl",
+        train_records=[_without_label(r) for r in train],
+        train_labels=["-"] * len(train),
+        test_records=[_without_label(r) for r in second],
+        test_labels=[r["label"] for r in second],
+        normal_labels=("-",),
+        text_fields=("component", "level", "message"),
+    )
+
+
+def _without_label(record: Record) -> Record:
+    return {k: v for k, v in record.items() if k != "label"}
+
+
+def load_sms(datasets_dir: Path, *, seed: int = 0, train_fraction: float = 0.8) -> DevSplit:
+    with (datasets_dir / "sms_spam" / "SMSSpamCollection").open(encoding="utf-8", newline="") as fh:
+        rows = [row for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
+    if rows and rows[0] == ["Label", "SMS"]:
+        rows = rows[1:]
+    ham = [row[1] for row in rows if row[0] == "ham"]
+    spam = [row[1] for row in rows if row[0] == "spam"]
+    order = np.random.default_rng(seed).permutation(len(ham))
+    cut = round(train_fraction * len(ham))
+    train = [ham[i] for i in order[:cut]]
+    test_ham = [ham[i] for i in order[cut:]]
+    return DevSplit(
+        name="sms",
+        train_records=[{"text": t} for t in train],
+        train_labels=["ham"] * len(train),
+        test_records=[{"text": t} for t in test_ham + spam],
+        test_labels=["ham"] * len(test_ham) + ["spam"] * len(spam),
+        normal_labels=("ham",),
+        text_fields=("text",),
+    )
+
+
+def load(name: str, datasets_dir: Path) -> DevSplit:
+    """Load one dev split by name (one of ``DATASET_NAMES``)."""
+    loaders = {"emotion": load_emotion, "bgl": load_bgl, "sms": load_sms}
+    if name not in loaders:
+        raise ValueError(f"unknown dev dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    return loaders[name](datasets_dir)
