@@ -15,12 +15,14 @@ from agent.detectors.class_centroid import ClassCentroidDetector
 from agent.detectors.hdbscan_detector import HdbscanDetector
 from agent.detectors.kmeans import KMeansDetector
 from agent.detectors.knn import KnnDetector
+from agent.detectors.mahalanobis import MahalanobisDetector
 
 DETECTORS: dict[str, type[Detector]] = {
     KMeansDetector.name: KMeansDetector,
     ClassCentroidDetector.name: ClassCentroidDetector,
     HdbscanDetector.name: HdbscanDetector,
     KnnDetector.name: KnnDetector,
+    MahalanobisDetector.name: MahalanobisDetector,
 }
 
 

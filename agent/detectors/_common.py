@@ -236,7 +236,9 @@ class CalibratedDetector(Detector):
         return detector
 
 
-def nearest_euclidean(vectors: FloatArray, centers: Float64Array) -> tuple[Float64Array, IntArray]:
+def nearest_euclidean(
+    vectors: npt.NDArray[np.floating[Any]], centers: Float64Array
+) -> tuple[Float64Array, IntArray]:
     """Euclidean distance to, and index of, the nearest row of ``centers`` (float64, batched)."""
     x = vectors.astype(np.float64)
     sq = (x * x).sum(axis=1)[:, None] - 2.0 * (x @ centers.T) + (centers * centers).sum(axis=1)[None, :]
