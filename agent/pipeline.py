@@ -638,6 +638,7 @@ class Pipeline:
                 "init_transactions",
                 lambda: producer.init_transactions(self._call_timeout()),
                 extra_codes=_STARTUP_RETRY_CODES,
+                producer=producer,
             )
         return producer
 
@@ -675,9 +676,17 @@ class Pipeline:
 
     # ----------------------------------------------------------------- retries, outage, stop
 
-    def _retry(self, what: str, call: Callable[[], T], *, extra_codes: frozenset[int] = frozenset()) -> T:
+    def _retry(
+        self,
+        what: str,
+        call: Callable[[], T],
+        *,
+        extra_codes: frozenset[int] = frozenset(),
+        producer: Producer | None = None,
+    ) -> T:
         """Call until it succeeds or fails non-retriably; between attempts, apply the outage
-        policy and the shutdown deadline."""
+        policy and the shutdown deadline. ``producer``'s callbacks are served between attempts
+        (its ``error_cb`` is what reports an outage while nothing else polls it)."""
         while True:
             try:
                 return call()
@@ -686,6 +695,9 @@ class Pipeline:
                 if error is None or not (error.retriable() or error.code() in extra_codes):
                     raise
                 log.warning("%s: %s; retrying", what, error)
+                target = producer if producer is not None else self._producer
+                if target is not None:
+                    target.poll(0)
                 self._waiting(what)
 
     def _waiting(self, what: str) -> None:
@@ -802,7 +814,7 @@ class Pipeline:
         return self._consumer.committed(partitions, timeout=self._call_timeout())
 
     def _on_consumer_error(self, error: KafkaError) -> None:
-        if self._outage_error(error):
+        if self._connection_error(error):
             return
         if error.fatal():
             log.error("kafka consumer fatal error: %s", error)
@@ -813,17 +825,28 @@ class Pipeline:
     def _on_producer_error(self, error: KafkaError) -> None:
         # A fatal producer error surfaces again from the next produce/transactional call, which
         # recreates the producer; here it is only logged.
-        if not self._outage_error(error):
+        if not self._connection_error(error):
             log.log(logging.ERROR if error.fatal() else logging.WARNING, "kafka producer: %s", error)
 
-    def _outage_error(self, error: KafkaError) -> bool:
-        if error.code() != KafkaError._ALL_BROKERS_DOWN:
-            return False
-        if self._unreachable_since is None:
-            self._unreachable_since = time.monotonic()
-            self._health.set_broker_reachable(False)
-        log.warning("kafka: %s; retrying (not ready)", error)
-        return True
+    def _connection_error(self, error: KafkaError) -> bool:
+        """Connection trouble: librdkafka retries by itself and logs each attempt through the
+        ``librdkafka`` logger, so only the start of an outage is logged here."""
+        code = error.code()
+        if code == KafkaError._ALL_BROKERS_DOWN:
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
+                self._health.set_broker_reachable(False)
+                limit = self._settings.lifecycle.broker_unavailable_exit_seconds
+                log.warning(
+                    "no Kafka broker reachable (%s); retrying, not ready%s",
+                    error.str(),
+                    f", exiting after {limit:g} s" if limit > 0 else "",
+                )
+            return True
+        if code in (KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            log.debug("kafka: %s", error)
+            return True
+        return False
 
     def _on_stats(self, stats_json: str) -> None:
         try:

@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -63,8 +64,36 @@ class _OneLineFormatter(logging.Formatter):
         return super().format(record).replace("\n", " | ")
 
 
+class RepeatFilter(logging.Filter):
+    """Passes one record per message shape (digits ignored) per ``window_s``; the next one that
+    passes says how many were suppressed. librdkafka logs every reconnect attempt during a
+    broker outage, several per second; the journal needs one line per half minute."""
+
+    MAX_SHAPES = 1_000
+
+    def __init__(self, window_s: float = 30.0) -> None:
+        super().__init__()
+        self._window = window_s
+        self._seen: dict[tuple[int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.levelno, re.sub(r"\d+", "#", record.getMessage()))
+        now = time.monotonic()
+        last, suppressed = self._seen.get(key, (None, 0))
+        if last is not None and now - last < self._window:
+            self._seen[key] = (last, suppressed + 1)
+            return False
+        if len(self._seen) >= self.MAX_SHAPES:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if suppressed:
+            record.msg, record.args = f"{record.getMessage()} ({suppressed} similar suppressed)", None
+        return True
+
+
 def setup_logging(level: str) -> None:
-    """Single-line records on stderr at ``level`` (journald and container runtimes collect stderr)."""
+    """Single-line records on stderr at ``level`` (journald and container runtimes collect stderr);
+    librdkafka's own log lines are de-duplicated by ``RepeatFilter``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         _OneLineFormatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
@@ -72,6 +101,8 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    kafka_log = logging.getLogger("librdkafka")
+    kafka_log.filters[:] = [RepeatFilter()]
 
 
 class BundleWatcher:

@@ -1,0 +1,282 @@
+"""The agent as a process: systemd notifications, probes, SIGTERM drain, broker outage, refusals.
+
+systemd's side is played by a real AF_UNIX datagram socket named by ``NOTIFY_SOCKET`` (what
+systemd itself listens on), the broker outage by stopping a broker started for the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agent_helpers import (
+    AgentProcess,
+    AgentTopics,
+    StreamProducer,
+    agent_bundle,
+    agent_env,
+    agent_processes,
+    alert_sources,
+    bgl_lines,
+    clean_env,
+    cli,
+    offsets,
+    read_committed,
+    wait_until,
+)
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+from kafka_fixtures import KAFKA_SH, GroupFactory, TopicFactory
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+agent_bundle_fixture = agent_bundle
+agent_processes_fixture = agent_processes
+
+GRACE_S = 10.0
+
+
+class NotifyListener:
+    """A systemd notification socket: collects every datagram the agent sends."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="notify-", dir="/tmp")  # AF_UNIX paths max 107 bytes
+        self.path = os.path.join(self._dir, "notify.sock")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+        self._sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed:
+            try:
+                data = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def lines(self) -> list[str]:
+        return [line for _, message in self.messages for line in message.splitlines()]
+
+    def count(self, line: str) -> int:
+        return self.lines().count(line)
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(timeout=2)
+        self._sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@pytest.fixture
+def notify() -> Iterator[NotifyListener]:
+    listener = NotifyListener()
+    yield listener
+    listener.close()
+
+
+def test_notify_probes_and_sigterm_drain(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    make_group: GroupFactory,
+    agent_bundle: Path,
+    agent_processes: list[AgentProcess],
+    datasets_dir: Path,
+    notify: NotifyListener,
+    tmp_path: Path,
+) -> None:
+    topics = AgentTopics(make_topic(2), make_topic(1), make_topic(1), make_group())
+    normal, _ = bgl_lines(datasets_dir)
+    records = [(None, json.dumps({"text": t}).encode(), None) for t in normal[-300:]]
+    env = agent_env(
+        kafka_bootstrap,
+        topics,
+        agent_bundle,
+        instance_id="lifecycle",
+        lifecycle__shutdown_grace_seconds=str(GRACE_S),
+    )
+    agent = AgentProcess(
+        env, tmp_path / "agent.log", extra_env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"}
+    )
+    agent_processes.append(agent)
+
+    wait_until(lambda: notify.count("READY=1") == 1, timeout=90, what="READY=1")
+    assert agent.probe("/healthz") == 200
+    assert agent.probe("/readyz") == 200
+    # WATCHDOG_USEC = 1 s: a ping every 0.5 s while the loop turns (idle polls included).
+    wait_until(lambda: notify.count("WATCHDOG=1") >= 3, timeout=10, what="three WATCHDOG=1")
+
+    stream = StreamProducer(kafka_bootstrap, topics.input, records, rate=100)
+    wait_until(
+        lambda: agent.metric("anomaly_agent_events_processed_total") >= 50, timeout=60, what="processing"
+    )
+    signalled = time.monotonic()
+    code = agent.terminate(timeout=GRACE_S + 5)
+    took = time.monotonic() - signalled
+    assert code == 0, agent.tail()
+    assert took < GRACE_S, f"shutdown took {took:.1f} s, grace is {GRACE_S} s"
+    assert notify.count("STOPPING=1") == 1
+    assert notify.lines().index("READY=1") < notify.lines().index("STOPPING=1")
+    assert "Traceback" not in agent.log()
+    stream.join(timeout=30)
+
+    # Whatever the stopped agent committed is complete: a second agent finishes the stream and
+    # together they alerted on each event at most once.
+    committed_before, _ = offsets(kafka_bootstrap, topics.group, topics.input)
+    assert sum(max(0, o) for o in committed_before.values()) > 0
+    second = AgentProcess(
+        agent_env(kafka_bootstrap, topics, agent_bundle, instance_id="lifecycle"), tmp_path / "agent2.log"
+    )
+    agent_processes.append(second)
+    wait_until(
+        lambda: (
+            offsets(kafka_bootstrap, topics.group, topics.input)[0]
+            == offsets(kafka_bootstrap, topics.group, topics.input)[1]
+        ),
+        timeout=90,
+        what="the second agent to catch up",
+    )
+    assert second.terminate() == 0
+    sources = alert_sources(read_committed(kafka_bootstrap, topics.alerts))
+    assert len(sources) == len(set(sources)), "an event was alerted twice across a graceful restart"
+
+
+def kafka_sh_env() -> dict[str, str]:
+    """Environment for deploy/local/kafka.sh. COLUMNS is set wide because the script recognises
+    its broker with ``ps -o args=``, which truncates to $COLUMNS (80 in subprocesses of pytest),
+    and would then report a running broker as "not running"."""
+    env = {k: v for k, v in clean_env().items() if k not in ("KAFKA_PORT", "ANOMALY_AGENT_STATE_DIR")}
+    return env | {"COLUMNS": "4096"}
+
+
+@pytest.fixture
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A broker of this test's own (deploy/local/kafka.sh), so the test can take it away."""
+    state = tmp_path_factory.mktemp("outage-kafka")
+    env = kafka_sh_env()
+    started = subprocess.run(
+        [str(KAFKA_SH), "start", "--dir", str(state), "--owner-pid", str(os.getpid())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        yield started.stdout.split()[-1], state
+    finally:
+        subprocess.run([str(KAFKA_SH), "stop", "--dir", str(state)], env=env, capture_output=True, timeout=60)
+
+
+def test_broker_outage_unready_then_exit_69(
+    own_broker: tuple[str, Path], agent_bundle: Path, agent_processes: list[AgentProcess], tmp_path: Path
+) -> None:
+    bootstrap, state = own_broker
+    topics = AgentTopics("outage-in", "outage-alerts", "outage-dead", "outage-group")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics(
+        [NewTopic(t, num_partitions=1) for t in (topics.input, topics.alerts, topics.dead_letter)]
+    ).values():
+        future.result(timeout=30)
+    del admin  # it would retry the stopped broker for the rest of the session
+    limit = 8.0
+    agent = AgentProcess(
+        agent_env(
+            bootstrap,
+            topics,
+            agent_bundle,
+            instance_id="outage",
+            lifecycle__broker_unavailable_exit_seconds=str(limit),
+        ),
+        tmp_path / "agent.log",
+    )
+    agent_processes.append(agent)
+    agent.wait_ready()
+    assert agent.probe("/readyz") == 200
+
+    down_at = time.monotonic()  # the broker closes its connections as soon as it is told to stop
+    stopped = subprocess.run(
+        [str(KAFKA_SH), "stop", "--dir", str(state)],
+        env=kafka_sh_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stopped.returncode == 0 and "stopped" in stopped.stderr, stopped.stderr
+    wait_until(lambda: agent.probe("/readyz") == 503, timeout=15, what="/readyz to fail")
+    assert agent.probe("/healthz") == 200, "a broker outage is not a reason to restart the agent"
+    code = agent.wait_exit(timeout=limit + 30)
+    took = time.monotonic() - down_at
+    assert code == 69, agent.tail()
+    assert took >= limit, f"exited {took:.1f} s after the outage began, before the {limit} s limit"
+    assert "no Kafka broker reachable" in agent.log()
+
+
+def test_unreachable_broker_at_start_exits_69(
+    agent_bundle: Path, agent_processes: list[AgentProcess], tmp_path: Path
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, never listening: connections are refused
+        agent = AgentProcess(
+            agent_env(
+                f"127.0.0.1:{port}",
+                AgentTopics("in", "alerts", "dead", "g"),
+                agent_bundle,
+                instance_id="nobroker",
+                lifecycle__broker_unavailable_exit_seconds="4",
+            ),
+            tmp_path / "agent.log",
+        )
+        agent_processes.append(agent)
+        wait_until(lambda: agent.probe("/readyz") == 503, timeout=60, what="/readyz answering 503")
+        assert agent.wait_exit(timeout=60) == 69, agent.tail()
+
+
+def _run_once(overrides: dict[str, str], tmp_path: Path, name: str) -> tuple[int, str]:
+    agent = AgentProcess(overrides, tmp_path / f"{name}.log")
+    code = agent.wait_exit(timeout=90)
+    return code, agent.log()
+
+
+def test_startup_refusals_say_what_to_fix(
+    kafka_bootstrap: str, make_topic: TopicFactory, agent_bundle: Path, tmp_path: Path
+) -> None:
+    topics = AgentTopics(make_topic(1), make_topic(1), make_topic(1), "refusals")
+    base = agent_env(kafka_bootstrap, topics, agent_bundle, instance_id="refusals")
+
+    code, log = _run_once(base | {"ANOMALY_AGENT_BATCH__MAX_SIZE": "0"}, tmp_path, "bad-config")
+    assert code == 78 and "batch.max_size" in log and "Traceback" not in log, log
+
+    missing = tmp_path / "no-bundle-here"
+    code, log = _run_once(base | {"ANOMALY_AGENT_MODEL__BUNDLE": str(missing)}, tmp_path, "no-bundle")
+    assert code == 78 and str(missing) in log and "Traceback" not in log, log
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(agent_bundle, tampered)
+    (tampered / "text_preparation.json").write_text('{"fields": ["text"], "mask": false}\n')
+    code, log = _run_once(base | {"ANOMALY_AGENT_MODEL__BUNDLE": str(tampered)}, tmp_path, "tampered")
+    assert code == 65 and "text_preparation.json" in log and "Traceback" not in log, log
+
+    code, log = _run_once(
+        base | {"ANOMALY_AGENT_TOPICS__ALERTS": "no-such-alert-topic"}, tmp_path, "no-topic"
+    )
+    assert code == 78 and "no-such-alert-topic" in log and "Traceback" not in log, log
+
+    result = cli("run", "--config", str(tmp_path / "missing.toml"))
+    assert result.returncode == 78 and "missing.toml" in result.stderr and "Traceback" not in result.stderr
