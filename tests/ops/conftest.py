@@ -7,7 +7,10 @@ always means the real tool ran.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from agent_harness import train_bundle
 from ops_tools import OpsTools, ensure_tools
 
 
@@ -17,3 +20,9 @@ def ops_tools() -> OpsTools:
         return ensure_tools()
     except RuntimeError as exc:
         pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def ops_bundle(datasets_dir: Path, embedder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One bundle for the ops tests that run the agent, trained by the real CLI."""
+    return train_bundle(datasets_dir, embedder_dir, tmp_path_factory.mktemp("ops-bundle") / "bundle")
