@@ -76,7 +76,7 @@ TRAIN_FILE = DEMO_DIR / "train.jsonl"
 STREAM_FILE = DEMO_DIR / "stream.jsonl"
 KAFKA_SH = REPO_ROOT / "deploy" / "local" / "kafka.sh"
 DEFAULT_STATE_DIR = REPO_ROOT / "var" / "demo"
-DETECTOR = "knn"
+DETECTOR = "mahalanobis"
 BOOTSTRAP_ENV = "ANOMALY_AGENT_KAFKA__BOOTSTRAP_SERVERS"
 # How long the agent may take from start to /readyz (a cold onnxruntime session load included).
 READY_TIMEOUT_S = 180.0
@@ -295,8 +295,8 @@ def _fingerprint(detector: str) -> str:
     return digest.hexdigest()
 
 
-def ensure_bundle(bundle: Path, env: Mapping[str, str]) -> tuple[str, bool]:
-    """Trains the demo bundle unless one trained from the same data verifies; returns (how, trained)."""
+def ensure_bundle(bundle: Path, env: Mapping[str, str]) -> str:
+    """Trains the demo bundle unless one trained from the same data verifies; says which it did."""
     stamp = bundle.with_name(bundle.name + ".source-sha256")
     fingerprint = _fingerprint(DETECTOR)
     if stamp.is_file() and stamp.read_text().strip() == fingerprint:
@@ -305,17 +305,19 @@ def ensure_bundle(bundle: Path, env: Mapping[str, str]) -> tuple[str, bool]:
         except BundleError:
             pass
         else:
-            return "reused (same training data, files verified)", False
+            return "reused (same training data, files verified)"
     bundle.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "agent.cli", "train",
         "--input", str(TRAIN_FILE), "--text-field", "message", "--detector", DETECTOR, "--out", str(bundle),
     ]  # fmt: skip
-    done = subprocess.run(command, env=dict(env), check=False, stdout=sys.stderr)
+    # The summary JSON train prints goes to a file; its progress (stderr) is the user's to see.
+    done = subprocess.run(command, env=dict(env), check=False, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
         raise DemoError(f"training the demo bundle failed (exit {done.returncode}): {' '.join(command)}")
+    bundle.with_name(bundle.name + ".train.json").write_text(done.stdout)
     stamp.write_text(fingerprint + "\n")
-    return "trained", True
+    return "trained"
 
 
 def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -664,7 +666,7 @@ def run_demo(args: argparse.Namespace, console: Console, stop: StopFlag) -> dict
         t = time.monotonic()
         console.step(3, "model bundle", f"{DETECTOR} detector on {TRAIN_FILE.relative_to(REPO_ROOT)} ...")
         try:
-            how, _ = ensure_bundle(bundle, env)
+            how = ensure_bundle(bundle, env)
         except DemoError:
             if stop.is_set():  # Ctrl-C reached the training process too; that is not a failure
                 return summary
