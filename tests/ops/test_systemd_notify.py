@@ -2,16 +2,18 @@
 it can work, WATCHDOG=1 at half of WATCHDOG_USEC, RELOADING=1 then READY=1 on SIGHUP (the unit's
 ExecReload), STOPPING=1 on SIGTERM and exit 0 within TimeoutStopSec.
 
-It runs with the kernel's memory-deny-write-execute (PR_SET_MDWE) on, the protection the unit's
-MemoryDenyWriteExecute=yes gives: onnxruntime, numpy and librdkafka must run without W+X pages.
+It runs under the seccomp filter systemd installs for the unit's MemoryDenyWriteExecute=yes
+(tests/ops/seccomp_mdwe.py) plus NoNewPrivileges: loading the bundle, embedding with onnxruntime,
+scoring with numpy and producing with librdkafka must work without writable-executable memory.
 """
 
 from __future__ import annotations
 
-import ctypes
 import itertools
+import json
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,26 +21,57 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from agent_harness import agent_env, produce, running_agent, traffic, wait_until_ready, write_config
+from prometheus_client.parser import text_string_to_metric_families
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+SECCOMP_MDWE = Path(__file__).with_name("seccomp_mdwe.py")
+PROBE = """
+import ctypes, json, mmap
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+out = {}
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_WRITE | mmap.PROT_EXEC)
+    out["mmap_wx"] = "allowed"
+except PermissionError:
+    out["mmap_wx"] = "denied"
+buf = mmap.mmap(-1, 4096)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+out["mprotect_x"] = "allowed" if libc.mprotect(addr, 4096, mmap.PROT_READ | mmap.PROT_EXEC) == 0 else "denied"
+out["mprotect_r"] = "allowed" if libc.mprotect(addr, 4096, mmap.PROT_READ) == 0 else "denied"
+print(json.dumps(out))
+"""
 
-PR_SET_MDWE = 65
-PR_GET_MDWE = 66
-PR_MDWE_REFUSE_EXEC_GAIN = 1
-# Sets MDWE on itself, then execs the agent: the flag survives execve (Linux >= 6.3).
-MDWE_WRAPPER = (
-    "import ctypes, os, sys\n"
-    "libc = ctypes.CDLL(None, use_errno=True)\n"
-    f"if libc.prctl({PR_SET_MDWE}, {PR_MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0) != 0:\n"
-    "    sys.exit('PR_SET_MDWE failed: errno %d' % ctypes.get_errno())\n"
-    "os.execv(sys.argv[1], sys.argv[1:])\n"
-)
+
+def _probe(prefix: list[str]) -> dict[str, str]:
+    proc = subprocess.run([*prefix, sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, str] = json.loads(proc.stdout)
+    return result
 
 
-def _mdwe_supported() -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return int(libc.prctl(PR_GET_MDWE, 0, 0, 0, 0)) >= 0
+def test_mdwe_filter_denies_what_systemd_denies() -> None:
+    """The wrapper is the real protection: W+X mappings and adding PROT_EXEC fail under it only."""
+    assert _probe([]) == {"mmap_wx": "allowed", "mprotect_x": "allowed", "mprotect_r": "allowed"}
+    confined = _probe([sys.executable, str(SECCOMP_MDWE)])
+    assert confined == {"mmap_wx": "denied", "mprotect_x": "denied", "mprotect_r": "allowed"}
+
+
+def _wait_processed(
+    metrics_url: str, expected: float, proc: subprocess.Popen[bytes], timeout: float = 120
+) -> float:
+    """anomaly_agent_events_processed_total once it reaches ``expected`` (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    value = 0.0
+    while time.monotonic() < deadline and proc.poll() is None:
+        for family in text_string_to_metric_families(requests.get(metrics_url, timeout=5).text):
+            if family.name == "anomaly_agent_events_processed":
+                value = sum(s.value for s in family.samples if s.name.endswith("_total"))
+        if value >= expected:
+            break
+        time.sleep(0.5)
+    return value
 
 
 @pytest.fixture
@@ -66,7 +99,9 @@ def _collect(
         seen.extend((now, line) for line in data.decode().splitlines() if line)
 
 
-def test_notify_protocol_under_mdwe(
+@pytest.mark.integration
+@pytest.mark.slow
+def test_notify_protocol_under_memory_deny_write_execute(
     notify_socket: socket.socket,
     ops_bundle: Path,
     kafka_bootstrap: str,
@@ -75,9 +110,6 @@ def test_notify_protocol_under_mdwe(
     datasets_dir: Path,
     tmp_path: Path,
 ) -> None:
-    assert _mdwe_supported(), (
-        "this kernel lacks PR_SET_MDWE (Linux >= 6.3): cannot check MemoryDenyWriteExecute"
-    )
     config = write_config(
         tmp_path,
         bootstrap=kafka_bootstrap,
@@ -95,13 +127,15 @@ def test_notify_protocol_under_mdwe(
     def lines() -> list[str]:
         return [line for _, line in seen]
 
-    with running_agent(config, log, env=env, prefix=(sys.executable, "-c", MDWE_WRAPPER)) as proc:
+    with running_agent(config, log, env=env, prefix=(sys.executable, str(SECCOMP_MDWE))) as proc:
         _collect(notify_socket, seen, lambda: "READY=1" in lines() or proc.poll() is not None, 180)
         assert "READY=1" in lines(), f"no READY=1 (got {lines()}):\n{log.read_text()}"
         wait_until_ready(config, proc, log)
 
-        # Work through the embedder and the transactional producer while MDWE is on.
+        # Work through the embedder and the transactional producer under the filter.
         produce(kafka_bootstrap, config.input_topic, traffic(datasets_dir, 60, seed=3))
+        processed = _wait_processed(config.metrics_url, 54, proc)
+        assert processed >= 54, f"{processed} of 54 good events scored:\n{log.read_text()}"
         _collect(notify_socket, seen, lambda: False, 6)
         pings = [t for t, line in seen if line == "WATCHDOG=1"]
         assert len(pings) >= 3, f"watchdog pings: {lines()}\n{log.read_text()}"
