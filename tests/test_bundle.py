@@ -16,6 +16,7 @@ import pytest
 import agent.detectors
 from agent.bundle import FORMAT_VERSION, BundleError, load_bundle, write_bundle
 from agent.detectors.base import Detector, FloatArray, Scores
+from agent.detectors.hdbscan_detector import HdbscanDetector
 from agent.textprep import TextPreparation
 
 
@@ -269,4 +270,37 @@ def test_tampered_pickle_is_refused_before_it_is_unpickled(tmp_path: Path, fake_
     # Control: the same files read without verification do run the payload, so the check above matters.
     with pytest.raises(TypeError):
         PickleDetector.load(out / "detector")
+    assert marker.is_dir()
+
+
+def test_real_hdbscan_pickle_swapped_for_a_payload_is_never_unpickled(
+    tmp_path: Path, fake_embedder_dir: Path
+) -> None:
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(3, 24))
+    vectors = np.concatenate([c + 0.05 * rng.normal(size=(80, 24)) for c in centres]).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    detector = HdbscanDetector()
+    detector.fit(vectors)
+    out = write_bundle(
+        tmp_path / "bundle",
+        embedder_dir=fake_embedder_dir,
+        text_prep=TextPreparation(),
+        detector=detector,
+        training_summary={},
+        evaluation={},
+    )
+    assert load_bundle(out).detector_name == "hdbscan"
+    pickles = sorted(p.relative_to(out).as_posix() for p in (out / "detector").glob("*.pkl"))
+    assert pickles, "the hdbscan detector is expected to save a pickle"
+    marker = tmp_path / "pickle-was-executed"
+    for rel in pickles:
+        (out / rel).write_bytes(pickle.dumps(_Payload(marker)))
+
+    with pytest.raises(BundleError, match=rf"{pickles[0]} does not match its sha256"):
+        load_bundle(out)
+    assert not marker.exists()
+
+    # Control: reading the same files without verification runs the payload.
+    HdbscanDetector.load(out / "detector")
     assert marker.is_dir()
