@@ -7,6 +7,7 @@ with the agent's settings model."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import subprocess
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject, TriggerAuthentication
-from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 from ops_tools import DEPLOY, OpsTools
 from pydantic import BaseModel
 
@@ -32,6 +33,7 @@ CRD_MODELS: dict[tuple[str, str], type[BaseModel]] = {
     ("keda.sh/v1alpha1", "ScaledObject"): ScaledObject,
     ("keda.sh/v1alpha1", "TriggerAuthentication"): TriggerAuthentication,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ServiceMonitor,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PrometheusRule,
 }
 
 Docs = list[dict[str, Any]]
@@ -228,3 +230,18 @@ def test_service_monitor_pdb_and_scaler_point_at_the_agent(
     if settings.kafka.security_protocol.startswith("SASL"):
         auth = trigger["authenticationRef"]["name"]
         assert auth in {d["metadata"]["name"] for d in docs if d["kind"] == "TriggerAuthentication"}
+
+
+def test_prometheus_rule_is_rules_yml(render: Callable[[str], Docs]) -> None:
+    """The PrometheusRule carries exactly deploy/prometheus/rules.yml (regenerate with
+    deploy/prometheus/prometheusrule.py), and its file is what that script writes."""
+    rule = _one(render("base"), "PrometheusRule")
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
+    assert rule["spec"]["groups"] == rules["groups"]
+    spec = importlib.util.spec_from_file_location(
+        "prometheusrule_gen", DEPLOY / "prometheus" / "prometheusrule.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (K8S / "base" / "prometheusrule.yaml").read_text() == module.render()
