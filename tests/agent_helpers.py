@@ -14,9 +14,12 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -453,3 +456,47 @@ def wait_until(
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+class NotifyListener:
+    """A systemd notification socket: collects every datagram the agent sends."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="notify-", dir="/tmp")  # AF_UNIX paths max 107 bytes
+        self.path = os.path.join(self._dir, "notify.sock")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+        self._sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed:
+            try:
+                data = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def lines(self) -> list[str]:
+        return [line for _, message in self.messages for line in message.splitlines()]
+
+    def count(self, line: str) -> int:
+        return self.lines().count(line)
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(timeout=2)
+        self._sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@pytest.fixture
+def notify() -> Iterator[NotifyListener]:
+    listener = NotifyListener()
+    yield listener
+    listener.close()

@@ -11,8 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 from agent_helpers import (
     AgentProcess,
     AgentTopics,
+    NotifyListener,
     StreamProducer,
     agent_bundle,
     agent_env,
@@ -29,6 +28,7 @@ from agent_helpers import (
     bgl_lines,
     clean_env,
     cli,
+    notify,
     offsets,
     read_committed,
     wait_until,
@@ -41,52 +41,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 agent_bundle_fixture = agent_bundle
 agent_processes_fixture = agent_processes
+notify_fixture = notify
 
 GRACE_S = 10.0
-
-
-class NotifyListener:
-    """A systemd notification socket: collects every datagram the agent sends."""
-
-    def __init__(self) -> None:
-        self._dir = tempfile.mkdtemp(prefix="notify-", dir="/tmp")  # AF_UNIX paths max 107 bytes
-        self.path = os.path.join(self._dir, "notify.sock")
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(self.path)
-        self._sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._closed = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._closed:
-            try:
-                data = self._sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.messages.append((time.monotonic(), data.decode()))
-
-    def lines(self) -> list[str]:
-        return [line for _, message in self.messages for line in message.splitlines()]
-
-    def count(self, line: str) -> int:
-        return self.lines().count(line)
-
-    def close(self) -> None:
-        self._closed = True
-        self._thread.join(timeout=2)
-        self._sock.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-
-@pytest.fixture
-def notify() -> Iterator[NotifyListener]:
-    listener = NotifyListener()
-    yield listener
-    listener.close()
 
 
 def test_notify_probes_and_sigterm_drain(
