@@ -3,6 +3,9 @@
 Prints one JSON object. All configurations run side by side in one process and are interleaved
 per repetition (so a noisy neighbour hits all of them alike); figures are medians of events/s over
 the repetitions, and ratios (int8/fp32, 2 threads/1 thread) are computed from those medians.
+``median_events_per_cpu_s`` divides by the process's CPU time instead of wall time: on a shared
+machine it shows the cost per event independent of how much of a core the neighbours left us
+(for one thread it approximates the throughput of one uncontended core).
 
 Workloads (real dev data, ../shared/datasets):
 - ``log_lines``: raw BGL / Thunderbird / HDFS lines, round-robin, as they would arrive on a topic.
@@ -98,16 +101,19 @@ def throughput(
         for t in threads
     }
     samples: dict[tuple[str, str, int], list[float]] = {}
+    cpu_samples: dict[tuple[str, str, int], list[float]] = {}
     for (variant, t), embedder in embedders.items():
         for workload, texts in workloads.items():
             embedder.embed(texts[: batch_size * 2])  # warm-up: allocations, thread pool
             samples[(workload, variant, t)] = []
+            cpu_samples[(workload, variant, t)] = []
     for _ in range(repeats):
         for (variant, t), embedder in embedders.items():
             for workload, texts in workloads.items():
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 embedder.embed(texts)
                 samples[(workload, variant, t)].append(len(texts) / (time.perf_counter() - start))
+                cpu_samples[(workload, variant, t)].append(len(texts) / (time.process_time() - cpu_start))
     result: dict[str, Any] = {}
     for workload in workloads:
         rows: dict[str, Any] = {}
@@ -118,6 +124,9 @@ def throughput(
                     "median_events_per_s": round(statistics.median(values), 1),
                     "min": round(min(values), 1),
                     "max": round(max(values), 1),
+                    "median_events_per_cpu_s": round(
+                        statistics.median(cpu_samples[(workload, variant, t)]), 1
+                    ),
                 }
         ratios = {}
         for t in threads:
