@@ -352,7 +352,7 @@ class Pipeline:
 
     def _poll(self, limit: int) -> _Batch:
         """Up to ``limit`` records within ``batch.max_wait_ms``, minus those of partitions revoked since."""
-        assert self._consumer is not None and self._producer is not None
+        assert self._consumer is not None
         deadline = time.monotonic() + self._settings.batch.max_wait_ms / 1000
         messages: list[Message] = []
         self._revoked_in_poll.clear()
@@ -366,7 +366,8 @@ class Pipeline:
                     messages.append(msg)
                 elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer: %s (topic=%s partition=%s)", error, msg.topic(), msg.partition())
-        self._producer.poll(0)  # serve the producer's error callbacks while idle
+        if self._producer is not None:
+            self._producer.poll(0)  # serve the producer's error callbacks while idle
         if messages:
             self._mark_reachable()
             self._metrics.events_consumed.inc(len(messages))

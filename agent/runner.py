@@ -39,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 
 from agent.bundle import MANIFEST, BundleError
-from agent.config import EXIT_CONFIG, ConfigError, Settings, load_settings
+from agent.config import EXIT_CONFIG, ConfigError, EventFormat, Settings, load_settings
 from agent.health import HealthServer, HealthState, serve_health
 from agent.pipeline import ActiveModel, BrokerUnavailableError, Pipeline, PipelineError, load_model
 from agent.sdnotify import SystemdNotifier, watchdog_interval
@@ -262,6 +262,17 @@ def run_agent(settings: Settings) -> int:
         model.bundle.detector_name,
         bundle_path,
     )
+
+    if settings.events.format is EventFormat.JSON and model.bundle.text_prep.fields != (
+        settings.events.text_field,
+    ):
+        log.warning(
+            "events.text_field is %r but the model was trained on the field(s) %s; events are scored "
+            "on %r, check that this is the same text",
+            settings.events.text_field,
+            ", ".join(model.bundle.text_prep.fields),
+            settings.events.text_field,
+        )
 
     metrics = AgentMetrics(batch_max_size=settings.batch.max_size)
     health = HealthState(settings.health.stall_seconds)
