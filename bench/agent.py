@@ -415,13 +415,13 @@ def measure_latency(
 # --- main ----------------------------------------------------------------------------------------
 
 
-def train_bundle(train_texts: list[str], work: Path) -> Path:
+def train_bundle(train_texts: list[str], work: Path, detector: str) -> Path:
     data = work / "train.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in train_texts))
     out = work / "bundle"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     command = [sys.executable, "-m", "agent.cli", "train", "--input", str(data), "--text-field", "text"]
-    command += ["--detector", "knn", "--out", str(out)]
+    command += ["--detector", detector, "--out", str(out)]
     done = subprocess.run(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False
     )
@@ -446,6 +446,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--anomalous-share", type=float, default=0.1, help="share of BGL (anomalous) lines in the stream"
     )
+    p.add_argument("--detector", default="knn", help="detector of the bench bundle (train's default: knn)")
     p.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), help="use this broker")
     p.add_argument("--seed", type=int, default=7)
@@ -479,8 +480,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, work: Path, train_texts: list[str], stream: list[str]) -> dict[str, Any]:
     from agent.bundle import load_bundle
 
-    bundle_dir = train_bundle(train_texts, work)
+    bundle_dir = train_bundle(train_texts, work, args.detector)
     bundle = load_bundle(bundle_dir)
+    load_at_start = os.getloadavg()[0]
     run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     topics = {k: f"bench-{k.replace('_', '-')}-{run_id}" for k in ("input", "alerts", "dead_letter")}
     group = f"bench-agent-{run_id}"
@@ -531,7 +533,14 @@ def run(args: argparse.Namespace, work: Path, train_texts: list[str], stream: li
     return {
         "bench": "agent",
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "processor": _cpu_model(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": _cpu_model(),
+            "python": platform.python_version(),
+            # Other work on the machine skews every figure; this says how busy it was.
+            "loadavg_1m_at_start": round(load_at_start, 2),
+            "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+        },
         "params": {
             "events": args.events,
             "intra_op_threads": args.threads,
