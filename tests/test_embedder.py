@@ -66,12 +66,12 @@ def test_long_text_is_truncated_to_max_seq_length(embedder: OnnxEmbedder, datase
 
 
 def test_thread_settings_and_concurrent_calls_agree(embedder_dir: Path, datasets_dir: Path) -> None:
-    texts = log_messages(datasets_dir, "thunderbird_2k", 40) + emotion_texts(datasets_dir, 40)
+    texts = log_messages(datasets_dir, "thunderbird_2k", 24) + emotion_texts(datasets_dir, 24)
     one = OnnxEmbedder(embedder_dir, intra_op_threads=1, batch_size=16)
     two = OnnxEmbedder(embedder_dir, intra_op_threads=2, batch_size=16)
     expected = one.embed(texts)
     np.testing.assert_allclose(two.embed(texts), expected, atol=2e-6)
-    halves = [texts[:40], texts[40:]]
+    halves = [texts[:24], texts[24:]]
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(one.embed, halves))
     np.testing.assert_allclose(np.vstack(results), expected, atol=2e-6)
