@@ -2,9 +2,10 @@
 it can work, WATCHDOG=1 at half of WATCHDOG_USEC, RELOADING=1 then READY=1 on SIGHUP (the unit's
 ExecReload), STOPPING=1 on SIGTERM and exit 0 within TimeoutStopSec.
 
-It runs under the seccomp filter systemd installs for the unit's MemoryDenyWriteExecute=yes
-(tests/ops/seccomp_mdwe.py) plus NoNewPrivileges: loading the bundle, embedding with onnxruntime,
-scoring with numpy and producing with librdkafka must work without writable-executable memory.
+It runs under the seccomp filters systemd installs for the unit's MemoryDenyWriteExecute=yes and
+RestrictAddressFamilies (tests/ops/systemd_seccomp.py) plus NoNewPrivileges: loading the bundle,
+embedding with onnxruntime, scoring with numpy, resolving the broker's name and producing with
+librdkafka must work without writable-executable memory or netlink sockets.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import requests
 from agent_harness import agent_env, produce, running_agent, traffic, wait_until_ready, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
-SECCOMP_MDWE = Path(__file__).with_name("seccomp_mdwe.py")
+SECCOMP_FILTER = Path(__file__).with_name("systemd_seccomp.py")
 PROBE = """
 import ctypes, json, mmap
 libc = ctypes.CDLL(None, use_errno=True)
@@ -40,6 +41,13 @@ buf = mmap.mmap(-1, 4096)
 addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
 out["mprotect_x"] = "allowed" if libc.mprotect(addr, 4096, mmap.PROT_READ | mmap.PROT_EXEC) == 0 else "denied"
 out["mprotect_r"] = "allowed" if libc.mprotect(addr, 4096, mmap.PROT_READ) == 0 else "denied"
+import socket
+for name, family in (("netlink", socket.AF_NETLINK), ("inet6", socket.AF_INET6), ("unix", socket.AF_UNIX)):
+    try:
+        socket.socket(family, socket.SOCK_DGRAM).close()
+        out[name] = "allowed"
+    except OSError as exc:
+        out[name] = "denied" if exc.errno == 97 else str(exc)
 print(json.dumps(out))
 """
 
@@ -51,11 +59,14 @@ def _probe(prefix: list[str]) -> dict[str, str]:
     return result
 
 
-def test_mdwe_filter_denies_what_systemd_denies() -> None:
-    """The wrapper is the real protection: W+X mappings and adding PROT_EXEC fail under it only."""
-    assert _probe([]) == {"mmap_wx": "allowed", "mprotect_x": "allowed", "mprotect_r": "allowed"}
-    confined = _probe([sys.executable, str(SECCOMP_MDWE)])
-    assert confined == {"mmap_wx": "denied", "mprotect_x": "denied", "mprotect_r": "allowed"}
+def test_filter_denies_what_systemd_denies() -> None:
+    """The wrapper is the real protection: W+X mappings, adding PROT_EXEC and sockets of other
+    families (netlink) fail under it only."""
+    allowed = {"mmap_wx", "mprotect_x", "mprotect_r", "netlink", "inet6", "unix"}
+    assert _probe([]) == dict.fromkeys(allowed, "allowed")
+    confined = _probe([sys.executable, str(SECCOMP_FILTER)])
+    denied = {"mmap_wx", "mprotect_x", "netlink"}
+    assert confined == {k: "denied" if k in denied else "allowed" for k in allowed}
 
 
 def _wait_processed(
@@ -110,9 +121,11 @@ def test_notify_protocol_under_memory_deny_write_execute(
     datasets_dir: Path,
     tmp_path: Path,
 ) -> None:
+    # A host name, so the agent resolves it through glibc with netlink sockets refused.
+    bootstrap = kafka_bootstrap.replace("127.0.0.1:", "localhost:")
     config = write_config(
         tmp_path,
-        bootstrap=kafka_bootstrap,
+        bootstrap=bootstrap,
         group=make_group(),
         bundle=ops_bundle,
         input_topic=make_topic(partitions=2),
@@ -127,7 +140,7 @@ def test_notify_protocol_under_memory_deny_write_execute(
     def lines() -> list[str]:
         return [line for _, line in seen]
 
-    with running_agent(config, log, env=env, prefix=(sys.executable, str(SECCOMP_MDWE))) as proc:
+    with running_agent(config, log, env=env, prefix=(sys.executable, str(SECCOMP_FILTER))) as proc:
         _collect(notify_socket, seen, lambda: "READY=1" in lines() or proc.poll() is not None, 180)
         assert "READY=1" in lines(), f"no READY=1 (got {lines()}):\n{log.read_text()}"
         wait_until_ready(config, proc, log)
