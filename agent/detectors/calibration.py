@@ -94,13 +94,13 @@ def _groups(strata: npt.NDArray[Any], n: int) -> list[IntArray]:
 
 
 def quantile_threshold(raw: npt.ArrayLike, target_fpr: float, *, floor: float = DEFAULT_FLOOR) -> float:
-    """The ``1 - target_fpr`` quantile of ``raw`` (the next observed value up), at least ``floor``."""
+    """The ``1 - target_fpr`` quantile of ``raw`` (linear interpolation), at least ``floor``."""
     values = np.asarray(raw, dtype=np.float64)
     if values.size == 0:
         raise ValueError("cannot calibrate a threshold on zero held-out scores")
     if not np.all(np.isfinite(values)):
         raise ValueError("held-out scores contain NaN or infinity")
-    return max(float(np.quantile(values, 1.0 - target_fpr, method="higher")), floor)
+    return max(float(np.quantile(values, 1.0 - target_fpr, method="linear")), floor)
 
 
 @dataclass(frozen=True)

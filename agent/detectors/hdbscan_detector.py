@@ -1,12 +1,13 @@
 """HDBSCAN detector: GLOSH outlier score of new points against a density clustering of normal data.
 
-Pipeline: PCA to ``n_components`` (16) dimensions first, because HDBSCAN's prediction cost grows
-with dimension (approximate_predict on 384-d vectors costs about as much as embedding the event;
-on 16-d it is ~100x cheaper) and densities are meaningless in 384-d; the projection (mean and
-components) is saved as .npy and applied at score time. Then ``hdbscan.HDBSCAN(prediction_data=
-True)`` on the projected fit vectors; new points get ``hdbscan.prediction.approximate_predict``
-(cluster label, -1 = noise) and ``approximate_predict_scores`` (GLOSH, 0 = core of a cluster,
--> 1 = outlier).
+Pipeline: PCA to ``n_components`` (16) dimensions, plus one coordinate holding the event's
+distance from the PCA subspace (so what the projection drops still counts). Low dimension because
+HDBSCAN's prediction cost grows with it (approximate_predict on 384-d vectors costs about as much
+as embedding the event; on 16-d it is ~100x cheaper) and densities mean little in 384-d. The
+projection (mean and components) is saved as .npy and applied at score time. Then
+``hdbscan.HDBSCAN(prediction_data=True)`` on the projected fit vectors; new points get
+``hdbscan.prediction.approximate_predict`` (cluster label, -1 = noise) and
+``approximate_predict_scores`` (GLOSH, 0 = core of a cluster, -> 1 = outlier).
 
 Raw measure: GLOSH score, plus 1 when the point is predicted noise, so every noise point ranks
 above every point that joins a cluster ("noise = anomalous"). Thresholds are still calibrated on
@@ -94,9 +95,17 @@ class HdbscanDetector(CalibratedDetector):
         return int(min(100, max(5, round(0.01 * n))))
 
     def _project(self, vectors: FloatArray) -> Float64Array:
+        """PCA coordinates plus the distance from the PCA subspace as one more coordinate.
+
+        Without the residual, an event that differs from normal data only in directions the
+        projection drops would land inside a cluster and look perfectly normal.
+        """
         if self._mean is None or self._components is None:
             raise RuntimeError("hdbscan detector is not fitted")
-        return (vectors.astype(np.float64) - self._mean) @ self._components.T
+        centred = vectors.astype(np.float64) - self._mean
+        coords = centred @ self._components.T
+        residual = np.linalg.norm(centred - coords @ self._components, axis=1)
+        return np.concatenate([coords, residual[:, None]], axis=1)
 
     def _fit(self, vectors: FloatArray, labels: LabelArray | None) -> None:
         n_components = min(self.n_components, vectors.shape[1], len(vectors))

@@ -1,0 +1,246 @@
+"""One contract suite over every registered detector (like River's estimator checks).
+
+Synthetic, seeded data: three well-separated Gaussian blobs of unit vectors (the normal classes)
+and planted outliers in directions no blob occupies. Every detector in ``DETECTORS`` must satisfy
+the same promises the runtime, the bundle and alert consumers rely on; a new detector gets these
+checks by registering itself. One check at the end uses real embeddings of real text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from agent.detectors import DETECTORS, create_detector, load_detector
+from agent.detectors.base import Detector, Scores
+
+DIM = 24
+CLASSES = np.array(["anger", "joy", "sadness"])
+TARGET_FPR = 0.05
+NAMES = sorted(DETECTORS)
+LABELS_REQUIRED = {name for name, cls in DETECTORS.items() if getattr(cls, "requires_labels", False)}
+PICKLE_ALLOWED = {"hdbscan"}
+
+
+def _unit(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+# Blob centres live in the first 12 dimensions, outliers in the last 12: far from every blob.
+_CENTRES = np.zeros((3, DIM))
+_CENTRES[:, :12] = np.random.default_rng(1234).normal(size=(3, 12)) * 2.5
+
+
+def normal_sample(n: int, seed: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.str_]]:
+    rng = np.random.default_rng(seed)
+    classes = rng.integers(0, 3, size=n)
+    noise = rng.normal(size=(n, DIM)) * 0.35
+    noise[:, 12:] *= 0.5
+    return _unit(_CENTRES[classes] + noise), CLASSES[classes]
+
+
+def outlier_sample(n: int, seed: int) -> npt.NDArray[np.float32]:
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, DIM))
+    x[:, 12:] = rng.normal(size=(n, 12))
+    x[:, :12] = rng.normal(size=(n, 12)) * 0.3
+    return _unit(x)
+
+
+@pytest.fixture(scope="module")
+def train_data() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.str_]]:
+    return normal_sample(3000, seed=0)
+
+
+_FITTED: dict[str, Detector] = {}
+
+
+@pytest.fixture
+def fitted(
+    request: pytest.FixtureRequest, train_data: tuple[npt.NDArray[np.float32], npt.NDArray[np.str_]]
+) -> Detector:
+    """Each detector fitted once per module (with labels) at the suite's target FPR."""
+    name: str = request.param
+    if name not in _FITTED:
+        detector = create_detector(name, target_fpr=TARGET_FPR, seed=0)
+        detector.fit(*train_data)
+        _FITTED[name] = detector
+    return _FITTED[name]
+
+
+per_detector = pytest.mark.parametrize("fitted", NAMES, indirect=True)
+
+
+@per_detector
+def test_scores_have_contract_shapes_and_dtypes(fitted: Detector) -> None:
+    vectors, _ = normal_sample(50, seed=7)
+    scores = fitted.score(vectors)
+    assert isinstance(scores, Scores)
+    for array, dtype in (
+        (scores.score, np.float64),
+        (scores.cluster, np.int64),
+        (scores.distance, np.float64),
+    ):
+        assert array.shape == (50,)
+        assert array.dtype == dtype
+    assert np.all(np.isfinite(scores.score)) and np.all(scores.distance >= 0)
+    assert np.array_equal(scores.is_anomaly, scores.score > 1.0)
+    # score is the raw measure over a positive threshold: same order within a cluster
+    ratio = scores.distance / np.where(scores.score == 0, np.nan, scores.score)
+    for c in np.unique(scores.cluster):
+        r = ratio[(scores.cluster == c) & np.isfinite(ratio)]
+        if r.size:
+            assert np.all(r > 0)
+            np.testing.assert_allclose(r, r[0], rtol=1e-9)
+
+
+@per_detector
+def test_planted_outliers_score_higher(fitted: Detector) -> None:
+    normal, _ = normal_sample(1000, seed=11)
+    outliers = outlier_sample(200, seed=12)
+    s_normal, s_out = fitted.score(normal).score, fitted.score(outliers).score
+    truth = np.r_[np.zeros(len(normal)), np.ones(len(outliers))]
+    assert roc_auc_score(truth, np.r_[s_normal, s_out]) > 0.99
+    assert np.mean(s_out > 1.0) > 0.95
+
+
+@per_detector
+def test_calibrated_fpr_on_fresh_normal_data_is_near_target(fitted: Detector) -> None:
+    fresh, _ = normal_sample(20000, seed=99)
+    fpr = float(np.mean(fitted.score(fresh).is_anomaly))
+    # 20 % of 3,000 held out -> the 95th percentile from ~600 points: sd of the FPR ~0.009
+    assert 0.5 * TARGET_FPR <= fpr <= 2.0 * TARGET_FPR, fpr
+
+
+@per_detector
+def test_save_load_round_trip_gives_identical_scores(fitted: Detector, tmp_path: Path) -> None:
+    written = fitted.save(tmp_path / "model")
+    on_disk = sorted(p for p in (tmp_path / "model").rglob("*") if p.is_file())
+    assert sorted(written) == on_disk, "save() must return every file it wrote"
+    loaded = load_detector(fitted.name, tmp_path / "model")
+    assert type(loaded) is type(fitted)
+    batch = np.r_[normal_sample(300, seed=5)[0], outlier_sample(30, seed=6)]
+    before, after = fitted.score(batch), loaded.score(batch)
+    assert np.array_equal(before.score, after.score)
+    assert np.array_equal(before.cluster, after.cluster)
+    assert np.array_equal(before.distance, after.distance)
+    assert loaded.cluster_labels == fitted.cluster_labels
+
+
+@per_detector
+def test_saved_parameters_are_npy_and_json_only(fitted: Detector, tmp_path: Path) -> None:
+    written = fitted.save(tmp_path)
+    for path in written:
+        if path.suffix == ".npy":
+            np.load(path, allow_pickle=False)  # raises if the array needed pickle
+        elif path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        else:
+            assert fitted.name in PICKLE_ALLOWED, f"{fitted.name} wrote {path.name}: only hdbscan may pickle"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_is_deterministic_for_a_seed(
+    name: str, train_data: tuple[npt.NDArray[np.float32], npt.NDArray[np.str_]]
+) -> None:
+    vectors, labels = train_data[0][:900], train_data[1][:900]
+    batch = np.r_[normal_sample(200, seed=3)[0], outlier_sample(20, seed=4)]
+    results = []
+    for _ in range(2):
+        detector = create_detector(name, seed=7)
+        detector.fit(vectors, labels)
+        results.append(detector.score(batch))
+    assert np.array_equal(results[0].score, results[1].score)
+    assert np.array_equal(results[0].cluster, results[1].cluster)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_labels_required_or_optional(
+    name: str, train_data: tuple[npt.NDArray[np.float32], npt.NDArray[np.str_]]
+) -> None:
+    vectors = train_data[0][:900]
+    detector = create_detector(name)
+    if name in LABELS_REQUIRED:
+        with pytest.raises(ValueError, match="label"):
+            detector.fit(vectors)
+    else:
+        detector.fit(vectors)
+        scores = detector.score(outlier_sample(50, seed=8))
+        assert np.mean(scores.is_anomaly) > 0.9
+    with pytest.raises(ValueError, match="one entry per vector"):
+        create_detector(name).fit(vectors, train_data[1][:10])
+
+
+@per_detector
+def test_empty_batch_gives_empty_scores(fitted: Detector) -> None:
+    scores = fitted.score(np.empty((0, DIM), dtype=np.float32))
+    assert scores.score.shape == scores.cluster.shape == scores.distance.shape == (0,)
+    assert scores.score.dtype == np.float64 and scores.cluster.dtype == np.int64
+
+
+@per_detector
+def test_bad_batches_raise_clear_errors(fitted: Detector) -> None:
+    with pytest.raises(ValueError, match="dimension"):
+        fitted.score(np.ones((2, DIM + 1), dtype=np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        fitted.score(np.ones(DIM, dtype=np.float32))
+    bad = normal_sample(2, seed=1)[0]
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.score(bad)
+
+
+@per_detector
+def test_scoring_does_not_depend_on_batch_composition(fitted: Detector) -> None:
+    batch = np.r_[normal_sample(100, seed=21)[0], outlier_sample(10, seed=22)]
+    whole = fitted.score(batch)
+    pieces = [fitted.score(batch[i : i + 7]) for i in range(0, len(batch), 7)]
+    np.testing.assert_allclose(np.concatenate([p.score for p in pieces]), whole.score, rtol=1e-9, atol=1e-12)
+    assert np.array_equal(np.concatenate([p.cluster for p in pieces]), whole.cluster)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unfitted_detector_refuses_to_score(name: str) -> None:
+    with pytest.raises(RuntimeError, match="not fitted"):
+        create_detector(name).score(normal_sample(2, seed=0)[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_target_fpr_is_validated(name: str) -> None:
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="target_fpr"):
+            create_detector(name, target_fpr=bad)
+
+
+def test_unknown_detector_name_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match="knn"):
+        create_detector("isolation-forest-9000")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_real_embeddings_spam_scores_above_ham(name: str, datasets_dir: Path, embedder_dir: Path) -> None:
+    """Real text, real embedder: trained on 400 ham SMS, spam must rank above unseen ham."""
+    from agent.embedder import OnnxEmbedder
+    from training.devdata import load_sms
+
+    split = load_sms(datasets_dir)
+    embedder = OnnxEmbedder(embedder_dir, intra_op_threads=1)
+    train = embedder.embed([r["text"] for r in split.train_records[:400]])
+    test_texts = [
+        r["text"] for r, lab in zip(split.test_records, split.test_labels, strict=True) if lab == "ham"
+    ][:150]
+    spam_texts = [
+        r["text"] for r, lab in zip(split.test_records, split.test_labels, strict=True) if lab == "spam"
+    ][:150]
+    detector = create_detector(name, seed=0)
+    detector.fit(train, np.array(["ham"] * len(train)))
+    ham_s = detector.score(embedder.embed(test_texts)).score
+    spam_s = detector.score(embedder.embed(spam_texts)).score
+    truth = np.r_[np.zeros(len(ham_s)), np.ones(len(spam_s))]
+    assert roc_auc_score(truth, np.r_[ham_s, spam_s]) > 0.55
