@@ -206,6 +206,7 @@ def test_service_monitor_pdb_and_scaler_point_at_the_agent(
     service = _one(docs, "Service")
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert {p["targetPort"] for p in service["spec"]["ports"]} == {"metrics"}
+    assert service["spec"]["publishNotReadyAddresses"] is True  # scrape unready agents too
 
     monitor = _one(docs, "ServiceMonitor")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
