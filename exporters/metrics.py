@@ -260,11 +260,14 @@ class AgentMetrics:
         """Update ``consumer_lag`` from librdkafka's statistics JSON (the consumer's ``stats_cb``).
 
         Reads ``topics.<topic>.partitions.<p>.consumer_lag`` (high watermark, or last stable offset
-        under read_committed, minus the committed offset). Skipped: partition ``-1`` (librdkafka's
-        internal UA partition), partitions with ``"desired": false`` (revoked: librdkafka keeps
-        reporting them, with their last lag, after a rebalance) and lag ``-1`` (unknown: no
-        committed offset or watermark yet). Series of partitions skipped or missing in the latest
-        report are removed, so the label set is the current assignment.
+        under read_committed, minus the committed offset); where that is -1 because the consumer
+        itself never commits (exactly-once: offsets go through the producer's transaction), the
+        lag is the last stable offset (else high watermark) minus ``app_offset``, the next offset
+        handed to the loop. Skipped: partition ``-1`` (librdkafka's internal UA partition),
+        partitions with ``"desired": false`` (revoked: librdkafka keeps reporting them, with their
+        last lag, after a rebalance) and partitions whose lag is unknown by both measures. Series of
+        partitions skipped or missing in the latest report are removed, so the label set is the
+        current assignment.
         Statistics from a producer (``"type": "producer"``) are ignored: they list topics with
         lag -1 everywhere and would otherwise wipe the consumer's series when one callback is
         shared. Malformed JSON raises ValueError; the caller logs it (stats_cb must not crash).
@@ -281,8 +284,8 @@ class AgentMetrics:
                 # Revoked partitions stay in the report with their last lag and desired=false.
                 if str(partition_id) == "-1" or partition.get("desired") is False:
                     continue
-                lag = partition.get("consumer_lag", -1)
-                if not isinstance(lag, int | float) or lag < 0:
+                lag = _partition_lag(partition)
+                if lag is None:
                     continue
                 current[(str(topic_name), str(partition_id))] = float(lag)
         with self._lock:
@@ -300,3 +303,20 @@ class AgentMetrics:
         """
         server, thread = start_http_server(port, addr=host, registry=self.registry)
         return server, thread
+
+
+def _partition_lag(partition: dict[str, Any]) -> float | None:
+    """Lag of one partition entry of librdkafka's statistics, or None when it is unknown."""
+
+    def offset(name: str) -> int:
+        value = partition.get(name, -1)
+        return int(value) if isinstance(value, int | float) else -1
+
+    lag = offset("consumer_lag")
+    if lag >= 0:
+        return float(lag)
+    end = offset("ls_offset") if offset("ls_offset") >= 0 else offset("hi_offset")
+    position = offset("app_offset")
+    if end < 0 or position < 0:
+        return None
+    return float(max(end - position, 0))

@@ -45,9 +45,19 @@ def lag_series(metrics: AgentMetrics) -> dict[tuple[str, str], float]:
 
 
 def partition_stats(
-    partition: int, consumer_lag: int, fetch_state: str = "active", desired: bool = True
+    partition: int,
+    consumer_lag: int,
+    fetch_state: str = "active",
+    desired: bool = True,
+    app_offset: int | None = None,
 ) -> dict[str, Any]:
-    """One partition entry as librdkafka 2.x reports it in ``topics.<t>.partitions.<p>``."""
+    """One partition entry as librdkafka 2.x reports it in ``topics.<t>.partitions.<p>``.
+
+    An unknown lag (-1) comes with no position either (-1001, librdkafka's "invalid offset")
+    unless ``app_offset`` says where the loop is.
+    """
+    if app_offset is None:
+        app_offset = 120 if consumer_lag >= 0 else -1001
     return {
         "partition": partition,
         "broker": 1 if partition >= 0 else -1,
@@ -63,7 +73,7 @@ def partition_stats(
         "fetch_state": fetch_state,
         "query_offset": -1001,
         "next_offset": 120,
-        "app_offset": 120,
+        "app_offset": app_offset,
         "stored_offset": 120,
         "stored_leader_epoch": -1,
         "commited_offset": 100,
@@ -249,6 +259,15 @@ def test_consumer_lag_from_librdkafka_stats(metrics: AgentMetrics) -> None:
     metrics.update_from_librdkafka_stats(stats_json({"events": {0: 30, 1: 0, 2: -1}, "audit": {0: 7}}))
     # Partition 2 lag -1 (unknown) and the UA partition -1 are skipped.
     assert lag_series(metrics) == {("events", "0"): 30, ("events", "1"): 0, ("audit", "0"): 7}
+
+
+def test_consumer_lag_without_consumer_commits_uses_the_loop_position(metrics: AgentMetrics) -> None:
+    """Exactly-once commits offsets through the producer, so librdkafka's consumer_lag stays -1."""
+    stats = json.loads(stats_json({"events": {0: -1}}))
+    stats["topics"]["events"]["partitions"]["0"] = partition_stats(0, -1, app_offset=120)
+    metrics.update_from_librdkafka_stats(json.dumps(stats))
+    # ls_offset 150 - app_offset 120
+    assert lag_series(metrics) == {("events", "0"): 30}
 
 
 def test_revoked_partitions_lose_their_series(metrics: AgentMetrics) -> None:
