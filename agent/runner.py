@@ -11,7 +11,7 @@ Exit codes (sysexits.h, what systemd and operators expect of a daemon):
 1     the shutdown did not finish within ``lifecycle.shutdown_grace_seconds`` (forced exit)
 65    EX_DATAERR: the model bundle is invalid or tampered with (the message names the file)
 69    EX_UNAVAILABLE: no broker reachable for ``lifecycle.broker_unavailable_exit_seconds``
-70    EX_SOFTWARE: a Kafka client state the agent cannot recover from in-process
+70    EX_SOFTWARE: a Kafka client state the agent cannot recover from in-process, or a bug
 78    EX_CONFIG: invalid configuration, missing bundle directory, missing output topic, or a
       metrics/health port that cannot be bound
 ====  ==========================================================================================
@@ -344,6 +344,11 @@ def run_agent(settings: Settings) -> int:
         code = EXIT_CONFIG
     except PipelineError as exc:
         log.error("stopping: %s; a restart resumes from the committed offsets", exc)
+        code = EXIT_SOFTWARE
+    except Exception:
+        # A bug, not an input problem (bad records are dead-lettered): say so in one log record
+        # and exit non-zero; nothing of the batch in hand was committed.
+        log.exception("stopping on an unexpected error; a restart resumes from the committed offsets")
         code = EXIT_SOFTWARE
     finally:
         health.set_stopping()
