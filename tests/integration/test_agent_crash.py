@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,11 +31,18 @@ from agent_helpers import (
     make_events,
     offline_anomalies,
     offsets,
+    produce,
     read_committed,
     wait_caught_up,
     wait_until,
 )
+from confluent_kafka import OFFSET_INVALID
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from kafka_fixtures import GroupFactory, TopicFactory
+
+from agent.config import load_settings
+from agent.pipeline import Pipeline, load_model
+from exporters.metrics import AgentMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -129,3 +137,68 @@ def _committed(agent: AgentProcess) -> float:
     if agent.proc.poll() is not None:
         raise AssertionError(f"agent exited with {agent.proc.returncode}:\n{agent.tail()}")
     return agent.metric(COMMITTED)
+
+
+def _set_max_message_bytes(admin: AdminClient, topic: str, value: int) -> None:
+    entry = ConfigEntry("max.message.bytes", str(value), incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
+def test_failed_transactions_are_aborted_rewound_and_retried(
+    kafka_bootstrap: str,
+    kafka_admin: AdminClient,
+    make_topic: TopicFactory,
+    make_group: GroupFactory,
+    agent_bundle: Path,
+    datasets_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """The broker rejects every alert (the alert topic's max.message.bytes is too small): each
+    transaction fails and is aborted, the consumer is rewound and retries the same records, and
+    nothing — no alert, no offset — becomes visible. Once the topic accepts alerts again, the
+    same records are processed and each expected alert appears exactly once."""
+    source, alerts_topic, dead_topic, group = make_topic(1), make_topic(1), make_topic(1), make_group()
+    _set_max_message_bytes(kafka_admin, alerts_topic, 200)  # an alert is ~1 kB
+    events = make_events(datasets_dir, normal=20, bgl_alerts=0, foreign=20, seed=3)
+    expected = offline_anomalies(agent_bundle, events, tmp_path)
+    anomalous = {i for i, flagged in enumerate(expected) if flagged}
+    assert anomalous
+    positions = produce(kafka_bootstrap, source, json_records(events))
+    event_at = {position: i for i, position in enumerate(positions)}
+
+    settings = load_settings(
+        instance_id="abort-agent",
+        kafka={"bootstrap_servers": kafka_bootstrap, "group_id": group},
+        topics={"input": [source], "alerts": alerts_topic, "dead_letter": dead_topic},
+        model={"bundle": agent_bundle, "intra_op_threads": 1, "watch": False},
+        batch={"max_size": 64, "max_wait_ms": 100},
+    )
+    metrics = AgentMetrics(batch_max_size=64)
+    sample = metrics.registry.get_sample_value
+    pipeline = Pipeline(settings, load_model(agent_bundle, intra_op_threads=1), metrics=metrics)
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    runner.start()
+    try:
+        wait_until(
+            lambda: (sample("anomaly_agent_transactions_total", {"result": "aborted"}) or 0) >= 3,
+            timeout=60,
+            what="three aborted transactions",
+        )
+        assert sample("anomaly_agent_transactions_total", {"result": "committed"}) == 0
+        assert (sample("anomaly_agent_events_consumed_total") or 0) >= 3 * len(events), "rewound and re-read"
+        assert offsets(kafka_bootstrap, group, source)[0] == {0: OFFSET_INVALID}, "no offset committed"
+        assert read_committed(kafka_bootstrap, alerts_topic, quiet_s=0.5) == []
+
+        _set_max_message_bytes(kafka_admin, alerts_topic, 1_048_588)
+        wait_caught_up(kafka_bootstrap, group, source, timeout=60)
+    finally:
+        pipeline.request_stop()
+        runner.join(timeout=30)
+        pipeline.close()
+
+    sources = alert_sources(read_committed(kafka_bootstrap, alerts_topic))
+    assert sorted(event_at[s] for s in sources) == sorted(anomalous), "each expected alert exactly once"
+    assert sample("anomaly_agent_alerts_published_total") == len(anomalous)
+    assert sample("anomaly_agent_events_processed_total") == len(events), "counted once, when committed"
