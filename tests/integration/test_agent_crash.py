@@ -36,11 +36,12 @@ from agent_helpers import (
     wait_caught_up,
     wait_until,
 )
-from confluent_kafka import OFFSET_INVALID
+from confluent_kafka import OFFSET_INVALID, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from kafka_fixtures import GroupFactory, TopicFactory
 
 from agent.config import load_settings
+from agent.kafka_clients import transactional_id
 from agent.pipeline import Pipeline, load_model
 from exporters.metrics import AgentMetrics
 
@@ -202,3 +203,52 @@ def test_failed_transactions_are_aborted_rewound_and_retried(
     assert sorted(event_at[s] for s in sources) == sorted(anomalous), "each expected alert exactly once"
     assert sample("anomaly_agent_alerts_published_total") == len(anomalous)
     assert sample("anomaly_agent_events_processed_total") == len(events), "counted once, when committed"
+
+
+def test_fenced_producer_is_recreated_and_the_batch_retried(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    make_group: GroupFactory,
+    agent_bundle: Path,
+    datasets_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Another producer takes over the agent's transactional.id (what a second instance with the
+    same instance_id would do): the agent's producer is fenced, a fatal error. The agent recreates
+    its producer (fencing the intruder in turn), rewinds, and every expected alert appears once."""
+    source, alerts_topic, dead_topic, group = make_topic(1), make_topic(1), make_topic(1), make_group()
+    events = make_events(datasets_dir, normal=30, bgl_alerts=0, foreign=30, seed=4)
+    expected = offline_anomalies(agent_bundle, events, tmp_path)
+    settings = load_settings(
+        instance_id="fenced-agent",
+        kafka={"bootstrap_servers": kafka_bootstrap, "group_id": group},
+        topics={"input": [source], "alerts": alerts_topic, "dead_letter": dead_topic},
+        model={"bundle": agent_bundle, "intra_op_threads": 1, "watch": False},
+        batch={"max_size": 16, "max_wait_ms": 100},
+    )
+    metrics = AgentMetrics(batch_max_size=16)
+    sample = metrics.registry.get_sample_value
+    pipeline = Pipeline(settings, load_model(agent_bundle, intra_op_threads=1), metrics=metrics)
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    runner.start()
+    try:
+        positions = produce(kafka_bootstrap, source, json_records(events[:30]))
+        wait_caught_up(kafka_bootstrap, group, source, timeout=60)
+        intruder = Producer(
+            {
+                "bootstrap.servers": kafka_bootstrap,
+                "transactional.id": transactional_id(group, "fenced-agent"),
+            }
+        )
+        intruder.init_transactions(30)  # bumps the epoch: the agent's producer is now a zombie
+        positions += produce(kafka_bootstrap, source, json_records(events[30:]))
+        wait_caught_up(kafka_bootstrap, group, source, timeout=60)
+    finally:
+        pipeline.request_stop()
+        runner.join(timeout=30)
+        pipeline.close()
+
+    assert (sample("anomaly_agent_transactions_total", {"result": "aborted"}) or 0) >= 1, "the fenced batch"
+    event_at = {position: i for i, position in enumerate(positions)}
+    sources = alert_sources(read_committed(kafka_bootstrap, alerts_topic))
+    assert sorted(event_at[s] for s in sources) == [i for i, flagged in enumerate(expected) if flagged]
