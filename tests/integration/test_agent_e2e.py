@@ -59,7 +59,11 @@ def test_alerts_are_exactly_the_offline_anomalies(
     settings = load_settings(
         delivery=delivery,
         instance_id="e2e-agent",
-        kafka={"bootstrap_servers": kafka_bootstrap, "group_id": group},
+        kafka={
+            "bootstrap_servers": kafka_bootstrap,
+            "group_id": group,
+            "librdkafka": {"statistics.interval.ms": 500},
+        },
         topics={"input": [source], "alerts": alerts_topic, "dead_letter": dead_topic},
         model={"bundle": agent_bundle, "intra_op_threads": 1, "watch": False},
         batch={"max_size": 32, "max_wait_ms": 100},
@@ -68,6 +72,15 @@ def test_alerts_are_exactly_the_offline_anomalies(
     metrics = AgentMetrics(batch_max_size=32)
     with Pipeline(settings, model, metrics=metrics) as pipeline:
         stats = pipeline.run(max_messages=len(events), idle_timeout_s=60)
+        # Keep polling a little: librdkafka statistics (every 0.5 s here) report the lag after
+        # the last commit, per assigned partition, into anomaly_agent_consumer_lag_messages.
+        idle = pipeline.run(idle_timeout_s=1.5)
+    assert idle.consumed == 0
+    for partition in (0, 1):
+        lag = metrics.registry.get_sample_value(
+            "anomaly_agent_consumer_lag_messages", {"topic": source, "partition": str(partition)}
+        )
+        assert lag == 0, f"consumer lag of partition {partition} after the run: {lag}"
 
     assert stats.consumed == len(events)
     assert stats.processed == len(events)
