@@ -50,7 +50,7 @@ class HdbscanDetector(CalibratedDetector):
         *,
         n_components: int = 16,
         min_cluster_size: int | None = None,
-        min_samples: int | None = None,
+        min_samples: int | None = 5,
         target_fpr: float = 0.01,
         holdout_fraction: float = 0.2,
         seed: int = 0,
@@ -89,7 +89,11 @@ class HdbscanDetector(CalibratedDetector):
         return None
 
     def effective_min_cluster_size(self, n: int) -> int:
-        """``min_cluster_size`` or, by default, 1 % of the fit vectors bounded to [5, 100]."""
+        """``min_cluster_size`` or, by default, 1 % of the distinct fit vectors bounded to [5, 100].
+
+        ``min_samples`` defaults to 5 rather than HDBSCAN's min_cluster_size: diverse normal text
+        (chat messages) is otherwise almost all noise, and noise is what this detector flags.
+        """
         if self.min_cluster_size is not None:
             return self.min_cluster_size
         return int(min(100, max(5, round(0.01 * n))))
@@ -112,15 +116,23 @@ class HdbscanDetector(CalibratedDetector):
         pca = PCA(n_components=n_components, svd_solver="full").fit(vectors.astype(np.float64))
         self._mean = np.asarray(pca.mean_, dtype=np.float64)
         self._components = np.asarray(pca.components_, dtype=np.float64)
-        projected = self._project(vectors)
-        min_cluster_size = min(self.effective_min_cluster_size(len(vectors)), len(vectors))
+        # Exact duplicates (a log template repeated hundreds of times) have core distance 0, which
+        # makes GLOSH undefined (0/0); density is estimated over distinct points instead.
+        projected = np.unique(self._project(vectors), axis=0)
+        min_cluster_size = max(2, min(self.effective_min_cluster_size(len(projected)), len(projected)))
         clusterer = hdbscan.HDBSCAN(
-            min_cluster_size=max(2, min_cluster_size),
+            min_cluster_size=min_cluster_size,
             min_samples=self.min_samples,
             prediction_data=True,
         ).fit(projected)
+        n_found = int(np.max(clusterer.labels_)) + 1
+        if n_found == 0:
+            raise ValueError(
+                "HDBSCAN found no cluster in the normal data (every point is noise at "
+                f"min_cluster_size={min_cluster_size}); give a smaller min_cluster_size or use knn"
+            )
         self._clusterer = clusterer
-        self._n_found = int(np.max(clusterer.labels_)) + 1
+        self._n_found = n_found
 
     def _raw(self, vectors: FloatArray) -> tuple[Float64Array, IntArray]:
         if self._clusterer is None:

@@ -7,10 +7,15 @@ percentile of its own training distances (the seeds' "radius"); the radius, scal
 ratio of held-out to training distance (training points pulled their centroid towards themselves),
 is the prior that a cluster's calibrated threshold is shrunk towards when it had few held-out points.
 
-Choosing k: ``n_clusters`` if given; otherwise the number of normal classes when labels name two
-or more (the seeds' choice; a single label carries no cluster information); otherwise the best
-silhouette score for k in 2..``max_auto_clusters`` on a seeded subsample of at most 2,000 fit
-vectors (cosine metric), which picks the coarse structure of the data without a user-tuned k.
+Choosing k: ``n_clusters`` if given; otherwise the number of normal classes when labels are given
+(the seeds' choice: one centroid for a single "normal" label); otherwise the best silhouette score
+for k in 2..``max_auto_clusters`` on a seeded subsample of at most 2,000 fit vectors (cosine
+metric), which picks the coarse structure of the data without a user-tuned k.
+
+Caveat (measured on BGL, docs/detectors.md): per-cluster thresholds assume every cluster's spread
+seen in training holds in production. A cluster made of one repeated log template has a tiny
+threshold, so a new but harmless line whose nearest centroid is that cluster scores far above 1.
+With several clusters on log data prefer knn.
 """
 
 from __future__ import annotations
@@ -96,7 +101,7 @@ class KMeansDetector(CalibratedDetector):
         n_distinct = len(np.unique(vectors, axis=0))
         if self.n_clusters_param is not None:
             return min(self.n_clusters_param, n_distinct)
-        if labels is not None and len(np.unique(labels)) > 1:
+        if labels is not None:
             return min(len(np.unique(labels)), n_distinct)
         upper = min(self.max_auto_clusters, n_distinct - 1)
         if upper < 2:

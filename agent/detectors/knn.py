@@ -5,11 +5,11 @@ k nearest reference vectors. Embeddings are L2-normalized, so this is one matrix
 batch; scoring is done in blocks of ``block_size`` events to bound memory (block × reference
 floats).
 
-Reference set: the fit part of the normal vectors, exact duplicates removed (log streams repeat
-the same line thousands of times; a duplicate adds nothing to "is there normal data near this
-point" but would let one template fill all k neighbour slots), then capped at ``max_reference``
-by seeded subsampling so memory (``max_reference × dim × 4`` bytes) and time per event stay
-bounded on large training sets.
+Reference set: the fit part of the normal vectors, capped at ``max_reference`` by seeded uniform
+subsampling so memory (``max_reference × dim × 4`` bytes) and time per event stay bounded on large
+training sets. Duplicates are kept on purpose: with k > 1 they make the measure frequency-aware
+(a line matching a template seen hundreds of times scores 0, one matching a template seen once
+scores higher); removing them cost 0.04 AUROC on BGL. Uniform subsampling keeps those frequencies.
 
 Clusters: with labels, an event's cluster is its nearest neighbour's class and thresholds are
 calibrated per class (with shrinkage); without labels there is one global threshold.
@@ -85,12 +85,7 @@ class KnnDetector(CalibratedDetector):
         return 0 if self._reference is None else len(self._reference)
 
     def _fit(self, vectors: FloatArray, labels: LabelArray | None) -> None:
-        # Deduplicate on (vector, label) so a vector seen under two classes keeps both.
-        keyed = (
-            vectors if labels is None else np.concatenate([vectors, _label_codes(labels)[:, None]], axis=1)
-        )
-        _, first = np.unique(keyed, axis=0, return_index=True)
-        keep = np.sort(first)
+        keep = np.arange(len(vectors))
         if len(keep) > self.max_reference:
             rng = np.random.default_rng(self.seed)
             keep = np.sort(rng.choice(keep, self.max_reference, replace=False))
@@ -138,8 +133,3 @@ class KnnDetector(CalibratedDetector):
         if "reference_class" in arrays:
             self._reference_class = np.asarray(arrays["reference_class"], dtype=np.int64)
             self._classes = [str(c) for c in arrays["classes"]]
-
-
-def _label_codes(labels: LabelArray) -> FloatArray:
-    _, codes = np.unique(labels, return_inverse=True)
-    return codes.astype(np.float32)
