@@ -222,7 +222,12 @@ class Pipeline:
         self._lock = threading.Lock()
         self._offered: ActiveModel | None = None
 
-        self._metrics.set_model(model.bundle.model_id, model.bundle.sha256, model.bundle.detector_name)
+        self._metrics.set_model(
+            model.bundle.model_id,
+            model.bundle.sha256,
+            model.bundle.detector_name,
+            created_at=model.bundle.manifest.get("created_at"),
+        )
         self._health.set_model_loaded(True)
 
     # ----------------------------------------------------------------- control (any thread)
@@ -745,7 +750,9 @@ class Pipeline:
         old = self._model
         self._model = offered
         bundle = offered.bundle
-        self._metrics.set_model(bundle.model_id, bundle.sha256, bundle.detector_name)
+        self._metrics.set_model(
+            bundle.model_id, bundle.sha256, bundle.detector_name, created_at=bundle.manifest.get("created_at")
+        )
         log.info(
             "model swapped model=%s sha256=%s detector=%s (was model=%s sha256=%s)",
             bundle.model_id,

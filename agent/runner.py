@@ -280,7 +280,7 @@ def run_agent(settings: Settings) -> int:
     try:
         if settings.metrics.enabled:
             metrics_server, _ = metrics.serve(settings.metrics.host, settings.metrics.port)
-            servers.append(metrics_server.shutdown)
+            servers.extend((metrics_server.shutdown, metrics_server.server_close))
             log.info("metrics on http://%s:%d/metrics", settings.metrics.host, metrics_server.server_port)
         if settings.health.enabled:
             health_server: HealthServer = serve_health(

@@ -61,7 +61,7 @@ running_pid() {
 	pid=$(<"$PID_FILE")
 	[[ $pid =~ ^[0-9]+$ ]] || return 1
 	kill -0 "$pid" 2>/dev/null || return 1
-	ps -p "$pid" -o args= 2>/dev/null | grep -qF -- "kafka.Kafka $CONF_FILE" || return 1
+	ps -ww -p "$pid" -o args= 2>/dev/null | grep -qF -- "kafka.Kafka $CONF_FILE" || return 1
 	printf '%s\n' "$pid"
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,11 @@ def test_alerts_are_exactly_the_offline_anomalies(
     assert sample("anomaly_agent_events_processed_total") == len(events)
     assert sample("anomaly_agent_alerts_published_total") == len(anomalous)
     assert sample("anomaly_agent_anomaly_score_count") == len(events)
+    info = {"model_id": model.bundle.model_id, "sha256": model.bundle.sha256, "detector": "knn"}
+    assert sample("anomaly_agent_model_info", info) == 1
+    created = datetime.fromisoformat(model.bundle.manifest["created_at"]).timestamp()
+    age_series = {"model_id": model.bundle.model_id}
+    assert sample("anomaly_agent_model_created_timestamp_seconds", age_series) == pytest.approx(created)
     if delivery == "exactly_once":
         assert (sample("anomaly_agent_transactions_total", {"result": "committed"}) or 0) >= len(events) / 32
         assert sample("anomaly_agent_transactions_total", {"result": "aborted"}) == 0
