@@ -100,7 +100,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for detector_name in args.detectors:
                 detector = create_detector(detector_name, target_fpr=args.target_fpr, seed=args.seed)
                 started = time.perf_counter()
-                detector.fit(train_x, train_labels)
+                try:
+                    detector.fit(train_x, train_labels)
+                except ValueError as exc:  # e.g. hdbscan finding no cluster: a result, not a crash
+                    results.append(
+                        {
+                            "dataset": name,
+                            "text_prep": _prep(prep),
+                            "detector": detector_name,
+                            "error": str(exc),
+                        }
+                    )
+                    print(f"{name} {detector_name}: {exc}", file=sys.stderr, flush=True)
+                    continue
                 fit_s = time.perf_counter() - started
                 started = time.perf_counter()
                 scores = detector.score(test_x).score
@@ -109,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results.append(
                     {
                         "dataset": name,
-                        "text_prep": {"fields": list(prep.fields), "mask": prep.mask},
+                        "text_prep": _prep(prep),
                         "recommended_prep": variant == 0,
                         "detector": detector_name,
                         **{k: _round(v) for k, v in metrics.items() if k != "counts"},
@@ -131,6 +143,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "results": results,
     }
+
+
+def _prep(prep: TextPreparation) -> dict[str, Any]:
+    return {"fields": list(prep.fields), "mask": prep.mask}
 
 
 def _round(value: Any) -> Any:

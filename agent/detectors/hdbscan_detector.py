@@ -9,12 +9,15 @@ projection (mean and components) is saved as .npy and applied at score time. The
 ``hdbscan.prediction.approximate_predict`` (cluster label, -1 = noise) and
 ``approximate_predict_scores`` (GLOSH, 0 = core of a cluster, -> 1 = outlier).
 
-Raw measure: GLOSH score, plus 1 when the point is predicted noise, so every noise point ranks
-above every point that joins a cluster ("noise = anomalous"). Thresholds are still calibrated on
-held-out normal points: whenever held-out noise is rarer than ``target_fpr`` every noise point is
-beyond the threshold; if the clustering leaves more normal points as noise, the threshold moves up
-into the noise range so the false-positive rate stays at its target. Per-cluster thresholds as
-elsewhere (noise uses the global one).
+Raw measure: for a point predicted into a cluster, its GLOSH score in [0, 1] (NaN, which the
+library returns inside clusters of exact duplicates, counts as 0); for a point predicted noise,
+``1 + d / (1 + d)`` with d its distance to the nearest fit point in the projected space, so every
+noise point ranks above every clustered point ("noise = anomalous") and noise is still ordered by
+how far from normal data it lies. Thresholds are calibrated on held-out normal points as
+elsewhere: when held-out noise is rarer than ``target_fpr`` every noise point is beyond the
+threshold; when the clustering leaves more normal points as noise (log data with many one-off
+templates), the threshold moves into the noise range so the false-positive rate stays at its
+target. Per-cluster thresholds as elsewhere (noise uses the global one).
 
 This is the one detector whose saved state includes a pickle (the fitted clusterer: its condensed
 tree and prediction data have no array-only form in the library). The bundle verifies the file's
@@ -89,7 +92,7 @@ class HdbscanDetector(CalibratedDetector):
         return None
 
     def effective_min_cluster_size(self, n: int) -> int:
-        """``min_cluster_size`` or, by default, 1 % of the distinct fit vectors bounded to [5, 100].
+        """``min_cluster_size`` or, by default, 1 % of the fit vectors bounded to [5, 100].
 
         ``min_samples`` defaults to 5 rather than HDBSCAN's min_cluster_size: diverse normal text
         (chat messages) is otherwise almost all noise, and noise is what this detector flags.
@@ -116,9 +119,7 @@ class HdbscanDetector(CalibratedDetector):
         pca = PCA(n_components=n_components, svd_solver="full").fit(vectors.astype(np.float64))
         self._mean = np.asarray(pca.mean_, dtype=np.float64)
         self._components = np.asarray(pca.components_, dtype=np.float64)
-        # Exact duplicates (a log template repeated hundreds of times) have core distance 0, which
-        # makes GLOSH undefined (0/0); density is estimated over distinct points instead.
-        projected = np.unique(self._project(vectors), axis=0)
+        projected = self._project(vectors)
         min_cluster_size = max(2, min(self.effective_min_cluster_size(len(projected)), len(projected)))
         clusterer = hdbscan.HDBSCAN(
             min_cluster_size=min_cluster_size,
@@ -143,8 +144,17 @@ class HdbscanDetector(CalibratedDetector):
             hdbscan.prediction.approximate_predict_scores(self._clusterer, projected), dtype=np.float64
         )
         cluster = np.asarray(labels, dtype=np.int64)
-        glosh = np.clip(np.nan_to_num(glosh, nan=1.0, posinf=1.0), 0.0, 1.0)
-        return glosh + (cluster < 0), cluster
+        # GLOSH is 0/0 = NaN for points of a cluster whose density is infinite: exact duplicates
+        # (a log template repeated hundreds of times) have core distance 0. Those are the most
+        # normal points there are, so NaN means 0 for a clustered point.
+        glosh = np.clip(np.where(np.isnan(glosh), 0.0, glosh), 0.0, 1.0)
+        # Noise ranks above every clustered point and, among itself, by the distance to the
+        # nearest fit point (GLOSH is NaN or saturated there, and ties at the top would leave the
+        # calibrated threshold nothing to separate).
+        nearest, _ = self._clusterer.prediction_data_.tree.query(projected, k=1)
+        far = nearest[:, 0] / (1.0 + nearest[:, 0])
+        raw = np.where(cluster >= 0, glosh, 1.0 + far)
+        return raw.astype(np.float64), cluster
 
     def _arrays(self) -> dict[str, npt.NDArray[Any]]:
         assert self._mean is not None and self._components is not None
