@@ -433,7 +433,7 @@ def train_bundle(train_texts: list[str], work: Path, detector: str) -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument(
-        "--events", type=int, default=None, help="events for (a) and (b) (default 4000, quick 600)"
+        "--events", type=int, default=None, help="events for (a) and (b) (default 2000, quick 600)"
     )
     p.add_argument("--latency-seconds", type=float, default=None, help="length of (c) (default 30, quick 8)")
     p.add_argument(
@@ -454,7 +454,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     if args.events is None:
-        args.events = 600 if args.quick else 4000
+        args.events = 600 if args.quick else 2000
     if args.latency_seconds is None:
         args.latency_seconds = 8.0 if args.quick else 30.0
     return args
