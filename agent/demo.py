@@ -558,8 +558,10 @@ def replay(
     tally: Tally,
     readers: Readers,
     stop: StopFlag,
+    agent: Agent,
 ) -> None:
-    """Sends the records at ``rate`` events/s (0 = as fast as possible), reading alerts in between."""
+    """Sends the records at ``rate`` events/s (0 = as fast as possible), reading alerts in between;
+    stops early on Ctrl-C or when the agent has died (the caller reports that)."""
 
     def delivered(index: int) -> Any:
         def callback(err: KafkaError | None, message: Message) -> None:
@@ -572,8 +574,8 @@ def replay(
 
     started = time.monotonic()
     for index, record in enumerate(records):
-        if stop.is_set():
-            return
+        if stop.is_set() or agent.process.poll() is not None:
+            break
         if rate > 0:
             due = started + index / rate
             while time.monotonic() < due and not stop.is_set():
@@ -704,16 +706,26 @@ def run_demo(args: argparse.Namespace, console: Console, stop: StopFlag) -> dict
         )  # fmt: skip
         console.header()
         t = time.monotonic()
-        replay(producer, records, topic=names.input, rate=args.rate, tally=tally, readers=readers, stop=stop)
+        replay(
+            producer,
+            records,
+            topic=names.input,
+            rate=args.rate,
+            tally=tally,
+            readers=readers,
+            stop=stop,
+            agent=agent,
+        )
         summary["replay_seconds"] = round(time.monotonic() - t, 1)
         summary["all_processed"] = _wait_processed(
-            broker, names, readers, stop, args.exit_after_replay, console
+            broker, names, readers, stop, args.exit_after_replay, console, agent
         )
         summary["agent_counters"] = scrape(metrics_url)
     finally:
         if agent is not None:
             console.line()
-            console.info("stopping the agent (SIGTERM: finish the batch, commit, exit)")
+            if agent.process.poll() is None:
+                console.info("stopping the agent (SIGTERM: finish the batch, commit, exit)")
             summary["agent_exit_code"] = agent.stop(settings.lifecycle.shutdown_grace_seconds)
         if readers is not None:
             readers.poll(1.0)  # the agent's last transaction may have committed alerts
@@ -729,14 +741,25 @@ def run_demo(args: argparse.Namespace, console: Console, stop: StopFlag) -> dict
 
 
 def _wait_processed(
-    broker: Broker, names: Names, readers: Readers, stop: StopFlag, exit_after_replay: bool, console: Console
+    broker: Broker,
+    names: Names,
+    readers: Readers,
+    stop: StopFlag,
+    exit_after_replay: bool,
+    console: Console,
+    agent: Agent,
 ) -> bool:
-    """Reads alerts until the agent has committed every replayed offset (then exits, or waits for Ctrl-C)."""
+    """Reads alerts until the agent has committed every replayed offset (then returns with
+    ``exit_after_replay``, else keeps reading until Ctrl-C); returns early if the agent dies."""
     done = False
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     next_check = 0.0
     while not stop.is_set():
         readers.poll(0.2)
+        if agent.process.poll() is not None:
+            console.info(f"the agent exited with {agent.process.returncode}; last lines of {agent.log_path}:")
+            console.line(_tail(agent.log_path, 10))
+            return done
         now = time.monotonic()
         if not done and now >= next_check:
             next_check = now + 0.5
