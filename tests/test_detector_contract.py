@@ -246,5 +246,10 @@ def test_real_embeddings_alerts_score_above_normal_log_lines(name: str, bgl_embe
     """Real log lines, real embedder: BGL alerts of the second half rank above its normal lines."""
     train, test, anomalous = bgl_embeddings
     detector = create_detector(name, seed=0)
-    detector.fit(train, np.array(["-"] * len(train)))
+    try:
+        detector.fit(train, np.array(["-"] * len(train)))
+    except ValueError as exc:
+        # BGL has one normal class; a detector built on votes between classes must say so.
+        assert name == "knn-vote" and "two normal classes" in str(exc)
+        return
     assert roc_auc_score(anomalous, detector.score(test).score) > 0.7

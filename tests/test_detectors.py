@@ -16,6 +16,7 @@ from agent.detectors.class_centroid import ClassCentroidDetector
 from agent.detectors.hdbscan_detector import HdbscanDetector
 from agent.detectors.kmeans import KMeansDetector
 from agent.detectors.knn import KnnDetector
+from agent.detectors.knn_vote import KnnVoteDetector
 from agent.detectors.mahalanobis import MahalanobisDetector
 
 
@@ -116,6 +117,28 @@ def test_knn_clusters_are_the_nearest_neighbours_class_when_labelled() -> None:
     unlabelled = KnnDetector()
     unlabelled.fit(x)
     assert unlabelled.cluster_labels is None and np.all(unlabelled.score(x).cluster == -1)
+
+
+# -- knn-vote ------------------------------------------------------------------------------------
+
+
+def test_knn_vote_needs_two_classes() -> None:
+    x, _ = blobs(300, 2, seed=15)
+    with pytest.raises(ValueError, match="two normal classes"):
+        KnnVoteDetector().fit(x, np.array(["-"] * len(x)))
+
+
+def test_knn_vote_equals_knn_where_neighbours_agree_and_raises_between_classes() -> None:
+    x, which = blobs(1200, 2, seed=16)
+    labels = np.array(["a", "b"])[which]
+    vote, plain = KnnVoteDetector(weight=4.0), KnnDetector()
+    vote.fit(x, labels)
+    plain.fit(x, labels)
+    inside = _unit(np.eye(16)[[0, 1]] * 4.0)  # the two blob centres
+    np.testing.assert_allclose(vote.score(inside).distance, plain.score(inside).distance, rtol=1e-9)
+    between = _unit((np.eye(16)[0] + np.eye(16)[1])[None, :])
+    ratio = vote.score(between).distance / plain.score(between).distance
+    assert 2.0 < ratio[0] <= 5.0  # 1 + 4 x uncertainty, uncertainty near 0.5 at the midpoint
 
 
 # -- hdbscan -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from agent.detectors.class_centroid import ClassCentroidDetector
 from agent.detectors.hdbscan_detector import HdbscanDetector
 from agent.detectors.kmeans import KMeansDetector
 from agent.detectors.knn import KnnDetector
+from agent.detectors.knn_vote import KnnVoteDetector
 from agent.detectors.mahalanobis import MahalanobisDetector
 
 DETECTORS: dict[str, type[Detector]] = {
@@ -22,6 +23,7 @@ DETECTORS: dict[str, type[Detector]] = {
     ClassCentroidDetector.name: ClassCentroidDetector,
     HdbscanDetector.name: HdbscanDetector,
     KnnDetector.name: KnnDetector,
+    KnnVoteDetector.name: KnnVoteDetector,
     MahalanobisDetector.name: MahalanobisDetector,
 }
 

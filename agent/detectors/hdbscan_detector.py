@@ -140,9 +140,10 @@ class HdbscanDetector(CalibratedDetector):
             raise RuntimeError("hdbscan detector is not fitted")
         projected = self._project(vectors)
         labels, _ = hdbscan.prediction.approximate_predict(self._clusterer, projected)
-        glosh = np.asarray(
-            hdbscan.prediction.approximate_predict_scores(self._clusterer, projected), dtype=np.float64
-        )
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 inside duplicate clusters: handled below
+            glosh = np.asarray(
+                hdbscan.prediction.approximate_predict_scores(self._clusterer, projected), dtype=np.float64
+            )
         cluster = np.asarray(labels, dtype=np.int64)
         # GLOSH is 0/0 = NaN for points of a cluster whose density is infinite: exact duplicates
         # (a log template repeated hundreds of times) have core distance 0. Those are the most

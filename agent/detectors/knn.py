@@ -97,26 +97,36 @@ class KnnDetector(CalibratedDetector):
             self._classes = [str(c) for c in classes]
             self._reference_class = codes.astype(np.int64)
 
+    def _n_neighbours(self) -> int:
+        """How many nearest reference vectors ``_from_neighbours`` needs."""
+        return self.k
+
     def _raw(self, vectors: FloatArray) -> tuple[Float64Array, IntArray]:
         if self._reference is None:
-            raise RuntimeError("knn detector is not fitted")
+            raise RuntimeError(f"{self.name} detector is not fitted")
         reference = self._reference
-        k = min(self.k, len(reference))
+        n = min(self._n_neighbours(), len(reference))
         raw = np.empty(len(vectors), dtype=np.float64)
         cluster = np.full(len(vectors), -1, dtype=np.int64)
         for start in range(0, len(vectors), self.block_size):
             block = vectors[start : start + self.block_size]
             similarity = block @ reference.T
-            top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+            top = np.argpartition(-similarity, n - 1, axis=1)[:, :n]
             top_sim = np.take_along_axis(similarity, top, axis=1).astype(np.float64)
-            distance = np.clip(1.0 - top_sim, 0.0, 2.0)
-            raw[start : start + len(block)] = (
-                distance.mean(axis=1) if self.aggregate == "mean" else distance.max(axis=1)
-            )
-            if self._reference_class is not None:
-                nearest = top[np.arange(len(block)), top_sim.argmax(axis=1)]
-                cluster[start : start + len(block)] = self._reference_class[nearest]
+            order = np.argsort(-top_sim, axis=1, kind="stable")
+            top, top_sim = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_sim, order, axis=1)
+            block_raw, block_cluster = self._from_neighbours(top, top_sim)
+            raw[start : start + len(block)] = block_raw
+            cluster[start : start + len(block)] = block_cluster
         return raw, cluster
+
+    def _from_neighbours(self, top: IntArray, top_sim: Float64Array) -> tuple[Float64Array, IntArray]:
+        """Raw measure and cluster from the nearest reference indices/similarities, nearest first."""
+        distance = np.clip(1.0 - top_sim[:, : self.k], 0.0, 2.0)
+        raw = distance.mean(axis=1) if self.aggregate == "mean" else distance[:, -1]
+        if self._reference_class is None:
+            return raw, np.full(len(top), -1, dtype=np.int64)
+        return raw, self._reference_class[top[:, 0]]
 
     def _arrays(self) -> dict[str, npt.NDArray[Any]]:
         assert self._reference is not None
