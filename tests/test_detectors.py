@@ -108,6 +108,17 @@ def test_knn_distance_is_mean_or_kth_cosine_distance_to_the_reference(tmp_path: 
         np.testing.assert_allclose(detector.score(probe).distance, expected, atol=1e-6)
 
 
+def test_knn_exact_duplicates_score_zero_in_any_batch() -> None:
+    x, _ = blobs(500, 2, seed=17)
+    detector = KnnDetector(k=1)
+    detector.fit(x)
+    alone = np.concatenate([detector.score(x[i : i + 1]).distance for i in range(50)])
+    batched = detector.score(x[:50]).distance
+    assert np.array_equal(alone == 0.0, batched == 0.0)
+    np.testing.assert_allclose(alone, batched, rtol=1e-5)
+    assert np.sum(batched == 0.0) >= 35  # the ~80 % of them that are in the reference set
+
+
 def test_knn_clusters_are_the_nearest_neighbours_class_when_labelled() -> None:
     x, which = blobs(600, 2, seed=7)
     detector = KnnDetector()

@@ -28,6 +28,8 @@ from agent.detectors._common import CalibratedDetector, Float64Array, IntArray, 
 from agent.detectors.base import FloatArray
 
 _AGGREGATES = ("mean", "kth")
+#: cosine distances below this are float32 rounding of identical vectors and count as 0.
+_SAME_VECTOR = 1e-5
 
 
 class KnnDetector(CalibratedDetector):
@@ -123,6 +125,9 @@ class KnnDetector(CalibratedDetector):
     def _from_neighbours(self, top: IntArray, top_sim: Float64Array) -> tuple[Float64Array, IntArray]:
         """Raw measure and cluster from the nearest reference indices/similarities, nearest first."""
         distance = np.clip(1.0 - top_sim[:, : self.k], 0.0, 2.0)
+        # float32 dot products of identical unit vectors land within ~1e-6 of 1 depending on the
+        # BLAS kernel (batch size); an exact duplicate must score 0 whatever batch it arrives in.
+        distance[distance < _SAME_VECTOR] = 0.0
         raw = distance.mean(axis=1) if self.aggregate == "mean" else distance[:, -1]
         if self._reference_class is None:
             return raw, np.full(len(top), -1, dtype=np.int64)
