@@ -76,7 +76,7 @@ TRAIN_FILE = DEMO_DIR / "train.jsonl"
 STREAM_FILE = DEMO_DIR / "stream.jsonl"
 KAFKA_SH = REPO_ROOT / "deploy" / "local" / "kafka.sh"
 DEFAULT_STATE_DIR = REPO_ROOT / "var" / "demo"
-DETECTOR = "mahalanobis"
+DETECTOR = "knn"
 BOOTSTRAP_ENV = "ANOMALY_AGENT_KAFKA__BOOTSTRAP_SERVERS"
 # How long the agent may take from start to /readyz (a cold onnxruntime session load included).
 READY_TIMEOUT_S = 180.0
