@@ -3,9 +3,8 @@ and reading what it wrote the way subscribers do (``isolation.level=read_committ
 
 The bundle fixture trains through the CLI (``anomaly-agent train``) on BGL normal lines, and
 expected results come from ``anomaly-agent score``: the tests compare the running agent with the
-offline tool an operator would use, not with a re-implementation. Test modules expose the
-fixtures by assigning them to a module-level name (``agent_bundle_fixture = agent_bundle``), which
-pytest registers under the fixture's own name.
+offline tool an operator would use, not with a re-implementation. tests/conftest.py registers
+this module as a pytest plugin, so its fixtures are available to every test.
 """
 
 from __future__ import annotations

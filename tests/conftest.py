@@ -1,10 +1,10 @@
-"""Shared fixtures. Kafka fixtures live in kafka_fixtures.py, model fixtures in model_fixtures.py."""
+"""Shared fixtures: Kafka (kafka_fixtures.py), models (model_fixtures.py), agents (agent_helpers.py)."""
 
 from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["kafka_fixtures", "model_fixtures"]
+pytest_plugins = ["kafka_fixtures", "model_fixtures", "agent_helpers"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS = REPO_ROOT.parent / "shared" / "datasets"

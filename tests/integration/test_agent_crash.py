@@ -23,9 +23,7 @@ from agent_helpers import (
     AgentTopics,
     Record,
     StreamProducer,
-    agent_bundle,
     agent_env,
-    agent_processes,
     alert_sources,
     json_records,
     make_events,
@@ -47,8 +45,6 @@ from exporters.metrics import AgentMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-agent_bundle_fixture = agent_bundle
-agent_processes_fixture = agent_processes
 
 KILLS = 5
 COMMITTED = 'anomaly_agent_transactions_total{result="committed"}'

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from agent_helpers import (
-    agent_bundle,
     alert_sources,
     json_records,
     make_events,
@@ -33,8 +32,6 @@ from exporters.alerts import alert_id
 from exporters.metrics import AgentMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-agent_bundle_fixture = agent_bundle
 
 
 @pytest.mark.parametrize("delivery", ["exactly_once", "at_least_once"])

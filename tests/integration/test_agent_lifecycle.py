@@ -21,14 +21,11 @@ from agent_helpers import (
     AgentTopics,
     NotifyListener,
     StreamProducer,
-    agent_bundle,
     agent_env,
-    agent_processes,
     alert_sources,
     bgl_lines,
     clean_env,
     cli,
-    notify,
     offsets,
     read_committed,
     wait_until,
@@ -39,9 +36,6 @@ from kafka_fixtures import KAFKA_SH, GroupFactory, TopicFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-agent_bundle_fixture = agent_bundle
-agent_processes_fixture = agent_processes
-notify_fixture = notify
 
 GRACE_S = 10.0
 

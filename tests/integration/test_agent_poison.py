@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from agent_helpers import agent_bundle, alert_sources, bgl_lines, offsets, produce, read_committed
+from agent_helpers import alert_sources, bgl_lines, offsets, produce, read_committed
 from kafka_fixtures import GroupFactory, TopicFactory
 
 from agent.config import load_settings
@@ -22,7 +22,6 @@ from exporters.metrics import AgentMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-agent_bundle_fixture = agent_bundle
 
 MAX_BYTES = 2048
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]

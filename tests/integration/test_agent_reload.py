@@ -22,13 +22,10 @@ from agent_helpers import (
     AgentProcess,
     AgentTopics,
     NotifyListener,
-    agent_bundle,
     agent_env,
-    agent_processes,
     alert_sources,
     json_records,
     make_events,
-    notify,
     offline_anomalies,
     offsets,
     produce,
@@ -41,9 +38,6 @@ from agent.bundle import Bundle, load_bundle, write_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-agent_bundle_fixture = agent_bundle
-agent_processes_fixture = agent_processes
-notify_fixture = notify
 
 PROCESSED = "anomaly_agent_events_processed_total"
 RELOADED = 'anomaly_agent_reloads_total{result="success"}'

@@ -17,9 +17,7 @@ from agent_helpers import (
     AgentProcess,
     AgentTopics,
     StreamProducer,
-    agent_bundle,
     agent_env,
-    agent_processes,
     alert_sources,
     json_records,
     make_events,
@@ -32,8 +30,6 @@ from kafka_fixtures import GroupFactory, TopicFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-agent_bundle_fixture = agent_bundle
-agent_processes_fixture = agent_processes
 
 PROCESSED = "anomaly_agent_events_processed_total"
 
