@@ -630,6 +630,10 @@ def _ports(settings: Settings) -> tuple[int, int]:
 
 def run_demo(args: argparse.Namespace, console: Console, stop: StopFlag) -> dict[str, Any]:
     """The demo proper; returns the summary. Everything it starts is stopped before it returns."""
+    if args.events is not None and args.events < 1:
+        raise DemoError(f"--events must be at least 1, got {args.events}")
+    if args.rate < 0:
+        raise DemoError(f"--rate must be 0 (as fast as possible) or positive, got {args.rate:g}")
     t0 = time.monotonic()
     state_dir: Path = (args.state_dir or DEFAULT_STATE_DIR).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)

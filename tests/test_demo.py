@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli import main as cli_main
 from agent.demo import STREAM_FILE, Tally, load_stream
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,18 @@ def test_tally_maps_alerts_to_the_events_they_came_from() -> None:
     assert summary["anomalies_alerted"] == 1
     assert summary["anomalies_missed_offsets"] == anomalous[1:]
     assert summary["false_positive_offsets"] == [normal]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--events", "0"], "--events must be at least 1"), (["--rate", "-1"], "--rate must be 0")],
+)
+def test_bad_demo_flags_are_refused_before_anything_starts(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["demo", "--state-dir", str(tmp_path / "state"), *flags]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
 
 
 @pytest.mark.integration
