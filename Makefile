@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make test`.
 # Each creates (or reuses) .venv and installs what it needs by itself.
+# Pass demo flags with DEMO_ARGS, e.g. make demo DEMO_ARGS='--events 200 --exit-after-replay'.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m agent.demo
+	$(BIN)/anomaly-agent demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

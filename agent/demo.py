@@ -845,14 +845,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.exit_after_replay and not summary.get("all_processed"):
         return 1
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m agent.demo [flags]`` (what ``make demo`` runs): the CLI's demo subcommand."""
-    from agent.cli import main as cli_main
-
-    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
