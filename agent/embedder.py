@@ -11,11 +11,16 @@ Only tokenizers, onnxruntime and numpy are used here; torch/transformers stay on
 - ``embedder.json``: model id, source hash, max_seq_length, pooling, normalization, dim,
   quantization and sha256 of the two files above, which are checked before anything is loaded.
 
-Throughput choices (see docs/embedder.md for figures): texts are sorted by token count and cut
-into micro-batches of ``batch_size`` each padded only to its own longest text (short log lines
-never pay for a long message in the same poll), then put back in input order; onnxruntime's
-intra-op threads do not spin-wait (``session.intra_op.allow_spinning = 0``), so they leave the core
-to the consumer's Python stages between runs.
+Throughput and memory choices (see docs/embedder.md for figures): texts are sorted by token count
+and cut into micro-batches of at most ``batch_size`` texts and at most ``max_batch_tokens`` padded
+tokens (texts x the batch's longest text), each padded only to its own longest text (short log
+lines never pay for a long message in the same poll), then put back in input order. The token
+budget bounds the model's working memory: attention holds ``batch x heads x length^2`` floats, and
+onnxruntime's CPU arena keeps whatever the largest run needed for the life of the process, so
+without the budget one poll with a few 256-token lines grows the daemon's resident set by ~800 MB
+for good; smaller runs also stay in cache and are faster per text. onnxruntime's intra-op threads
+do not spin-wait (``session.intra_op.allow_spinning = 0``), so they leave the core to the
+consumer's Python stages between runs.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
 REQUIRED_FILES = ("model.onnx", "tokenizer.json", "embedder.json")
+# Padded tokens per model run (texts x longest text). Measured on log lines (docs/embedder.md,
+# "Memory"): 1024 gave the lowest peak RSS and the highest throughput of the budgets tried.
+DEFAULT_MAX_BATCH_TOKENS = 1024
 _MANIFEST_KEYS = ("model_id", "source_sha256", "max_seq_length", "pooling", "normalize", "dim", "output")
 
 
@@ -103,15 +111,28 @@ class OnnxEmbedder:
 
     ``intra_op_threads`` 0 lets onnxruntime pick (one per physical core); several single-threaded
     consumer processes can beat one process with more threads on short texts. ``batch_size`` is
-    the micro-batch size fed to the model per run. ``embed`` may be called from several threads
+    the most texts fed to the model per run, ``max_batch_tokens`` the most padded tokens (texts x
+    the run's longest text; a single text longer than the budget still runs, alone): it caps the
+    model's working memory, which onnxruntime's arena keeps once reached, so the process's peak
+    resident set no longer depends on how many long texts one poll happens to bring.
+    ``embed`` may be called from several threads
     (onnxruntime sessions and the tokenizer are thread-safe and each call pads only its own
     encodings), but concurrent calls share the intra-op threads; one instance per worker process
     is the intended use.
     """
 
-    def __init__(self, model_dir: Path, *, intra_op_threads: int = 0, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        intra_op_threads: int = 0,
+        batch_size: int = 32,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         if intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be >= 0, got {intra_op_threads}")
         self.model_dir = Path(model_dir)
@@ -119,6 +140,7 @@ class OnnxEmbedder:
         self.model_id: str = str(self.manifest["model_id"])
         self.max_seq_length = int(self.manifest["max_seq_length"])
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self._dim = int(self.manifest["dim"])
 
         self._tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
@@ -170,12 +192,29 @@ class OnnxEmbedder:
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
         encodings = self._tokenizer.encode_batch(list(texts))
         order = sorted(range(n), key=lambda i: len(encodings[i].ids))
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for idx in self._micro_batches([len(encodings[i].ids) for i in order], order):
             result[idx] = self._run([encodings[i] for i in idx])
         norms = np.linalg.norm(result, axis=1, keepdims=True)
         np.divide(result, norms, out=result, where=norms > 0)
         return result
+
+    def _micro_batches(self, lengths: list[int], order: list[int]) -> list[list[int]]:
+        """Cut ``order`` (indices sorted by ascending token count ``lengths``) into runs of at most
+        ``batch_size`` texts whose padded size (texts x the last, longest one) fits the token
+        budget; a run always takes at least one text."""
+        batches: list[list[int]] = []
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while (
+                end < len(order)
+                and end - start < self.batch_size
+                and (end - start + 1) * lengths[end] <= self.max_batch_tokens
+            ):
+                end += 1
+            batches.append(order[start:end])
+            start = end
+        return batches
 
     def _run(self, batch: list[Encoding]) -> NDArray[np.float32]:
         length = max(len(e.ids) for e in batch)
