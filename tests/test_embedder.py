@@ -8,6 +8,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,9 +83,33 @@ def test_non_string_input_is_refused(embedder: OnnxEmbedder) -> None:
         embedder.embed(["fine", 42])  # type: ignore[list-item]
 
 
+def test_token_budget_bounds_every_model_run_without_changing_vectors(
+    embedder_dir: Path, datasets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The budget is what bounds the daemon's resident set (onnxruntime keeps its largest run's
+    # memory): every run must fit texts x longest text <= budget, or hold a single text.
+    texts = mixed_texts(datasets_dir, per_source=8)
+    unbounded = OnnxEmbedder(embedder_dir, intra_op_threads=1, batch_size=64, max_batch_tokens=10**9)
+    budgeted = OnnxEmbedder(embedder_dir, intra_op_threads=1, batch_size=64, max_batch_tokens=96)
+    runs: list[tuple[int, int]] = []
+    original_run = budgeted._run
+
+    def recording_run(batch: list[Any]) -> Any:
+        runs.append((len(batch), max(len(e.ids) for e in batch)))
+        return original_run(batch)
+
+    monkeypatch.setattr(budgeted, "_run", recording_run)
+    np.testing.assert_allclose(budgeted.embed(texts), unbounded.embed(texts), atol=2e-6)
+    assert sum(n for n, _ in runs) == len(texts)
+    assert all(n * longest <= 96 or n == 1 for n, longest in runs), runs
+    assert any(n > 1 for n, _ in runs), "the budget should still batch short texts together"
+
+
 def test_invalid_arguments_are_refused(embedder_dir: Path) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         OnnxEmbedder(embedder_dir, batch_size=0)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        OnnxEmbedder(embedder_dir, max_batch_tokens=0)
     with pytest.raises(ValueError, match="intra_op_threads"):
         OnnxEmbedder(embedder_dir, intra_op_threads=-1)
 
