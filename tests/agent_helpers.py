@@ -32,6 +32,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.config import Settings, load_settings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Lines of BGL_2k used to train the session bundle; events replayed to the agent come after them.
 TRAIN_NORMAL_LINES = 500
@@ -294,6 +296,30 @@ class AgentTopics:
     alerts: str
     dead_letter: str
     group: str
+
+
+def pipeline_settings(
+    bootstrap: str,
+    topics: AgentTopics,
+    bundle: Path,
+    *,
+    instance_id: str,
+    batch_size: int,
+    **sections: Any,
+) -> Settings:
+    """Settings for an in-process ``Pipeline``, the twin of ``agent_env``: one thread, no bundle
+    watcher, 100 ms batch wait. ``sections`` (``events={...}``, ``delivery=...``) are merged over
+    these, key by key within a section."""
+    settings: dict[str, Any] = {
+        "instance_id": instance_id,
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": topics.group},
+        "topics": {"input": [topics.input], "alerts": topics.alerts, "dead_letter": topics.dead_letter},
+        "model": {"bundle": bundle, "intra_op_threads": 1, "watch": False},
+        "batch": {"max_size": batch_size, "max_wait_ms": 100},
+    }
+    for name, value in sections.items():
+        settings[name] = {**settings.get(name, {}), **value} if isinstance(value, dict) else value
+    return load_settings(**settings)
 
 
 def agent_env(

@@ -29,6 +29,7 @@ from agent_helpers import (
     make_events,
     offline_anomalies,
     offsets,
+    pipeline_settings,
     produce,
     read_committed,
     wait_caught_up,
@@ -38,7 +39,6 @@ from confluent_kafka import OFFSET_INVALID, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from kafka_fixtures import GroupFactory, TopicFactory
 
-from agent.config import load_settings
 from agent.kafka_clients import transactional_id
 from agent.pipeline import Pipeline, load_model
 from exporters.metrics import AgentMetrics
@@ -165,12 +165,12 @@ def test_failed_transactions_are_aborted_rewound_and_retried(
     positions = produce(kafka_bootstrap, source, json_records(events))
     event_at = {position: i for i, position in enumerate(positions)}
 
-    settings = load_settings(
+    settings = pipeline_settings(
+        kafka_bootstrap,
+        AgentTopics(source, alerts_topic, dead_topic, group),
+        agent_bundle,
         instance_id="abort-agent",
-        kafka={"bootstrap_servers": kafka_bootstrap, "group_id": group},
-        topics={"input": [source], "alerts": alerts_topic, "dead_letter": dead_topic},
-        model={"bundle": agent_bundle, "intra_op_threads": 1, "watch": False},
-        batch={"max_size": 64, "max_wait_ms": 100},
+        batch_size=64,
     )
     metrics = AgentMetrics(batch_max_size=64)
     sample = metrics.registry.get_sample_value
@@ -215,12 +215,12 @@ def test_fenced_producer_is_recreated_and_the_batch_retried(
     source, alerts_topic, dead_topic, group = make_topic(1), make_topic(1), make_topic(1), make_group()
     events = make_events(datasets_dir, normal=30, bgl_alerts=0, foreign=30, seed=4)
     expected = offline_anomalies(agent_bundle, events, tmp_path)
-    settings = load_settings(
+    settings = pipeline_settings(
+        kafka_bootstrap,
+        AgentTopics(source, alerts_topic, dead_topic, group),
+        agent_bundle,
         instance_id="fenced-agent",
-        kafka={"bootstrap_servers": kafka_bootstrap, "group_id": group},
-        topics={"input": [source], "alerts": alerts_topic, "dead_letter": dead_topic},
-        model={"bundle": agent_bundle, "intra_op_threads": 1, "watch": False},
-        batch={"max_size": 16, "max_wait_ms": 100},
+        batch_size=16,
     )
     metrics = AgentMetrics(batch_max_size=16)
     sample = metrics.registry.get_sample_value

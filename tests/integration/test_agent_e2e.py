@@ -16,17 +16,18 @@ from pathlib import Path
 
 import pytest
 from agent_helpers import (
+    AgentTopics,
     alert_sources,
     json_records,
     make_events,
     offline_anomalies,
     offsets,
+    pipeline_settings,
     produce,
     read_committed,
 )
 from kafka_fixtures import GroupFactory, TopicFactory
 
-from agent.config import load_settings
 from agent.pipeline import Pipeline, load_model
 from exporters.alerts import alert_id
 from exporters.metrics import AgentMetrics
@@ -54,17 +55,14 @@ def test_alerts_are_exactly_the_offline_anomalies(
     positions = produce(kafka_bootstrap, source, json_records(events))
     event_at = {position: i for i, position in enumerate(positions)}
 
-    settings = load_settings(
-        delivery=delivery,
+    settings = pipeline_settings(
+        kafka_bootstrap,
+        AgentTopics(source, alerts_topic, dead_topic, group),
+        agent_bundle,
         instance_id="e2e-agent",
-        kafka={
-            "bootstrap_servers": kafka_bootstrap,
-            "group_id": group,
-            "librdkafka": {"statistics.interval.ms": 500},
-        },
-        topics={"input": [source], "alerts": alerts_topic, "dead_letter": dead_topic},
-        model={"bundle": agent_bundle, "intra_op_threads": 1, "watch": False},
-        batch={"max_size": 32, "max_wait_ms": 100},
+        batch_size=32,
+        delivery=delivery,
+        kafka={"librdkafka": {"statistics.interval.ms": 500}},
     )
     model = load_model(agent_bundle, intra_op_threads=1)
     metrics = AgentMetrics(batch_max_size=32)

@@ -12,10 +12,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from agent_helpers import alert_sources, bgl_lines, offsets, produce, read_committed
+from agent_helpers import (
+    AgentTopics,
+    alert_sources,
+    bgl_lines,
+    offsets,
+    pipeline_settings,
+    produce,
+    read_committed,
+)
 from kafka_fixtures import GroupFactory, TopicFactory
 
-from agent.config import load_settings
 from agent.decode import DeadLetterReason
 from agent.pipeline import Pipeline, load_model
 from exporters.metrics import AgentMetrics
@@ -82,13 +89,13 @@ def test_bad_records_are_dead_lettered_and_good_ones_processed(
     positions = produce(kafka_bootstrap, source, records)
     index_at = {position: i for i, position in enumerate(positions)}
 
-    settings = load_settings(
+    settings = pipeline_settings(
+        kafka_bootstrap,
+        AgentTopics(source, alerts_topic, dead_topic, group),
+        agent_bundle,
         instance_id="poison-agent",
-        kafka={"bootstrap_servers": kafka_bootstrap, "group_id": group},
-        topics={"input": [source], "alerts": alerts_topic, "dead_letter": dead_topic},
-        model={"bundle": agent_bundle, "intra_op_threads": 1, "watch": False},
+        batch_size=16,
         events={"format": event_format, "text_field": "text", "max_bytes": MAX_BYTES},
-        batch={"max_size": 16, "max_wait_ms": 100},
     )
     metrics = AgentMetrics(batch_max_size=16)
     with Pipeline(settings, load_model(agent_bundle, intra_op_threads=1), metrics=metrics) as pipeline:
