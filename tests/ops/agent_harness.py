@@ -5,7 +5,6 @@ path (normal events, anomalies, and each kind of bad input that goes to the dead
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from agent_helpers import clean_env
 from confluent_kafka import Producer
 
 VENV_BIN = Path(sys.executable).parent
@@ -32,16 +32,9 @@ def free_port() -> int:
 
 
 def agent_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any ANOMALY_AGENT_ override (the TOML is the whole
-    config), offline for the hub, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_AGENT_")}
-    env.pop("NOTIFY_SOCKET", None)
-    env.pop("WATCHDOG_USEC", None)
-    env.pop("WATCHDOG_PID", None)
-    env.pop("CREDENTIALS_DIRECTORY", None)
-    env["HF_HUB_OFFLINE"] = "1"
-    env.update(extra)
-    return env
+    """The caller's environment without any agent override (the TOML is the whole config),
+    offline for the hub, plus ``extra``."""
+    return {**clean_env(), **extra}
 
 
 def train_bundle(datasets_dir: Path, embedder_dir: Path, out: Path, *, records: int = 400) -> Path:
