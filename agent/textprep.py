@@ -34,6 +34,12 @@ from typing import Any
 DEFAULT_MAX_CHARS = 2048
 """Well above what the embedder reads (MiniLM truncates at 256 tokens, roughly 1,000 characters)."""
 
+MAX_MASKED_INPUT_CHARS = 65_536
+"""Masking reads at most this many characters of a text; the rest is cut off first. Masking is
+linear in the text's length (about 0.2 µs per character), so this bounds one record's cost (about
+15 ms) whatever an event holds. It changes nothing a model sees unless masking and whitespace
+collapse shrink the first 65,536 characters below ``max_chars``."""
+
 
 class MissingTextError(ValueError):
     """A record has no usable text: a field is missing, null, not a scalar, or the text is empty.
@@ -50,26 +56,39 @@ class MissingTextError(ValueError):
 
 @dataclass(frozen=True)
 class Mask:
-    """One masking rule: every match of ``pattern`` (for which ``accept`` holds) becomes ``placeholder``."""
+    """One masking rule: every match of ``pattern`` (for which ``accept`` holds) becomes ``placeholder``.
+
+    ``required``: a substring every match contains; a text without it is left alone without running
+    the pattern (most log lines have no ``@`` or ``://``). ``accept`` sees the whole match; a match it
+    refuses is kept as it was, which lets a pattern consume text it does not mask (see ``_linear``).
+    """
 
     name: str
     pattern: re.Pattern[str]
     placeholder: str
-    accept: Callable[[str], bool] | None = None
+    accept: Callable[[re.Match[str]], bool] | None = None
+    required: str | None = None
 
     def apply(self, text: str) -> str:
+        if self.required is not None and self.required not in text:
+            return text
         if self.accept is None:
             return self.pattern.sub(self.placeholder, text)
         accept = self.accept
-        return self.pattern.sub(lambda m: self.placeholder if accept(m.group(0)) else m.group(0), text)
+        return self.pattern.sub(lambda m: self.placeholder if accept(m) else m.group(0), text)
 
 
-def _is_ipv6(candidate: str) -> bool:
+def _is_ipv6(match: re.Match[str]) -> bool:
+    candidate = match.group(0)
     try:
         ipaddress.IPv6Address(candidate)
     except ValueError:
         return False
     return any(c.isalnum() for c in candidate)
+
+
+def _has_tail(match: re.Match[str]) -> bool:
+    return match.group("tail") is not None
 
 
 _MONTHS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
@@ -90,10 +109,36 @@ _TIMESTAMP = "|".join(
 )
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 
+# Linear time. The url and email rules were ``\b[A-Za-z][A-Za-z0-9+.-]*://...`` and
+# ``\b[\w.+-]+@domain``: on a long run of scheme / local-part characters with no "://" / "@" after
+# it, the regex engine tried again from every word boundary inside the run and rescanned the run
+# each time — quadratic (a 200,000-character line took 93 s). Every start inside one run fails or
+# succeeds for the same reason (what follows the run), so the rules now consume the whole run
+# possessively and make the tail optional: a run without its tail is matched, refused by
+# ``_has_tail`` and kept as it was, and the scan moves on past it. Same matches, same output
+# (tests/test_textprep.py compares them with the old rules), one pass over the text.
+# ``required`` skips a rule whose pattern cannot match the text at all.
 MASKS: tuple[Mask, ...] = (
-    Mask("url", re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+"), "<URL>"),
-    Mask("email", re.compile(r"\b[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+\b"), "<EMAIL>"),
-    Mask("uuid", re.compile(r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b"), "<UUID>"),
+    Mask(
+        "url",
+        re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*+(?P<tail>://[^\s\"'<>]+)?"),
+        "<URL>",
+        _has_tail,
+        "://",
+    ),
+    Mask(
+        "email",
+        re.compile(r"\b[\w.+-]++(?P<tail>@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+\b)?"),
+        "<EMAIL>",
+        _has_tail,
+        "@",
+    ),
+    Mask(
+        "uuid",
+        re.compile(r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b"),
+        "<UUID>",
+        required="-",
+    ),
     # Candidates are validated by the ipaddress module, so "12:01:01" or "std::map" stay untouched.
     Mask(
         "ipv6",
@@ -102,17 +147,21 @@ MASKS: tuple[Mask, ...] = (
         ),
         "<IP>",
         _is_ipv6,
+        ":",
     ),
     Mask("timestamp", re.compile(rf"\b(?:{_TIMESTAMP})\b"), "<TS>"),
     # Blue Gene/L locations: R02-M1-N0-C:J12-U11, R23-M0-NE-C:J05-U01, R02-M1-N0-I:J18-U01, R02-M1-N0
     Mask(
-        "bgl_node", re.compile(r"\bR\d{2}-M\d(?:-[A-Z0-9]{1,2})?(?:-[A-Z](?::J\d{2}-U\d{2})?)?\b"), "<NODE>"
+        "bgl_node",
+        re.compile(r"\bR\d{2}-M\d(?:-[A-Z0-9]{1,2})?(?:-[A-Z](?::J\d{2}-U\d{2})?)?\b"),
+        "<NODE>",
+        required="-M",
     ),
     # IPv4 with an optional port: 10.251.73.220:50010
-    Mask("ipv4", re.compile(rf"\b{_OCTET}(?:\.{_OCTET}){{3}}(?::\d{{1,5}})?\b"), "<IP>"),
+    Mask("ipv4", re.compile(rf"\b{_OCTET}(?:\.{_OCTET}){{3}}(?::\d{{1,5}})?\b"), "<IP>", required="."),
     # Absolute or ./ ../ ~/ relative paths with at least one segment; "and/or" or "dn228/dn228" stay.
-    Mask("path", re.compile(r"(?<![\w.~/])(?:~|\.{1,2})?(?:/[\w.@%+=,-]+)+/?"), "<PATH>"),
-    Mask("mac", re.compile(r"\b[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}\b"), "<HEX>"),
+    Mask("path", re.compile(r"(?<![\w.~/])(?:~|\.{1,2})?(?:/[\w.@%+=,-]+)+/?"), "<PATH>", required="/"),
+    Mask("mac", re.compile(r"\b[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}\b"), "<HEX>", required=":"),
     # 0x-prefixed hex, or 8+ hex digits mixing digits and letters (pure digit runs are numbers).
     Mask(
         "hex",
@@ -120,7 +169,7 @@ MASKS: tuple[Mask, ...] = (
         "<HEX>",
     ),
     # HDFS block ids: blk_-6952295868487656571
-    Mask("hdfs_block", re.compile(r"\bblk_-?\d+\b"), "<BLK>"),
+    Mask("hdfs_block", re.compile(r"\bblk_-?\d+\b"), "<BLK>", required="blk_"),
     # Integers and decimals standing alone or after punctuation; digits inside words (dn228, L6) stay.
     Mask("number", re.compile(r"\b\d+(?:\.\d+)*\b"), "<NUM>"),
 )
@@ -202,9 +251,10 @@ class TextPreparation:
         return text
 
     def prepare(self, text: str) -> str:
-        """Mask (if enabled), collapse whitespace, truncate to ``max_chars``."""
+        """Mask (if enabled; of the first ``MAX_MASKED_INPUT_CHARS`` characters), collapse
+        whitespace, truncate to ``max_chars``."""
         if self.mask:
-            text = mask_text(text)
+            text = mask_text(text[:MAX_MASKED_INPUT_CHARS])
         return _WHITESPACE.sub(" ", text).strip()[: self.max_chars].rstrip()
 
     def __call__(self, record: Mapping[str, Any]) -> str:

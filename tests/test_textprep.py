@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import random
+import re
 from pathlib import Path
 
 import pytest
 
-from agent.textprep import MASKS, MissingTextError, TextPreparation, mask_text
+from agent.textprep import MASKS, MAX_MASKED_INPUT_CHARS, MissingTextError, TextPreparation, mask_text
 
 
 def _line(datasets_dir: Path, rel: str, index: int) -> str:
@@ -135,3 +138,65 @@ def test_dict_round_trip_and_unknown_keys_refused() -> None:
 def test_invalid_construction_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         TextPreparation(**kwargs)  # type: ignore[arg-type]
+
+
+# The url and email rules as they were before they were made linear-time: the reference that the
+# shipped rules must reproduce exactly (bundles were trained on this output).
+_REFERENCE_RULES = {
+    "url": re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+"),
+    "email": re.compile(r"\b[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+\b"),
+}
+
+
+def _reference_mask(text: str) -> str:
+    for rule in MASKS:
+        reference = _REFERENCE_RULES.get(rule.name)
+        if reference is not None:
+            text = reference.sub(rule.placeholder, text)
+        elif rule.accept is None:
+            text = rule.pattern.sub(rule.placeholder, text)
+        else:
+            accept = rule.accept
+            text = rule.pattern.sub(lambda m, r=rule, a=accept: r.placeholder if a(m) else m.group(0), text)
+    return text
+
+
+def _dev_texts(datasets_dir: Path) -> list[str]:
+    texts: list[str] = []
+    for rel in ("bgl_2k/BGL_2k.log", "thunderbird_2k/Thunderbird_2k.log", "hdfs_2k/HDFS_2k.log"):
+        texts += (datasets_dir / rel).read_text(encoding="utf-8", errors="replace").splitlines()
+    for rel in ("emotion/train.jsonl", "clinc150/train.jsonl", "clinc150/test.jsonl"):
+        for row in (datasets_dir / rel).read_text(encoding="utf-8").splitlines():
+            texts.append(str(json.loads(row)["text"]))
+    sms = (datasets_dir / "sms_spam/SMSSpamCollection").read_text(encoding="utf-8", errors="replace")
+    texts += [row.split("\t", 1)[-1] for row in sms.splitlines()]
+    return texts
+
+
+def test_linear_rules_mask_all_dev_data_exactly_like_the_reference(datasets_dir: Path) -> None:
+    texts = _dev_texts(datasets_dir)
+    assert len(texts) > 40_000
+    differing = [t for t in texts if mask_text(t) != _reference_mask(t)]
+    assert differing == []
+    masked_by_rule = sum(1 for t in texts if "<URL>" in mask_text(t) or "<EMAIL>" in mask_text(t))
+    assert masked_by_rule > 10, "the dev data exercises the url/email rules"
+
+
+def test_linear_rules_match_the_reference_on_adversarial_fuzz() -> None:
+    rng = random.Random(20261201)
+    alphabet = "aZ9_.+-@:/ x\té" + "com"
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        assert mask_text(text) == _reference_mask(text), repr(text)
+    pieces = ["a@b.com", "x://y", "http://h/p", "a.b", "+", "-", "@", ".", "://", " ", "b.c-", "é"]
+    for _ in range(5_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12)))
+        assert mask_text(text) == _reference_mask(text), repr(text)
+
+
+def test_masking_reads_a_bounded_prefix() -> None:
+    """A record's masking cost is bounded by its first MAX_MASKED_INPUT_CHARS characters."""
+    prep = TextPreparation(max_chars=1_000_000)
+    text = "disk 42 full " * 10_000
+    assert len(text) > MAX_MASKED_INPUT_CHARS
+    assert prep.prepare(text + "tail") == prep.prepare(text[:MAX_MASKED_INPUT_CHARS])
