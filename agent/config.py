@@ -15,7 +15,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -58,6 +66,10 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = Field(default=45_000, ge=1_000)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
     transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
+    # Static group membership (KIP-345, ``group.instance.id`` = ``instance_id``): a restarted
+    # instance gets its partitions back at once instead of after a rebalance. None = on exactly
+    # when ``instance_id`` is set explicitly (a host name default may not be stable).
+    static_membership: bool | None = None
     # Anything librdkafka understands that we don't model, passed through verbatim to the
     # consumer and producer (e.g. {"socket.keepalive.enable": "true"}).
     librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict)
@@ -82,6 +94,18 @@ class KafkaSettings(_Section):
         conf.update(self.librdkafka)
         return conf
 
+    def explicit_message_max_bytes(self) -> int | None:
+        """``message.max.bytes`` from the pass-through, when the operator set it."""
+        raw = self.librdkafka.get("message.max.bytes")
+        if raw is None:
+            return None
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"kafka.librdkafka['message.max.bytes'] must be an integer, got {raw!r}"
+            ) from None
+
 
 class TopicSettings(_Section):
     input: list[str] = Field(default_factory=lambda: ["events"], min_length=1)
@@ -97,10 +121,20 @@ class ModelSettings(_Section):
     intra_op_threads: int = Field(default=0, ge=0, description="0 = onnxruntime's default")
 
 
+# librdkafka's default producer ``message.max.bytes``: no record larger than this can be produced.
+LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000
+# What a dead-letter copy may add to the largest accepted value: the original key and headers
+# (as far as they fit) and the agent's dlq.* headers.
+DEAD_LETTER_HEADROOM_BYTES = 16_384
+
+
 class EventSettings(_Section):
     format: EventFormat = EventFormat.JSON
     text_field: str = "text"
-    max_bytes: int = Field(default=1_048_576, ge=1)
+    # Larger values are dead-lettered unread (``too_large``). Default: 960 KiB, so that the
+    # dead-letter copy of the largest accepted value fits librdkafka's default message.max.bytes
+    # and a topic's default max.message.bytes whole.
+    max_bytes: int = Field(default=983_040, ge=1)
 
 
 class BatchSettings(_Section):
@@ -166,6 +200,36 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @model_validator(mode="after")
+    def _limits_consistent(self) -> Settings:
+        """A record the agent accepts must be producible again as its dead-letter copy: otherwise
+        the copy's transaction fails on every retry and the partition stalls."""
+        limit = self.producer_message_max_bytes()
+        if self.events.max_bytes + DEAD_LETTER_HEADROOM_BYTES > limit:
+            raise ValueError(
+                f"events.max_bytes ({self.events.max_bytes}) plus {DEAD_LETTER_HEADROOM_BYTES} bytes of "
+                f"dead-letter headroom exceeds the producer's message.max.bytes ({limit}): a record the "
+                "agent accepts could not be dead-lettered. Lower events.max_bytes to at most "
+                f"{limit - DEAD_LETTER_HEADROOM_BYTES}, or raise kafka.librdkafka['message.max.bytes'] "
+                "(or leave it unset: it then follows events.max_bytes)"
+            )
+        return self
+
+    def producer_message_max_bytes(self) -> int:
+        """The producer's ``message.max.bytes``: the operator's pass-through value, else large
+        enough for the dead-letter copy of the largest accepted value (librdkafka's default
+        1,000,000 at least)."""
+        explicit = self.kafka.explicit_message_max_bytes()
+        if explicit is not None:
+            return explicit
+        return max(LIBRDKAFKA_MESSAGE_MAX_BYTES, self.events.max_bytes + DEAD_LETTER_HEADROOM_BYTES)
+
+    def static_membership(self) -> bool:
+        """Whether the consumer joins with ``group.instance.id`` (see ``kafka.static_membership``)."""
+        if self.kafka.static_membership is not None:
+            return self.kafka.static_membership
+        return "instance_id" in self.model_fields_set
 
     @classmethod
     def settings_customise_sources(
@@ -251,7 +315,10 @@ def _describe(exc: ValidationError, config_file: Path | None) -> str:
     where = f" in {config_file}" if config_file else ""
     lines = [f"invalid configuration{where}:"]
     for error in exc.errors():
-        path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if not error["loc"]:  # a rule across several keys; its message names them
+            lines.append(f"  {error['msg'].removeprefix('Value error, ')}")
+            continue
+        path = ".".join(str(part) for part in error["loc"])
         env = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
         lines.append(f"  {path}: {error['msg']} (TOML key {path!r}, environment {env})")
     return "\n".join(lines)

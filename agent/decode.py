@@ -1,20 +1,27 @@
 """Turning a Kafka record value into the text to score, or a reason to dead-letter it.
 
 Pure functions, no I/O: the loop calls ``decode_event`` per record and either scores the
-``DecodedEvent`` or produces the original bytes to the dead-letter topic with
-``dead_letter_headers``. Every way an input can be bad maps to one ``DeadLetterReason``; the set is
+``DecodedEvent`` or produces the original bytes to the dead-letter topic
+(``exporters.dead_letters``). Every way an input can be bad maps to one ``DeadLetterReason``; the set is
 closed on purpose because the reason is a Prometheus label
 (``anomaly_agent_events_dead_lettered_total{reason}``) and a Kafka header operators filter on.
 
 Checks run cheapest first and never look at more of a record than needed: size, then UTF-8, then
 JSON, then the text field. A record over ``max_bytes`` is rejected before it is decoded, so an
 oversized or hostile value costs one ``len()``.
+
+Limits, so that no record's cost or shape is unbounded (each one is an ``invalid_json`` dead
+letter naming the limit): an integer literal has at most ``MAX_INT_DIGITS`` digits (Python's own
+limit for ``int()`` of a string, made explicit so it does not depend on the interpreter's
+settings), and a document nests at most ``MAX_NESTING`` arrays/objects deep (the fields are
+carried into the alert, whose JSON encoder recurses). The text's length is bounded by
+``max_bytes``; masking reads at most ``agent.textprep.MAX_MASKED_INPUT_CHARS`` of it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -22,8 +29,8 @@ from typing import Any
 from agent.config import EventFormat
 from agent.textprep import lookup_field
 
-# Bounded so a dead-letter header never carries (a large part of) the payload it describes.
-DETAIL_MAX_CHARS = 300
+MAX_INT_DIGITS = 4300
+MAX_NESTING = 64
 
 
 class DeadLetterReason(StrEnum):
@@ -43,6 +50,9 @@ class DeadLetterReason(StrEnum):
     """The text is empty or only whitespace: nothing to embed."""
     TOMBSTONE = "tombstone"
     """The value is null (a Kafka tombstone): a deletion marker of a compacted topic, not an event."""
+    INTERNAL_ERROR = "internal_error"
+    """The agent failed on this record (a bug, or input no rule foresaw): ``dlq.detail`` names the
+    exception's type and the stage. The record is set aside so that it cannot stop the partition."""
 
 
 @dataclass(frozen=True)
@@ -108,11 +118,15 @@ def decode_event(
         return _checked_text(decoded, {}, ts)
 
     try:
-        document = json.loads(decoded)
+        document = _DECODER.decode(decoded)
     except json.JSONDecodeError as exc:
         return Rejected(DeadLetterReason.INVALID_JSON, f"{exc.msg} at line {exc.lineno} column {exc.colno}")
+    except _TooManyDigits as exc:
+        return Rejected(DeadLetterReason.INVALID_JSON, str(exc))
     except RecursionError:
-        return Rejected(DeadLetterReason.INVALID_JSON, "nested too deeply to parse")
+        return Rejected(DeadLetterReason.INVALID_JSON, f"nested deeper than {MAX_NESTING} levels")
+    if _too_deep(decoded, document):
+        return Rejected(DeadLetterReason.INVALID_JSON, f"nested deeper than {MAX_NESTING} levels")
     if not isinstance(document, dict):
         return Rejected(
             DeadLetterReason.NOT_AN_OBJECT, f"top-level JSON value is {_json_type(document)}, not an object"
@@ -131,6 +145,40 @@ def decode_event(
             f"field {text_field!r} is {_json_type(node)}, expected a string or a number",
         )
     return _checked_text(text, _without(document, text_field), ts)
+
+
+class _TooManyDigits(ValueError):
+    pass
+
+
+def _bounded_int(literal: str) -> int:
+    digits = len(literal) - literal.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise _TooManyDigits(f"an integer has {digits} digits, more than the limit of {MAX_INT_DIGITS}")
+    return int(literal)
+
+
+_DECODER = json.JSONDecoder(parse_int=_bounded_int)
+
+
+def _too_deep(raw: str, document: Any) -> bool:
+    """Whether ``document`` nests deeper than ``MAX_NESTING``. Free for ordinary events: a text
+    with fewer brackets than the limit cannot nest that deep, so only those are walked."""
+    if raw.count("{") + raw.count("[") <= MAX_NESTING:
+        return False
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > MAX_NESTING:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _checked_text(text: str, fields: dict[str, Any], ts: int | None) -> DecodedEvent | Rejected:
@@ -182,44 +230,3 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
-
-
-def dead_letter_headers(
-    *,
-    reason: DeadLetterReason,
-    detail: str,
-    topic: str,
-    partition: int,
-    offset: int,
-    original_headers: Sequence[tuple[str, bytes | str | None]] | None,
-    instance_id: str | None = None,
-) -> list[tuple[str, bytes]]:
-    """Headers for the dead-letter copy of a record: the original headers, then ours.
-
-    The original headers come first and unchanged (a null header value becomes ``b""``, the
-    closest Kafka producers accept everywhere), so a fixed record can be replayed with its
-    metadata. Ours are appended: ``dlq.reason``, ``dlq.detail`` (at most ``DETAIL_MAX_CHARS``
-    characters), ``dlq.source.topic``, ``dlq.source.partition``, ``dlq.source.offset`` and, when
-    given, ``dlq.agent``. Kafka headers may repeat; a record dead-lettered twice (replayed and
-    rejected again) keeps both sets, and the *last* ``dlq.*`` header of a name is the current one.
-    """
-    headers: list[tuple[str, bytes]] = []
-    for name, raw in original_headers or ():
-        if raw is None:
-            headers.append((name, b""))
-        elif isinstance(raw, str):
-            headers.append((name, raw.encode("utf-8")))
-        else:
-            headers.append((name, bytes(raw)))
-    if len(detail) > DETAIL_MAX_CHARS:
-        detail = detail[: DETAIL_MAX_CHARS - 1] + "…"
-    headers += [
-        ("dlq.reason", str(reason).encode()),
-        ("dlq.detail", detail.encode("utf-8")),
-        ("dlq.source.topic", topic.encode("utf-8")),
-        ("dlq.source.partition", str(partition).encode()),
-        ("dlq.source.offset", str(offset).encode()),
-    ]
-    if instance_id is not None:
-        headers.append(("dlq.agent", instance_id.encode("utf-8")))
-    return headers

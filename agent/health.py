@@ -1,9 +1,12 @@
 """Liveness and readiness: the loop reports, an HTTP endpoint answers probes.
 
-``/healthz`` (liveness) answers "is the loop still turning?": the loop calls ``HealthState.beat()``
-every iteration, including idle polls that return nothing, so a quiet topic is healthy and only a
-stuck loop (deadlocked, wedged in a native call) fails. Kubernetes restarts on it; keep it cheap
-and free of dependencies on Kafka so a broker outage does not cause a restart storm.
+``/healthz`` (liveness) answers "is the loop still turning, and getting work done?": the loop
+calls ``HealthState.beat()`` every iteration, including idle polls that return nothing, so a quiet
+topic is healthy and a stuck loop (deadlocked, wedged in a native call) fails. A loop that turns
+but cannot commit — records in hand, every batch aborted and retried — fails too once that has
+lasted ``stall_seconds`` while the broker is reachable. During a broker outage it stays healthy:
+restarting the process would not bring the broker back (readiness fails instead, and the outage
+policy decides when to exit), so an outage does not cause a restart storm.
 
 ``/readyz`` (readiness) answers "is this instance doing its job?": model loaded, consumer group
 joined, broker reachable, and not shutting down. Joining the group, not owning partitions, is the
@@ -48,12 +51,32 @@ class HealthState:
         self._assigned = False
         self._broker_reachable = False
         self._stopping = False
+        self._pending_since: float | None = None
+        self._last_commit: float | None = None
 
     def beat(self, now: float | None = None) -> None:
         """The loop completed an iteration (idle polls count)."""
         with self._lock:
             self._last_beat = time.monotonic() if now is None else now
             self._beats += 1
+
+    def work_pending(self, now: float | None = None) -> None:
+        """The loop holds records it has not committed yet (kept from the first such poll until a
+        commit or an empty poll, so retries of one failing batch do not reset it)."""
+        with self._lock:
+            if self._pending_since is None:
+                self._pending_since = time.monotonic() if now is None else now
+
+    def work_committed(self, now: float | None = None) -> None:
+        """A batch committed: nothing pending."""
+        with self._lock:
+            self._pending_since = None
+            self._last_commit = time.monotonic() if now is None else now
+
+    def work_idle(self) -> None:
+        """A poll returned nothing: nothing pending."""
+        with self._lock:
+            self._pending_since = None
 
     def set_model_loaded(self, loaded: bool) -> None:
         with self._lock:
@@ -82,16 +105,24 @@ class HealthState:
     def healthy(
         self, now: float | None = None, stall_seconds: float | None = None
     ) -> tuple[bool, dict[str, Any]]:
-        """Live when the last beat is at most ``stall_seconds`` (default: the constructor's) old."""
+        """Live when the last beat is at most ``stall_seconds`` (default: the constructor's) old and
+        records have not waited longer than that for a commit while the broker is reachable."""
         limit = self.stall_seconds if stall_seconds is None else stall_seconds
         now = time.monotonic() if now is None else now
         with self._lock:
             since = now - self._last_beat
             beats = self._beats
-        ok = since <= limit
+            pending = None if self._pending_since is None else now - self._pending_since
+            reachable = self._broker_reachable
+            last_commit = self._last_commit
+        turning = since <= limit
+        committing = pending is None or pending <= limit or not reachable
+        ok = turning and committing
         return ok, {
-            "status": "ok" if ok else "stalled",
+            "status": "ok" if ok else ("stalled" if not turning else "not_committing"),
             "seconds_since_progress": round(since, 3),
+            "seconds_pending_without_commit": None if pending is None else round(pending, 3),
+            "seconds_since_commit": None if last_commit is None else round(now - last_commit, 3),
             "stall_seconds": limit,
             "iterations": beats,
         }

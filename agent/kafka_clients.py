@@ -11,13 +11,19 @@ short, reviewable place:
   in ``init_transactions`` and the broker aborts the predecessor's open transaction at once
   (otherwise ``read_committed`` readers of the alert topic stall until ``transaction.timeout.ms``);
 - the at-least-once producer is idempotent with ``acks=all``, so broker-side retries never
-  duplicate a record.
+  duplicate a record;
+- with static membership (``Settings.static_membership()``) the consumer joins with
+  ``group.instance.id`` = ``instance_id``: a restarted instance takes its partitions back at once,
+  without waiting for its predecessor's session to expire and without a rebalance;
+- the producer never builds a request larger than the smallest output topic accepts
+  (``batch.size``), so the broker cannot reject a batch of small records as too large.
 
 The guarantee-bearing properties are applied after the ``kafka.librdkafka`` pass-through and win
 over it; a pass-through value that tries to change one is reported by ``overridden_keys``.
-Tunables with sensible defaults (``auto.offset.reset``, ``statistics.interval.ms``, and the
+Tunables with sensible defaults (``auto.offset.reset``, ``statistics.interval.ms``, the
 prefetch bounds ``queued.min.messages``/``queued.max.messages.kbytes`` that keep a backlog from
-inflating the consumer's memory) may be changed through the pass-through.
+inflating the consumer's memory, and the reconnect back-off) may be changed through the
+pass-through.
 """
 
 from __future__ import annotations
@@ -39,6 +45,15 @@ DEFAULT_STATISTICS_INTERVAL_MS = 5_000
 DEFAULT_QUEUED_MIN_MESSAGES = 10_000
 DEFAULT_QUEUED_MAX_MESSAGES_KBYTES = 4_096
 
+# Reconnect back-off. librdkafka's default grows to 10 s between attempts, so a broker that is
+# back after a restart may wait that long for the agent's next attempt; the broker restart tests
+# measure recovery (broker accepting connections → next committed batch) against a 10 s target.
+# One attempt per second per broker is negligible load.
+DEFAULT_RECONNECT_BACKOFF_MS = 100
+DEFAULT_RECONNECT_BACKOFF_MAX_MS = 1_000
+# Room for Kafka's request framing under a topic's max.message.bytes.
+BATCH_FRAMING_BYTES = 1_024
+
 ErrorCallback = Callable[[KafkaError], None]
 StatsCallback = Callable[[str], None]
 
@@ -49,7 +64,7 @@ def transactional_id(group_id: str, instance_id: str) -> str:
 
 
 def _consumer_fixed(settings: Settings) -> dict[str, Any]:
-    return {
+    fixed: dict[str, Any] = {
         "group.id": settings.kafka.group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -57,6 +72,14 @@ def _consumer_fixed(settings: Settings) -> dict[str, Any]:
         "session.timeout.ms": settings.kafka.session_timeout_ms,
         "max.poll.interval.ms": settings.kafka.max_poll_interval_ms,
     }
+    if settings.static_membership():
+        fixed["group.instance.id"] = settings.instance_id
+    return fixed
+
+
+def _shared_defaults(conf: dict[str, Any]) -> None:
+    conf.setdefault("reconnect.backoff.ms", DEFAULT_RECONNECT_BACKOFF_MS)
+    conf.setdefault("reconnect.backoff.max.ms", DEFAULT_RECONNECT_BACKOFF_MAX_MS)
 
 
 def _producer_fixed(settings: Settings) -> dict[str, Any]:
@@ -76,6 +99,7 @@ def consumer_config(
 ) -> dict[str, Any]:
     """The consumer's configuration: shared client settings, pass-through, then the fixed keys."""
     conf = settings.kafka.client_config()
+    _shared_defaults(conf)
     conf.setdefault("auto.offset.reset", "earliest")
     conf.setdefault("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS)
     conf.setdefault("queued.min.messages", DEFAULT_QUEUED_MIN_MESSAGES)
@@ -85,9 +109,23 @@ def consumer_config(
     return conf
 
 
-def producer_config(settings: Settings, *, error_cb: ErrorCallback, logger: logging.Logger) -> dict[str, Any]:
-    """The producer's configuration: transactional for exactly-once, idempotent for at-least-once."""
+def producer_config(
+    settings: Settings,
+    *,
+    error_cb: ErrorCallback,
+    logger: logging.Logger,
+    topic_max_bytes: int | None = None,
+) -> dict[str, Any]:
+    """The producer's configuration: transactional for exactly-once, idempotent for at-least-once.
+
+    ``topic_max_bytes``: the smallest ``max.message.bytes`` of the output topics, when known;
+    ``batch.size`` stays below it (and below librdkafka's default) unless set explicitly.
+    """
     conf = settings.kafka.client_config()
+    _shared_defaults(conf)
+    conf.setdefault("message.max.bytes", settings.producer_message_max_bytes())
+    if topic_max_bytes is not None:
+        conf.setdefault("batch.size", max(1, min(1_000_000, topic_max_bytes - BATCH_FRAMING_BYTES)))
     # Statistics are only read from the consumer; don't make the producer compute them.
     conf.pop("statistics.interval.ms", None)
     conf.update(_producer_fixed(settings))

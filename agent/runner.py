@@ -12,15 +12,22 @@ Exit codes (sysexits.h, what systemd and operators expect of a daemon):
 65    EX_DATAERR: the model bundle is invalid or tampered with (the message names the file)
 69    EX_UNAVAILABLE: no broker reachable for ``lifecycle.broker_unavailable_exit_seconds``
 70    EX_SOFTWARE: a Kafka client state the agent cannot recover from in-process, or a bug
+75    EX_TEMPFAIL: a Kafka client call stayed blocked past its deadline and the client could not be
+      replaced in-process (a consumer call, or replaced producers that keep hanging); a restart
+      resumes from the committed offsets with fresh clients
 78    EX_CONFIG: invalid configuration, missing bundle directory, missing output topic, or a
       metrics/health port that cannot be bound
 ====  ==========================================================================================
 
 Signals: SIGTERM/SIGINT stop after the in-flight batch (a second one exits at once); SIGHUP
-reloads the bundle. Reloads (SIGHUP or, with ``model.watch``, a changed ``manifest.json``) are
-loaded and verified on the watcher thread and swapped in by the loop between batches; a bad
-bundle is refused, logged and counted in ``anomaly_agent_reloads_total{result="failure"}``, and
-the running model stays.
+reloads the bundle. The signals are blocked in every thread and taken by a dedicated thread with
+``sigwait``, so a stop request is seen at once whatever the loop is blocked on (a Python signal
+handler only runs between bytecodes of the main thread, never while it sits in a C call); a
+timer then guarantees the exit within ``lifecycle.shutdown_grace_seconds``.
+
+Reloads (SIGHUP or, with ``model.watch``, a changed ``manifest.json``) are loaded and verified on
+the watcher thread and swapped in by the loop between batches; a bad bundle is refused, logged
+and counted in ``anomaly_agent_reloads_total{result="failure"}``, and the running model stays.
 """
 
 from __future__ import annotations
@@ -37,10 +44,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from agent.bundle import MANIFEST, BundleError
 from agent.config import EXIT_CONFIG, ConfigError, EventFormat, Settings, load_settings
 from agent.health import HealthServer, HealthState, serve_health
+from agent.kafka_calls import CallHung, ClientsExhausted
 from agent.pipeline import ActiveModel, BrokerUnavailableError, Pipeline, PipelineError, load_model
 from agent.sdnotify import SystemdNotifier, watchdog_interval
 from exporters.metrics import AgentMetrics, ReloadResult
@@ -52,6 +61,10 @@ EXIT_GRACE_EXCEEDED = 1
 EXIT_DATAERR = 65
 EXIT_UNAVAILABLE = 69
 EXIT_SOFTWARE = 70
+EXIT_TEMPFAIL = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGUSR2 only ends the signal thread when the agent returns (sent to that thread alone).
+_HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -240,9 +253,82 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_agent(settings)
 
 
+class SignalThread:
+    """Takes SIGTERM/SIGINT/SIGHUP with ``sigwait`` on a thread of its own (see the module docstring).
+
+    ``block`` blocks them in the calling thread and so in every thread started after it
+    (onnxruntime's, librdkafka's, the HTTP servers'). Threads that already run (numpy's BLAS pool
+    starts at import) may still receive one; for those, ordinary Python handlers route it to the
+    same callbacks — they run on the main thread, which the loop never leaves inside a C call for
+    more than a batch's embedding. ``stop`` ends the thread, restores the mask and the handlers.
+    """
+
+    def __init__(self, on_stop: Callable[[int], None], on_reload: Callable[[], None]) -> None:
+        self._on_stop = on_stop
+        self._on_reload = on_reload
+        self._previous: set[int | signal.Signals] | None = None
+        self._handlers: dict[int, Any] = {}
+        self._thread = threading.Thread(target=self._run, name="signals", daemon=True)
+
+    def block(self) -> None:
+        for signum in (*STOP_SIGNALS, signal.SIGHUP):
+            self._handlers[signum] = signal.signal(signum, self._fallback)
+        self._previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
+
+    def _fallback(self, signum: int, _frame: FrameType | None) -> None:
+        self._dispatch(signum)
+
+    def _dispatch(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self._on_reload()
+        else:
+            self._on_stop(signum)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            signum = signal.sigwait(_HANDLED_SIGNALS)
+            if signum == signal.SIGUSR2:
+                return
+            self._dispatch(signum)
+
+    def stop(self) -> None:
+        if self._thread.ident is not None and self._thread.is_alive():
+            signal.pthread_kill(self._thread.ident, signal.SIGUSR2)
+            self._thread.join(timeout=5)
+        if self._previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._previous)
+            self._previous = None
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        self._handlers.clear()
+
+
 def run_agent(settings: Settings) -> int:
     """Run the agent with ``settings`` in this process until a signal or a fatal condition;
     returns the exit code (see the module docstring)."""
+    pending: list[int] = []  # signals that arrive before the pipeline exists
+    handlers: dict[str, Callable[..., None]] = {}
+    signals = SignalThread(
+        on_stop=lambda signum: handlers["stop"](signum) if "stop" in handlers else pending.append(signum),
+        on_reload=lambda: handlers["reload"]() if "reload" in handlers else None,
+    )
+    signals.block()
+    signals.start()
+    try:
+        return _run_agent(settings, signals, pending, handlers)
+    finally:
+        signals.stop()
+
+
+def _run_agent(
+    settings: Settings,
+    signals: SignalThread,
+    pending: list[int],
+    handlers: dict[str, Callable[..., None]],
+) -> int:
     notifier = SystemdNotifier(os.environ.get("NOTIFY_SOCKET"))
     watchdog_every = watchdog_interval(os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID"))
 
@@ -313,7 +399,7 @@ def run_agent(settings: Settings) -> int:
         log.error("shutdown took longer than lifecycle.shutdown_grace_seconds = %g; exiting now", grace)
         os._exit(EXIT_GRACE_EXCEEDED)
 
-    def on_stop_signal(signum: int, _frame: FrameType | None) -> None:
+    def on_stop_signal(signum: int) -> None:
         if stopping.is_set():
             log.warning("second %s: exiting now", signal.Signals(signum).name)
             os._exit(EXIT_GRACE_EXCEEDED)
@@ -326,12 +412,10 @@ def run_agent(settings: Settings) -> int:
         timer.daemon = True
         timer.start()
 
-    def on_reload_signal(_signum: int, _frame: FrameType | None) -> None:
-        watcher.trigger()
-
-    signal.signal(signal.SIGTERM, on_stop_signal)
-    signal.signal(signal.SIGINT, on_stop_signal)
-    signal.signal(signal.SIGHUP, on_reload_signal)
+    handlers["reload"] = watcher.trigger
+    handlers["stop"] = on_stop_signal
+    for signum in pending:
+        on_stop_signal(signum)
     watcher.start()
     code = EXIT_OK
     try:
@@ -345,6 +429,9 @@ def run_agent(settings: Settings) -> int:
     except PipelineError as exc:
         log.error("stopping: %s; a restart resumes from the committed offsets", exc)
         code = EXIT_SOFTWARE
+    except (CallHung, ClientsExhausted) as exc:
+        log.error("stopping: %s; a restart resumes from the committed offsets with fresh clients", exc)
+        code = EXIT_TEMPFAIL
     except Exception:
         # A bug, not an input problem (bad records are dead-lettered): say so in one log record
         # and exit non-zero; nothing of the batch in hand was committed.

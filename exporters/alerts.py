@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from exporters.dead_letters import headers_size
+
 SCHEMA_VERSION = 1
 CLOUDEVENTS_TYPE = "io.kafka-anomaly-agent.alert.v1"
 CONTENT_TYPE = "application/json"
@@ -96,6 +98,7 @@ def build_alert(
     detected_at: datetime | None = None,
     prepared_text: str | None = None,
     raw_threshold: float | None = None,
+    max_bytes: int | None = None,
 ) -> AlertRecord:
     """Build the alert for one anomalous event.
 
@@ -107,6 +110,12 @@ def build_alert(
     cluster) is published as null. ``detected_at`` must be timezone-aware (default: now, UTC).
     ``fields`` are the event's other JSON fields, carried verbatim (non-finite floats, which JSON
     cannot hold, become the strings "NaN" / "Infinity" / "-Infinity").
+
+    ``max_bytes`` bounds the whole record (key, value, headers): a record over it could never be
+    produced and would stall its partition. An alert over it is published without its ``fields``
+    (``"fields": {}``, ``"fields_truncated": true``), and, if still too large, with its text cut
+    further (``text_truncated`` true, ``text_length`` the original length), then with the source
+    key cut to 64 characters (``source.key_truncated`` true).
 
     Raises ValueError for a NaN score or a naive ``detected_at``: both are caller bugs.
     """
@@ -142,7 +151,6 @@ def build_alert(
         "agent": instance_id,
         "fields": _json_safe(dict(fields or {})),
     }
-    value = _dumps(document)
     headers = [
         ("ce_specversion", b"1.0"),
         ("ce_id", aid.encode()),
@@ -153,7 +161,29 @@ def build_alert(
         ("ce_partitionkey", key),
         ("content-type", CONTENT_TYPE.encode()),
     ]
+    value = _dumps(document)
+    if max_bytes is not None:
+        value = _fit(document, value, max_bytes - len(key) - headers_size(headers))
     return AlertRecord(key=key, value=value, headers=headers, id=aid)
+
+
+def _fit(document: dict[str, Any], value: bytes, budget: int) -> bytes:
+    """``value`` cut down to ``budget`` bytes: fields dropped first, then the text shortened."""
+    if len(value) <= budget:
+        return value
+    document["fields"] = {}
+    document["fields_truncated"] = True
+    value = _dumps(document)
+    text: str = document["text"]
+    while len(value) > budget and text:
+        text = text[: len(text) // 2]
+        document["text"], document["text_truncated"] = text, True
+        value = _dumps(document)
+    source = document["source"]
+    if len(value) > budget and source["key"] is not None:
+        source["key"], source["key_truncated"] = source["key"][:64], True
+        value = _dumps(document)
+    return value
 
 
 def _source_json(source: AlertSource) -> dict[str, Any]:

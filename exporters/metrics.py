@@ -59,6 +59,28 @@ class TransactionResult(StrEnum):
     ABORTED = "aborted"
 
 
+class KafkaCall(StrEnum):
+    """Blocking librdkafka calls that run under a deadline (``agent.kafka_calls``): the ``call``
+    label of ``anomaly_agent_kafka_calls_hung_total``."""
+
+    INIT_TRANSACTIONS = "init_transactions"
+    SEND_OFFSETS_TO_TRANSACTION = "send_offsets_to_transaction"
+    COMMIT_TRANSACTION = "commit_transaction"
+    ABORT_TRANSACTION = "abort_transaction"
+    FLUSH = "flush"
+    COMMITTED = "committed"
+    COMMIT = "commit"
+    LIST_TOPICS = "list_topics"
+    CLOSE = "close"
+
+
+class ReplaceReason(StrEnum):
+    """Why the producer was replaced: the ``reason`` label of ``anomaly_agent_producers_replaced_total``."""
+
+    FATAL = "fatal"
+    HUNG = "hung"
+
+
 def batch_buckets(max_size: int) -> tuple[float, ...]:
     """Powers of two below ``max_size`` and ``max_size`` itself: 1, 2, 4, ..., 32, 64 for 64."""
     if max_size < 1:
@@ -178,6 +200,18 @@ class AgentMetrics:
             ["result"],
             registry=r,
         )
+        self.kafka_calls_hung = Counter(
+            "anomaly_agent_kafka_calls_hung_total",
+            "Blocking Kafka client calls that did not return within their deadline, by call.",
+            ["call"],
+            registry=r,
+        )
+        self.producers_replaced = Counter(
+            "anomaly_agent_producers_replaced_total",
+            "Producers abandoned and replaced, by reason (fatal error, or a call that hung).",
+            ["reason"],
+            registry=r,
+        )
         self.ready = Gauge(
             "anomaly_agent_ready",
             "1 when /readyz answers 200 (model loaded, group joined, broker reachable, not stopping).",
@@ -198,6 +232,10 @@ class AgentMetrics:
             self.reloads.labels(result=reload_result.value)
         for tx_result in TransactionResult:
             self.transactions.labels(result=tx_result.value)
+        for call in KafkaCall:
+            self.kafka_calls_hung.labels(call=call.value)
+        for reason_ in ReplaceReason:
+            self.producers_replaced.labels(reason=reason_.value)
         self.build_info.labels(version=__version__).set(1)
 
         self._lock = threading.Lock()

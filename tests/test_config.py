@@ -146,3 +146,16 @@ def test_validate_config_cli(operator_toml: Path, tmp_path: Path, capsys: pytest
     assert main(["validate-config", str(bad)]) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert "metrics.port" in err and "ANOMALY_AGENT_METRICS__PORT" in err
+
+
+def test_max_bytes_inconsistent_with_an_explicit_message_max_bytes_is_refused() -> None:
+    """The fault that stalled a partition: a value the agent accepts whose dead-letter copy the
+    producer can never send. An explicit message.max.bytes too small for events.max_bytes is a
+    start-up error naming both keys; left unset, message.max.bytes follows events.max_bytes."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(events={"max_bytes": 1_048_576}, kafka={"librdkafka": {"message.max.bytes": 1_000_000}})
+    message = str(info.value)
+    assert "events.max_bytes (1048576)" in message and "message.max.bytes (1000000)" in message
+    assert "at most 983616" in message
+    assert load_settings(events={"max_bytes": 1_048_576}).producer_message_max_bytes() == 1_064_960
+    assert load_settings().events.max_bytes + 16_384 <= 1_000_000, "the defaults agree with librdkafka's"

@@ -55,10 +55,36 @@ def test_healthy_within_the_stall_window_then_stalled(state: HealthState) -> Non
     assert detail == {
         "status": "stalled",
         "seconds_since_progress": 31.0,
+        "seconds_pending_without_commit": None,
+        "seconds_since_commit": None,
         "stall_seconds": 30.0,
         "iterations": 1,
     }
     assert state.healthy(now=131.0, stall_seconds=60.0)[0]
+
+
+def test_turning_without_committing_is_unhealthy_while_the_broker_is_reachable(state: HealthState) -> None:
+    """A batch that aborts and retries forever (the loop keeps turning) fails liveness after
+    stall_seconds; retries of the same batch do not reset the clock, a commit or an empty poll does."""
+    state.set_broker_reachable(True)
+    state.work_pending(now=100.0)
+    for t in (110.0, 120.0, 131.0):
+        state.beat(now=t)
+        state.work_pending(now=t)
+    ok, detail = state.healthy(now=131.0)
+    assert not ok and detail["status"] == "not_committing"
+    assert detail["seconds_pending_without_commit"] == 31.0
+
+    state.set_broker_reachable(False)
+    assert state.healthy(now=131.0)[0], "an outage is readiness's business, not a reason to restart"
+    state.set_broker_reachable(True)
+
+    state.work_committed(now=131.0)
+    ok, detail = state.healthy(now=131.0)
+    assert ok and detail["seconds_since_commit"] == 0.0
+    state.work_pending(now=131.0)
+    state.work_idle()
+    assert state.healthy(now=170.0, stall_seconds=60.0)[0]
 
 
 def test_start_up_counts_as_progress() -> None:

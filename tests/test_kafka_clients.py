@@ -64,3 +64,38 @@ def test_pass_through_cannot_weaken_the_guarantees_but_tunes_the_rest() -> None:
     assert consumer["statistics.interval.ms"] == 1000
     assert consumer["socket.keepalive.enable"] is True and producer["socket.keepalive.enable"] is True
     assert overridden_keys(settings) == ["enable.auto.commit", "isolation.level", "transactional.id"]
+
+
+def test_static_membership_follows_an_explicit_instance_id() -> None:
+    """group.instance.id only when the instance id was chosen (a StatefulSet pod name, a systemd
+    instance): the host-name default may be shared or change, and two members with one static id
+    fence each other."""
+    explicit = load_settings(instance_id="anomaly-agent-2")
+    assert explicit.static_membership()
+    consumer = consumer_config(explicit, error_cb=_ignore_error, stats_cb=_ignore_stats, logger=LOG)
+    assert consumer["group.instance.id"] == "anomaly-agent-2"
+
+    defaulted = load_settings()
+    assert not defaulted.static_membership()
+    assert "group.instance.id" not in consumer_config(
+        defaulted, error_cb=_ignore_error, stats_cb=_ignore_stats, logger=LOG
+    )
+    off = load_settings(instance_id="a", kafka={"static_membership": False})
+    assert "group.instance.id" not in consumer_config(
+        off, error_cb=_ignore_error, stats_cb=_ignore_stats, logger=LOG
+    )
+    on = load_settings(kafka={"static_membership": True})
+    assert consumer_config(on, error_cb=_ignore_error, stats_cb=_ignore_stats, logger=LOG)[
+        "group.instance.id"
+    ] == (on.instance_id)
+
+
+def test_producer_limits_fit_the_largest_accepted_record_and_the_smallest_topic() -> None:
+    default = load_settings()
+    producer = producer_config(default, error_cb=_ignore_error, logger=LOG, topic_max_bytes=200_000)
+    assert producer["message.max.bytes"] == 1_000_000, "librdkafka's default still fits 960 KiB + headroom"
+    assert producer["batch.size"] < 200_000, "a batch of small records must not exceed the topic's limit"
+    big = load_settings(events={"max_bytes": 1_048_576})
+    assert producer_config(big, error_cb=_ignore_error, logger=LOG)["message.max.bytes"] == 1_048_576 + 16_384
+    assert "batch.size" not in producer_config(big, error_cb=_ignore_error, logger=LOG)
+    assert producer_config(default, error_cb=_ignore_error, logger=LOG)["reconnect.backoff.max.ms"] == 1_000
