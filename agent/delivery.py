@@ -171,6 +171,7 @@ class _Producer:
         )
         self.calls = ClientCalls("producer")
         self._watch = watch
+        self.outages_at_birth = watch.outages
 
     def _on_error(self, error: KafkaError) -> None:
         # A fatal producer error surfaces again from the next produce/transactional call, which
@@ -317,6 +318,7 @@ class TransactionalCommitter(_CommitterBase):
 
     def commit(self, batch: Batch, records: Sequence[OutgoingRecord]) -> bool:
         offsets = batch.offsets()
+        self._renew_after_outage()
         try:
             with self._timed(Stage.PUBLISH):
                 producer = self._require_producer()
@@ -358,6 +360,17 @@ class TransactionalCommitter(_CommitterBase):
         self._metrics.transactions.labels(result=TransactionResult.COMMITTED.value).inc()
         self._watch.mark_reachable()
         return True
+
+    def _renew_after_outage(self) -> None:
+        """A transactional producer that lived through a broker outage is replaced before its next
+        transaction: librdkafka keeps using the transaction coordinator it cached before the
+        outage (#5511), and the first transactional call after a broker restart was measured
+        blocking until its deadline. A new producer looks the coordinator up afresh; replacing it
+        costs one ``init_transactions``, once per outage."""
+        producer = self._producer
+        if producer is not None and producer.outages_at_birth < self._watch.outages and self._watch.reachable:
+            log.info("replacing the transactional producer after a broker outage")
+            self._replace_producer(ReplaceReason.OUTAGE)
 
     def _aborted(self) -> None:
         self._metrics.transactions.labels(result=TransactionResult.ABORTED.value).inc()

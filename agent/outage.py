@@ -26,6 +26,9 @@ class BrokerUnavailableError(Exception):
 class BrokerWatch:
     """Tracks the outage state that the consumer's and the producer's callbacks report.
 
+    ``outages`` counts outages so far: a client created before the last one began has lived
+    through it (see ``agent.delivery``: such a producer is replaced before its next transaction).
+
     Callbacks run on whatever thread serves the client (the loop, or a call's own thread); the
     state is a single timestamp, written and read whole.
     """
@@ -35,6 +38,7 @@ class BrokerWatch:
         self._limit = limit_s
         self._health = health
         self._unreachable_since: float | None = None
+        self.outages = 0
 
     @property
     def reachable(self) -> bool:
@@ -47,6 +51,7 @@ class BrokerWatch:
         if code == KafkaError._ALL_BROKERS_DOWN:
             if self._unreachable_since is None:
                 self._unreachable_since = time.monotonic()
+                self.outages += 1
                 self._health.set_broker_reachable(False)
                 log.warning(
                     "no Kafka broker reachable (%s); retrying, not ready%s",

@@ -79,6 +79,7 @@ class ReplaceReason(StrEnum):
 
     FATAL = "fatal"
     HUNG = "hung"
+    OUTAGE = "outage"
 
 
 def batch_buckets(max_size: int) -> tuple[float, ...]:
@@ -208,7 +209,7 @@ class AgentMetrics:
         )
         self.producers_replaced = Counter(
             "anomaly_agent_producers_replaced_total",
-            "Producers abandoned and replaced, by reason (fatal error, or a call that hung).",
+            "Producers abandoned and replaced, by reason (fatal error, a call that hung, a broker outage).",
             ["reason"],
             registry=r,
         )
