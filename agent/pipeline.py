@@ -25,6 +25,7 @@ Broker outage: see ``agent.outage``. Readiness follows; after
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -345,6 +346,14 @@ class Pipeline:
         rejected: list[DeadLetterReason] = []
 
         def reject(msg: Message, reason: DeadLetterReason, detail: str) -> None:
+            if reason is DeadLetterReason.INTERNAL_ERROR:
+                log.warning(
+                    "record %s[%d] offset %d dead-lettered as internal_error: %s",
+                    *partition_key(msg),
+                    message_offset(msg),
+                    detail,
+                    exc_info=sys.exc_info()[0] is not None,  # the traceback, where there is one
+                )
             rejected.append(reason)
             outgoing.append(self._dead_letter(msg, reason, detail))
 

@@ -16,15 +16,19 @@ enough, the original headers are dropped (``dlq.headers.dropped`` = how many); t
 cut (``dlq.key.bytes``, ``dlq.key.truncated``). The source coordinates always stay, so the full
 record can be fetched from the input topic while retention keeps it.
 
-Header names that are not valid UTF-8 cannot be read through confluent-kafka at all:
-``Message.headers()`` raises ``SystemError`` and leaves a list holding a NULL behind, which the
-*next* call returns — touching it segfaults the process. ``read_headers`` therefore calls
-``headers()`` exactly once per record and turns any failure into "no headers" plus
-``dlq.headers.unreadable``.
+Header names that are not valid UTF-8 cannot be read through confluent-kafka at all: its
+``Message.headers()`` returns a list holding a NULL *with the UnicodeDecodeError still set* and
+caches that list in the message. Called the ordinary way, CPython's specialising interpreter
+soon skips the result check for the call site (after a few calls), so the pending exception
+escapes later, anywhere — and a second call returns the cached list, whose NULL segfaults the
+process. ``read_headers`` therefore calls it through ``operator.methodcaller`` (the generic call
+path always checks the result, so the failure is a ``SystemError`` right there), exactly once per
+record, and turns any failure into "no headers" plus ``dlq.headers.unreadable``.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,10 +53,13 @@ class OriginalHeaders:
     problem: str | None = None
 
 
+_HEADERS = operator.methodcaller("headers")
+
+
 def read_headers(msg: Message) -> OriginalHeaders:
     """The record's headers, reading ``Message.headers()`` once (see the module docstring)."""
     try:
-        raw = msg.headers()
+        raw = _HEADERS(msg)
     except Exception as exc:  # SystemError for undecodable names; nothing else is known to occur
         return OriginalHeaders([], f"{type(exc).__name__}: header names are not valid UTF-8")
     return OriginalHeaders(normalise_headers(raw))

@@ -48,7 +48,9 @@ TOPIC_READY_TIMEOUT_S = 30.0
 class TopicFactory(Protocol):
     """Creates a topic and returns its name once every partition has a leader."""
 
-    def __call__(self, partitions: int = 1, name: str | None = None) -> str: ...
+    def __call__(
+        self, partitions: int = 1, name: str | None = None, config: dict[str, str] | None = None
+    ) -> str: ...
 
 
 class GroupFactory(Protocol):
@@ -189,17 +191,19 @@ def _wait_for_topic(admin: AdminClient, topic: str, partitions: int) -> None:
 
 @pytest.fixture
 def make_topic(kafka_admin: AdminClient, request: pytest.FixtureRequest) -> Iterator[TopicFactory]:
-    """Factory for fresh topics (broker-default replication factor), deleted after the test.
+    """Factory for fresh topics (broker-default replication factor, optional topic configs such
+    as ``max.message.bytes``), deleted after the test.
 
     Deletion keeps a shared broker (KAFKA_BOOTSTRAP_SERVERS) tidy; a broker that refuses it
     produces a warning, not a test error, because the test itself already ran.
     """
     created: list[str] = []
 
-    def create(partitions: int = 1, name: str | None = None) -> str:
+    def create(partitions: int = 1, name: str | None = None, config: dict[str, str] | None = None) -> str:
         topic = name or _unique_name("t", request.node.name)
         futures = kafka_admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions)], operation_timeout=TOPIC_READY_TIMEOUT_S
+            [NewTopic(topic, num_partitions=partitions, config=config or {})],
+            operation_timeout=TOPIC_READY_TIMEOUT_S,
         )
         futures[topic].result(timeout=TOPIC_READY_TIMEOUT_S)
         created.append(topic)

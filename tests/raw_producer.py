@@ -18,6 +18,7 @@ import confluent_kafka
 
 _RD_KAFKA_PRODUCER = 0
 _VTYPE_TOPIC = 1
+_VTYPE_PARTITION = 3
 _VTYPE_VALUE = 4
 _VTYPE_KEY = 5
 _VTYPE_HEADER = 9
@@ -35,6 +36,7 @@ class _U(ctypes.Union):
     # rdkafka.h pads the union to 64 bytes (``char _pad[64]``): the array stride depends on it.
     _fields_ = [
         ("cstr", ctypes.c_char_p),
+        ("i32", ctypes.c_int32),
         ("mem", _Mem),
         ("header", _Header),
         ("i64", ctypes.c_int64),
@@ -75,8 +77,11 @@ def produce_raw(
     bootstrap: str,
     topic: str,
     records: Sequence[tuple[bytes | None, bytes | None, Sequence[tuple[bytes, bytes]]]],
+    *,
+    partition: int | None = None,
 ) -> None:
-    """Produce ``(key, value, [(header name bytes, header value bytes), ...])`` records in order.
+    """Produce ``(key, value, [(header name bytes, header value bytes), ...])`` records in order,
+    to ``partition`` when given.
 
     Header names must not contain NUL (librdkafka takes them as C strings)."""
     lib = _library()
@@ -92,6 +97,8 @@ def produce_raw(
         keep: list[object] = []  # buffers must outlive produceva (it copies them)
         for key, value, headers in records:
             vus: list[_VU] = [_VU(_VTYPE_TOPIC, _U(cstr=topic.encode()))]
+            if partition is not None:
+                vus.append(_VU(_VTYPE_PARTITION, _U(i32=partition)))
             for kind, data in ((_VTYPE_KEY, key), (_VTYPE_VALUE, value)):
                 if data is not None:
                     buffer = ctypes.create_string_buffer(data, len(data))
