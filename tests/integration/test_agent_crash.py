@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_helpers import (
@@ -39,6 +40,7 @@ from confluent_kafka import OFFSET_INVALID, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from kafka_fixtures import GroupFactory, TopicFactory
 
+from agent.kafka_calls import CALL_TIMEOUT_S, DEADLINE_MARGIN_S
 from agent.kafka_clients import transactional_id
 from agent.pipeline import Pipeline, load_model
 from exporters.metrics import AgentMetrics
@@ -245,6 +247,77 @@ def test_fenced_producer_is_recreated_and_the_batch_retried(
         pipeline.close()
 
     assert (sample("anomaly_agent_transactions_total", {"result": "aborted"}) or 0) >= 1, "the fenced batch"
+    event_at = {position: i for i, position in enumerate(positions)}
+    sources = alert_sources(read_committed(kafka_bootstrap, alerts_topic))
+    assert sorted(event_at[s] for s in sources) == [i for i, flagged in enumerate(expected) if flagged]
+
+
+class _SlowProducer(Producer):
+    """A real producer whose first call of one transactional method sleeps past the agent's
+    deadline and *then* runs for real: a librdkafka call that hangs and may yet succeed — the
+    dangerous case, where the abandoned producer's commit could land after the agent gave up."""
+
+    slow_method = ""
+    calls = 0
+
+    def _maybe_hang(self, name: str) -> None:
+        if name == type(self).slow_method and type(self).calls == 0:
+            type(self).calls += 1
+            time.sleep(CALL_TIMEOUT_S + DEADLINE_MARGIN_S + 1.5)
+
+    def send_offsets_to_transaction(self, *args: Any) -> None:
+        self._maybe_hang("send_offsets_to_transaction")
+        super().send_offsets_to_transaction(*args)
+
+    def commit_transaction(self, *args: Any) -> None:
+        self._maybe_hang("commit_transaction")
+        super().commit_transaction(*args)
+
+
+@pytest.mark.parametrize("slow_method", ["send_offsets_to_transaction", "commit_transaction"])
+def test_a_hung_transactional_call_is_abandoned_and_every_alert_published_once(
+    slow_method: str,
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    make_group: GroupFactory,
+    agent_bundle: Path,
+    datasets_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The call does not return within its deadline: the agent abandons the producer, a new one
+    fences it (init_transactions) and the batch is rewound to the broker's committed offsets —
+    whether or not the late call went through — so each expected alert appears exactly once."""
+    monkeypatch.setattr(_SlowProducer, "slow_method", slow_method)
+    monkeypatch.setattr(_SlowProducer, "calls", 0)
+    monkeypatch.setattr("agent.delivery.Producer", _SlowProducer)
+    source, alerts_topic, dead_topic, group = make_topic(2), make_topic(1), make_topic(1), make_group()
+    events = make_events(datasets_dir, normal=30, bgl_alerts=10, foreign=20, seed=8)
+    expected = offline_anomalies(agent_bundle, events, tmp_path)
+    assert sum(expected) >= 10
+    settings = pipeline_settings(
+        kafka_bootstrap,
+        AgentTopics(source, alerts_topic, dead_topic, group),
+        agent_bundle,
+        instance_id=f"hung-{slow_method}",
+        batch_size=16,
+    )
+    metrics = AgentMetrics(batch_max_size=16)
+    sample = metrics.registry.get_sample_value
+    pipeline = Pipeline(settings, load_model(agent_bundle, intra_op_threads=1), metrics=metrics)
+    positions = produce(kafka_bootstrap, source, json_records(events))
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    runner.start()
+    try:
+        wait_caught_up(kafka_bootstrap, group, source, timeout=120)
+    finally:
+        pipeline.request_stop()
+        runner.join(timeout=30)
+        pipeline.close()
+
+    assert _SlowProducer.calls == 1, "the slow call happened"
+    assert sample("anomaly_agent_kafka_calls_hung_total", {"call": slow_method}) == 1
+    assert sample("anomaly_agent_producers_replaced_total", {"reason": "hung"}) == 1
     event_at = {position: i for i, position in enumerate(positions)}
     sources = alert_sources(read_committed(kafka_bootstrap, alerts_topic))
     assert sorted(event_at[s] for s in sources) == [i for i, flagged in enumerate(expected) if flagged]

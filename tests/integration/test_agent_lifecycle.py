@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -231,3 +232,53 @@ def test_startup_refusals_say_what_to_fix(
 
     result = cli("run", "--config", str(tmp_path / "missing.toml"))
     assert result.returncode == 78 and "missing.toml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_is_honoured_while_kafka_calls_are_blocked_by_a_frozen_broker(
+    own_broker: tuple[str, Path], agent_bundle: Path, agent_processes: list[AgentProcess], tmp_path: Path
+) -> None:
+    """The broker's JVM is frozen (SIGSTOP): connections stay open and every request goes
+    unanswered, so the agent's transactional calls block. SIGTERM must still end the process
+    within the grace period (plus a small margin), with a documented exit code (0: stopped, the
+    uncommitted batch given up; 1: the grace timer forced the exit) and no traceback."""
+    bootstrap, state = own_broker
+    topics = AgentTopics("frozen-in", "frozen-alerts", "frozen-dead", "frozen-group")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics(
+        [NewTopic(t, num_partitions=1) for t in (topics.input, topics.alerts, topics.dead_letter)]
+    ).values():
+        future.result(timeout=30)
+    del admin
+    agent = AgentProcess(
+        agent_env(
+            bootstrap,
+            topics,
+            agent_bundle,
+            instance_id="frozen",
+            lifecycle__shutdown_grace_seconds=str(GRACE_S),
+            lifecycle__broker_unavailable_exit_seconds="0",
+        ),
+        tmp_path / "agent.log",
+    )
+    agent_processes.append(agent)
+    agent.wait_ready()
+    records = [
+        (None, json.dumps({"text": f"RAS KERNEL INFO event {i}"}).encode(), None) for i in range(2_000)
+    ]
+    stream = StreamProducer(bootstrap, topics.input, records, rate=50)
+    wait_until(
+        lambda: agent.metric("anomaly_agent_events_processed_total") >= 20, timeout=60, what="processing"
+    )
+    broker_pid = int((state / "kafka.pid").read_text())
+    os.kill(broker_pid, signal.SIGSTOP)
+    try:
+        time.sleep(3)  # the agent's next transaction is now blocked on the frozen broker
+        signalled = time.monotonic()
+        code = agent.terminate(timeout=GRACE_S + 5)
+        took = time.monotonic() - signalled
+    finally:
+        os.kill(broker_pid, signal.SIGCONT)
+    assert code in (0, 1), agent.tail()
+    assert took <= GRACE_S + 5, f"exited {took:.1f} s after SIGTERM, grace is {GRACE_S} s"
+    assert "Traceback" not in agent.log()
+    stream.join(timeout=60)
