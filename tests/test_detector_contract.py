@@ -200,7 +200,10 @@ def test_scoring_does_not_depend_on_batch_composition(fitted: Detector) -> None:
     batch = np.r_[normal_sample(100, seed=21)[0], outlier_sample(10, seed=22)]
     whole = fitted.score(batch)
     pieces = [fitted.score(batch[i : i + 7]) for i in range(0, len(batch), 7)]
-    np.testing.assert_allclose(np.concatenate([p.score for p in pieces]), whole.score, rtol=1e-9, atol=1e-12)
+    # Within float rounding: detectors that take float32 dot products (knn) get them from BLAS
+    # kernels chosen by the batch's shape, which round differently (measured: up to 1.6e-5
+    # relative on this machine's OpenBLAS, 0 on others); 1e-4 is far below any threshold decision.
+    np.testing.assert_allclose(np.concatenate([p.score for p in pieces]), whole.score, rtol=1e-4, atol=1e-6)
     assert np.array_equal(np.concatenate([p.cluster for p in pieces]), whole.cluster)
 
 
