@@ -313,3 +313,30 @@ def test_alert_record_round_trips_through_a_transaction(
     assert value is not None
     assert (msg.key(), value, msg.headers()) == (record.key, record.value, record.headers)
     validator.validate(json.loads(value))
+
+
+def _record_size(record: AlertRecord) -> int:
+    return len(record.key) + len(record.value) + sum(len(n.encode()) + len(v) + 4 for n, v in record.headers)
+
+
+def test_an_alert_that_would_not_fit_kafka_drops_its_fields_then_shortens(
+    validator: Draft202012Validator,
+) -> None:
+    """A valid event of ~900 kB scores anomalous: its alert carries the event's fields, and a
+    record over the producer's/topic's limit could never be produced (its partition would stall).
+    The alert is cut to fit and says so; it still validates against the schema."""
+    small = make(fields={"service": "checkout"}, max_bytes=100_000)
+    assert "fields_truncated" not in doc(small) and doc(small)["fields"] == {"service": "checkout"}
+
+    big = make(fields={"pad": "x" * 900_000, "service": "checkout"}, max_bytes=100_000)
+    value = doc(big)
+    validator.validate(value)
+    assert _record_size(big) <= 100_000
+    assert value["fields"] == {} and value["fields_truncated"] is True
+    assert value["text_truncated"] is False, "the text stays whole when dropping the fields is enough"
+
+    huge_key = make(source=AlertSource("t", 0, 1, b"k" * 50_000, None), text="y" * 900, max_bytes=4_000)
+    value = doc(huge_key)
+    validator.validate(value)
+    assert _record_size(huge_key) <= 4_000
+    assert value["source"]["key_truncated"] is True and value["text_truncated"] is True
