@@ -44,6 +44,7 @@ from agent.config import ConfigError, Delivery, Settings
 from agent.kafka_calls import CALL_TIMEOUT_S, DEADLINE_MARGIN_S, CallHung, ClientCalls, Tick, kafka_error
 from agent.kafka_clients import producer_config
 from agent.outage import BrokerWatch
+from agent.permissions import Permissions
 from agent.source import Batch, InputSource
 from exporters.dead_letters import FRAMING_BYTES
 from exporters.metrics import AgentMetrics, KafkaCall, ReplaceReason, Stage, TransactionResult
@@ -104,14 +105,25 @@ def inspect_output_topics(
     """
     names = [settings.topics.alerts, settings.topics.dead_letter]
     conf = settings.kafka.client_config()
-    conf.update({"error_cb": watch.connection_error, "logger": kafka_log})
+    conf.update({"error_cb": watch.client_error, "logger": kafka_log})
     admin = AdminClient(conf)
     calls = ClientCalls("admin")
     try:
-        metadata = _retry_startup(
-            calls, "list_topics", lambda: admin.list_topics(timeout=CALL_TIMEOUT_S), tick, admin.poll
-        )
-        missing = [name for name in names if name not in metadata.topics]
+        missing: list[str] = []
+        for name in names:
+            metadata = _retry_startup(
+                calls,
+                "list_topics",
+                lambda n=name: admin.list_topics(topic=n, timeout=CALL_TIMEOUT_S),  # type: ignore[misc]
+                tick,
+                admin.poll,
+            )
+            topic = metadata.topics.get(name)
+            error = None if topic is None else topic.error
+            if error is not None and watch.refusal(error, "checking the output topics", topic=name):
+                tick()  # raises the refusal
+            if topic is None or error is not None:
+                missing.append(name)
         if missing:
             raise ConfigError(
                 f"output topic(s) {', '.join(missing)} do not exist on {settings.kafka.bootstrap_servers}; "
@@ -176,6 +188,8 @@ class _Producer:
     def _on_error(self, error: KafkaError) -> None:
         # A fatal producer error surfaces again from the next produce/transactional call, which
         # replaces the producer; here it is only logged.
+        if self._watch.refusal(error, "producing"):
+            return
         if self._watch.connection_error(error):
             log.debug("kafka producer: %s", error)
         else:
@@ -224,6 +238,7 @@ class _CommitterBase:
         self._stopping = stopping
         self._kafka_log = kafka_log
         self._producer: _Producer | None = None
+        self._permissions = Permissions(settings)
 
     def start(self) -> None:
         self._require_producer()
@@ -245,6 +260,10 @@ class _CommitterBase:
                 return producer.calls.call(what, call, timeout_s=self._call_timeout(), tick=self._tick)
             except KafkaException as exc:
                 error = kafka_error(exc)
+                if error is not None:
+                    refused = self._permissions.explain(error, action=f"calling {what}")
+                    if refused is not None:
+                        raise refused from None
                 if error is None or not (error.retriable() or error.code() in extra):
                     raise
                 log.warning("%s: %s; retrying", what, error)
@@ -319,6 +338,12 @@ class TransactionalCommitter(_CommitterBase):
     def commit(self, batch: Batch, records: Sequence[OutgoingRecord]) -> bool:
         offsets = batch.offsets()
         self._renew_after_outage()
+        refusals: list[tuple[KafkaError, str | None]] = []
+
+        def on_delivery(error: KafkaError | None, msg: Message) -> None:
+            if error is not None and self._permissions.is_refusal(error):
+                refusals.append((error, msg.topic()))
+
         try:
             with self._timed(Stage.PUBLISH):
                 producer = self._require_producer()
@@ -326,7 +351,7 @@ class TransactionalCommitter(_CommitterBase):
                 handle.begin_transaction()
                 self._in_transaction = True
                 for record in records:
-                    producer.produce(record)
+                    producer.produce(record, on_delivery)
             with self._timed(Stage.COMMIT):
                 metadata = self._source.group_metadata()
                 self._retry(
@@ -346,6 +371,10 @@ class TransactionalCommitter(_CommitterBase):
             return False
         except KafkaException as exc:
             self._aborted()
+            for refused_error, topic in refusals:  # a delivery the broker refused: no retry helps
+                refused = self._permissions.explain(refused_error, action="producing", topic=topic)
+                if refused is not None:
+                    raise refused from None
             error = kafka_error(exc)
             if error is not None and error.txn_requires_abort():
                 log.warning(

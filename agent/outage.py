@@ -1,4 +1,5 @@
-"""Broker reachability: when the brokers count as down, readiness, and the exit after a long outage.
+"""Broker reachability: when the brokers count as down, readiness, and the exit after a long outage;
+and refusals (a missing ACL, bad credentials), which no retry can fix.
 
 librdkafka reports ``_ALL_BROKERS_DOWN`` through the clients' ``error_cb`` and reconnects by
 itself. The brokers count as reachable again when librdkafka statistics show a broker ``UP``, a
@@ -15,6 +16,7 @@ import time
 from confluent_kafka import KafkaError
 
 from agent.health import HealthState
+from agent.permissions import KafkaPermissionError, Permissions
 
 log = logging.getLogger("agent.pipeline")
 
@@ -33,12 +35,32 @@ class BrokerWatch:
     state is a single timestamp, written and read whole.
     """
 
-    def __init__(self, bootstrap_servers: str, limit_s: float, health: HealthState) -> None:
+    def __init__(
+        self, bootstrap_servers: str, limit_s: float, health: HealthState, permissions: Permissions
+    ) -> None:
         self._bootstrap = bootstrap_servers
         self._limit = limit_s
         self._health = health
+        self._permissions = permissions
         self._unreachable_since: float | None = None
+        self._refused: KafkaPermissionError | None = None
         self.outages = 0
+
+    def refusal(self, error: KafkaError, action: str, topic: str | None = None) -> bool:
+        """True when ``error`` is Kafka refusing the agent (authentication or authorization); the
+        first one is kept and raised by the next ``check``: retrying cannot fix a missing ACL."""
+        refused = self._permissions.explain(error, action=action, topic=topic)
+        if refused is None:
+            return False
+        if self._refused is None:
+            self._refused = refused
+            log.error("%s", refused)
+        return True
+
+    def client_error(self, error: KafkaError) -> None:
+        """An error callback for clients with nothing else to report (the start-up admin client)."""
+        if not self.refusal(error, "checking the output topics"):
+            self.connection_error(error)
 
     @property
     def reachable(self) -> bool:
@@ -69,7 +91,10 @@ class BrokerWatch:
         self._health.set_broker_reachable(True)
 
     def check(self) -> None:
-        """Raise ``BrokerUnavailableError`` once the outage lasted ``limit_s``."""
+        """Raise a refusal seen by any client (``KafkaPermissionError``), or
+        ``BrokerUnavailableError`` once the outage lasted ``limit_s``."""
+        if self._refused is not None:
+            raise self._refused
         since = self._unreachable_since
         if self._limit > 0 and since is not None and time.monotonic() - since >= self._limit:
             raise BrokerUnavailableError(

@@ -52,6 +52,7 @@ from agent.health import HealthState
 from agent.kafka_calls import CALL_TIMEOUT_S
 from agent.kafka_clients import overridden_keys
 from agent.outage import BrokerUnavailableError, BrokerWatch
+from agent.permissions import Permissions
 from agent.source import Batch, InputSource, RewindError, message_offset, partition_key
 from exporters.alerts import AlertSource, build_alert
 from exporters.dead_letters import OriginalHeaders, build_dead_letter, dead_letter_headers, read_headers
@@ -177,7 +178,10 @@ class Pipeline:
         self._on_iteration = on_iteration
         self._kafka_log = logging.getLogger("librdkafka")
         self._watch = BrokerWatch(
-            settings.kafka.bootstrap_servers, settings.lifecycle.broker_unavailable_exit_seconds, self._health
+            settings.kafka.bootstrap_servers,
+            settings.lifecycle.broker_unavailable_exit_seconds,
+            self._health,
+            Permissions(settings),
         )
         self._source = InputSource(
             settings,

@@ -15,6 +15,8 @@ Exit codes (sysexits.h, what systemd and operators expect of a daemon):
 75    EX_TEMPFAIL: a Kafka client call stayed blocked past its deadline and the client could not be
       replaced in-process (a consumer call, or replaced producers that keep hanging); a restart
       resumes from the committed offsets with fresh clients
+77    EX_NOPERM: Kafka refused the agent's credentials or an operation it needs (a missing ACL);
+      the message names the resource and what to grant
 78    EX_CONFIG: invalid configuration, missing bundle directory, missing output topic, or a
       metrics/health port that cannot be bound
 ====  ==========================================================================================
@@ -50,6 +52,7 @@ from agent.bundle import MANIFEST, BundleError
 from agent.config import EXIT_CONFIG, ConfigError, EventFormat, Settings, load_settings
 from agent.health import HealthServer, HealthState, serve_health
 from agent.kafka_calls import CallHung, ClientsExhausted
+from agent.permissions import KafkaPermissionError
 from agent.pipeline import ActiveModel, BrokerUnavailableError, Pipeline, PipelineError, load_model
 from agent.sdnotify import SystemdNotifier, watchdog_interval
 from exporters.metrics import AgentMetrics, ReloadResult
@@ -62,6 +65,7 @@ EXIT_DATAERR = 65
 EXIT_UNAVAILABLE = 69
 EXIT_SOFTWARE = 70
 EXIT_TEMPFAIL = 75
+EXIT_NOPERM = 77
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # SIGUSR2 only ends the signal thread when the agent returns (sent to that thread alone).
 _HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
@@ -429,6 +433,9 @@ def _run_agent(
     except PipelineError as exc:
         log.error("stopping: %s; a restart resumes from the committed offsets", exc)
         code = EXIT_SOFTWARE
+    except KafkaPermissionError as exc:
+        log.error("refusing to run: %s", exc)
+        code = EXIT_NOPERM
     except (CallHung, ClientsExhausted) as exc:
         log.error("stopping: %s; a restart resumes from the committed offsets with fresh clients", exc)
         code = EXIT_TEMPFAIL

@@ -138,6 +138,8 @@ class InputSource:
                 error = msg.error()
                 if error is None:
                     messages.append(msg)
+                elif self._watch.refusal(error, "consuming", topic=msg.topic()):
+                    break
                 elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer: %s (topic=%s partition=%s)", error, msg.topic(), msg.partition())
         if messages:
@@ -249,6 +251,8 @@ class InputSource:
         return kept
 
     def _on_error(self, error: KafkaError) -> None:
+        if self._watch.refusal(error, "consuming"):
+            return
         if self._watch.connection_error(error):
             log.debug("kafka consumer: %s", error)
             return

@@ -101,8 +101,8 @@ def test_lifecycle_keys_match_the_agent() -> None:
     default_grace = load_settings().lifecycle.shutdown_grace_seconds
     example_grace = load_settings(EXAMPLE_TOML).lifecycle.shutdown_grace_seconds
     assert stop >= max(default_grace, example_grace) + 10
-    # A refused configuration (78) or bundle (65): restarting it in a loop cannot help.
-    assert {"65", "78"} <= set(service["RestartPreventExitStatus"][0].split())
+    # A refused configuration (78), bundle (65) or permission (77): restarting cannot help.
+    assert {"65", "77", "78"} <= set(service["RestartPreventExitStatus"][0].split())
 
 
 def test_state_config_and_credentials_fit_the_settings(tmp_path: Path) -> None:
