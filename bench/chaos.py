@@ -260,11 +260,20 @@ class Stream:
 
 
 def build_stream(datasets: Path, bundle: Path, work: Path, events: int, seed: int) -> Stream:
-    foreign = max(1, events // 8)
-    alerts = max(1, events // 12)
-    generated = make_events(
-        datasets, normal=events - foreign - alerts, bgl_alerts=alerts, foreign=foreign, seed=seed
-    )
+    """``events`` events in chunks of at most 1,000 (drawn without replacement within a chunk, so
+    long streams repeat lines, as real logs do)."""
+    generated: list[dict[str, Any]] = []
+    while len(generated) < events:
+        size = min(1_000, events - len(generated))
+        foreign, alerts = max(1, size // 8), max(1, size // 12)
+        chunk = make_events(
+            datasets,
+            normal=max(1, size - foreign - alerts),
+            bgl_alerts=alerts,
+            foreign=foreign,
+            seed=seed + len(generated),
+        )
+        generated += [event | {"seq": len(generated) + i} for i, event in enumerate(chunk)]
     expected = offline_anomalies(bundle, generated, work)
     records: list[Record] = []
     alert_at: set[int] = set()
@@ -344,7 +353,7 @@ class Suite:
         self, name: str, partitions: int = PARTITIONS, input_config: dict[str, str] | None = None
     ) -> AgentTopics:
         self._topic_no += 1
-        base = f"chaos-{name}-{self._topic_no}"
+        base = f"chaos-{name}-{self._topic_no}-{self.rng.randrange(16**6):06x}"  # unique in a kept state dir
         admin = AdminClient({"bootstrap.servers": self.broker.bootstrap})
         new = [
             NewTopic(f"{base}-in", num_partitions=partitions, config=input_config or {}),
