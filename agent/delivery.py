@@ -35,8 +35,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._acl import AclOperation
 from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._resource import ResourceType
 
@@ -130,6 +131,7 @@ def inspect_output_topics(
                 "create them (topics.alerts, topics.dead_letter) or fix the names"
             )
         watch.mark_reachable()
+        _check_authorized(admin, settings, watch, tick)
         limits: dict[str, int] = {}
         resources = [ConfigResource(ResourceType.TOPIC, name) for name in names]
         for resource, future in admin.describe_configs(resources, request_timeout=CALL_TIMEOUT_S).items():
@@ -147,6 +149,34 @@ def inspect_output_topics(
         return OutputTopics(limits)
     finally:
         calls.retire(admin)
+
+
+def _check_authorized(admin: AdminClient, settings: Settings, watch: BrokerWatch, tick: Tick) -> None:
+    """Refuse to start when the principal may not READ an input or WRITE an output topic.
+
+    Without this, a principal that may DESCRIBE but not WRITE an output topic starts, reports
+    ready, and aborts every batch that has a record for that topic (librdkafka's error names no
+    topic). Topic metadata carries the operations the principal is allowed (KIP-430); a broker
+    that does not report them, or an input topic that does not exist yet, is not checked.
+    """
+    needed = {name: AclOperation.READ for name in settings.topics.input}
+    needed |= {settings.topics.alerts: AclOperation.WRITE, settings.topics.dead_letter: AclOperation.WRITE}
+    futures = admin.describe_topics(
+        TopicCollection(list(needed)), include_authorized_operations=True, request_timeout=CALL_TIMEOUT_S
+    )
+    permissions = Permissions(settings)
+    for name, future in futures.items():
+        try:
+            described = future.result(timeout=CALL_TIMEOUT_S + DEADLINE_MARGIN_S)
+        except (KafkaException, TimeoutError) as exc:
+            error = kafka_error(exc)
+            if error is not None and watch.refusal(error, "checking topic permissions", topic=name):
+                tick()  # raises the refusal
+            log.debug("describe_topics %s: %s", name, error or exc)
+            continue
+        allowed = described.authorized_operations
+        if allowed is not None and needed[name] not in allowed and AclOperation.ALL not in allowed:
+            raise permissions.missing(needed[name].name, f"topic {name}", action="checking topic permissions")
 
 
 def _retry_startup(

@@ -62,22 +62,29 @@ class Permissions:
         if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
             if topic is None:
                 need = (
-                    f"READ and DESCRIBE on topic(s) {', '.join(self._inputs)}, "
-                    f"WRITE and DESCRIBE on topics {', '.join(self._outputs)}"
+                    f"READ on topic(s) {', '.join(self._inputs)}, WRITE on topics {', '.join(self._outputs)}"
                 )
             elif topic in self._inputs:
-                need = f"READ and DESCRIBE on topic {topic}"
+                need = f"READ on topic {topic}"
             else:
-                need = f"WRITE and DESCRIBE on topic {topic}"
+                need = f"WRITE on topic {topic}"
         elif code == KafkaError.GROUP_AUTHORIZATION_FAILED:
             need = f"READ on group {self._group}"
         elif code == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
-            need = f"WRITE and DESCRIBE on transactional id {self._transactional_id}"
+            need = f"WRITE on transactional id {self._transactional_id}"
         elif code == KafkaError.CLUSTER_AUTHORIZATION_FAILED:
             need = "IDEMPOTENT_WRITE on the cluster"
         else:
             return None
+        return self._refused(need, action, error.name())
+
+    def missing(self, operation: str, resource: str, *, action: str) -> KafkaPermissionError:
+        """A refusal known without an error: ``operation`` on ``resource`` is not among the
+        principal's authorized operations."""
+        return self._refused(f"{operation} on {resource}", action, "not among its authorized operations")
+
+    def _refused(self, need: str, action: str, why: str) -> KafkaPermissionError:
         return KafkaPermissionError(
-            f"Kafka denied {self._principal} an operation while {action} ({error.name()}): "
-            f"grant {need} ({DOCS})"
+            f"Kafka denied {self._principal} an operation while {action} ({why}): grant {need} "
+            f"(READ and WRITE imply DESCRIBE; {DOCS})"
         )

@@ -23,18 +23,18 @@ SETTINGS = load_settings(
 @pytest.mark.parametrize(
     ("code", "topic", "grant"),
     [
-        (KafkaError.TOPIC_AUTHORIZATION_FAILED, "events", "grant READ and DESCRIBE on topic events"),
-        (KafkaError.TOPIC_AUTHORIZATION_FAILED, "alerts", "grant WRITE and DESCRIBE on topic alerts"),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, "events", "grant READ on topic events"),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, "alerts", "grant WRITE on topic alerts"),
         (
             KafkaError.TOPIC_AUTHORIZATION_FAILED,
             None,
-            "READ and DESCRIBE on topic(s) events, WRITE and DESCRIBE",
+            "READ on topic(s) events, WRITE on topics alerts, dead",
         ),
         (KafkaError.GROUP_AUTHORIZATION_FAILED, None, "grant READ on group detectors"),
         (
             KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
             None,
-            "WRITE and DESCRIBE on transactional id detectors-agent-0",
+            "WRITE on transactional id detectors-agent-0",
         ),
         (KafkaError.CLUSTER_AUTHORIZATION_FAILED, None, "IDEMPOTENT_WRITE on the cluster"),
     ],
@@ -61,3 +61,8 @@ def test_other_errors_are_not_refusals() -> None:
     for code in (KafkaError._TRANSPORT, KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._TIMED_OUT):
         assert permissions.explain(KafkaError(code), action="x") is None
         assert not permissions.is_refusal(KafkaError(code))
+
+
+def test_a_missing_authorized_operation_is_a_refusal_naming_it() -> None:
+    refused = Permissions(SETTINGS).missing("WRITE", "topic alerts", action="checking topic permissions")
+    assert "grant WRITE on topic alerts" in str(refused) and "User:agent" in str(refused)

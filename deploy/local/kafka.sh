@@ -3,13 +3,19 @@
 # without Docker: the official jars come from Maven Central once into a version-keyed cache, the
 # JVM runs in the background, and this script waits until clients can connect.
 #
-#   deploy/local/kafka.sh start  [--port N] [--dir DIR] [--set KEY=VALUE]... [--owner-pid PID]
+#   deploy/local/kafka.sh start  [--port N] [--dir DIR] [--set KEY=VALUE]... [--owner-pid PID] [--secure]
 #   deploy/local/kafka.sh stop   [--dir DIR]
 #   deploy/local/kafka.sh status [--dir DIR]
 #
 # start prints the bootstrap address (127.0.0.1:PORT) as the last line of stdout; everything meant
 # for humans goes to stderr. start on a running broker just prints its address again. status exits
 # 0 when the broker runs and 3 when it does not. See docs/local-broker.md for the knobs.
+#
+# --secure adds a SASL_SSL listener (SCRAM-SHA-512, TLS with a CA made here by keytool) with ACLs
+# enforced (StandardAuthorizer, deny when no ACL matches); its address goes to
+# $STATE_DIR/bootstrap-sasl-ssl, the CA to $STATE_DIR/tls/ca.pem, the SCRAM passwords of the users
+# admin and agent to $STATE_DIR/sasl/<user>.password. The PLAINTEXT listener stays (its anonymous
+# principal is a super user): a test broker, for admin work beside the secured clients.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,6 +33,7 @@ HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}
 # concurrent threads and C2 compilation cost more start-up CPU than they ever pay back.
 JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xss512k -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true}
 JAVA=${JAVA_HOME:+$JAVA_HOME/bin/}java
+KEYTOOL=""
 # Class-data sharing: the first broker that stops cleanly dumps the classes it loaded into an
 # archive beside the jars; later starts map it instead of parsing ~45 jars (about 40% faster).
 KAFKA_CDS=${KAFKA_CDS:-1}
@@ -34,6 +41,10 @@ CDS_DIR=$CACHE_ROOT/kafka/$KAFKA_VERSION/cds
 CDS_FILE=""
 OWNER_PID=""
 OVERRIDES=()
+SECURE=0
+# --secure: the SCRAM users created when the storage is formatted; the mechanism of the listener.
+SASL_USERS=(admin agent)
+SASL_MECHANISM=SCRAM-SHA-512
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() {
@@ -51,6 +62,24 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 free_port() {
 	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# A free port other than the ones given (the ports of one start must differ from each other).
+free_port_except() {
+	local port
+	port=$(free_port)
+	while [[ " $* " == *" $port "* ]]; do port=$(free_port); done
+	printf '%s\n' "$port"
+}
+
+# A random password: 32 characters of [A-Za-z0-9], so it needs no quoting in --add-scram syntax,
+# in properties files or in a shell.
+random_secret() {
+	local secret=""
+	while ((${#secret} < 32)); do
+		secret+=$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+	done
+	printf '%s\n' "${secret:0:32}"
 }
 
 # Prints the broker pid when the pid file names a live JVM running *this* state dir's broker, so a
@@ -77,6 +106,14 @@ require_tools() {
 	key=$(printf '%s\n' "$(grep -E '^ *java\.(home|runtime\.version) = ' <<<"$settings")" "$HEAP_OPTS" "$JVM_OPTS" |
 		cksum | cut -d' ' -f1)
 	CDS_FILE=$CDS_DIR/$key.jsa
+	if [[ $SECURE == 1 ]]; then
+		# The keytool of the JDK that runs the broker (java may be a symlink into it).
+		local java_path
+		java_path=$(command -v "$JAVA")
+		KEYTOOL=$(dirname "$(readlink -f "$java_path")")/keytool
+		[[ -x $KEYTOOL ]] || KEYTOOL=$(command -v keytool) ||
+			die "keytool not found beside $java_path or on PATH; --secure makes its certificates with the JDK's keytool"
+	fi
 }
 
 # Resolves kafka_2.13 and its runtime dependencies once per version. Maven writes into a temp dir
@@ -105,15 +142,23 @@ ensure_libs() {
 }
 
 write_config() {
-	local port=$1 cport=$2
+	local port=$1 cport=$2 sport=${3:-}
+	local listeners="PLAINTEXT://127.0.0.1:$port" protocols="PLAINTEXT:PLAINTEXT"
+	if [[ -n $sport ]]; then
+		listeners+=",SASL_SSL://127.0.0.1:$sport"
+		protocols+=",SASL_SSL:SASL_SSL"
+	fi
+	# The keystore password lands in this file: readable by the owner only (as the state dir's
+	# tls/ and sasl/ are).
+	[[ -n $sport ]] && (umask 077 && : >"$CONF_FILE" && chmod 0600 "$CONF_FILE")
 	{
 		echo "# Written by deploy/local/kafka.sh on every start; edit with --set KEY=VALUE instead."
 		echo "process.roles=broker,controller"
 		echo "node.id=1"
 		echo "controller.quorum.voters=1@127.0.0.1:$cport"
-		echo "listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
-		echo "advertised.listeners=PLAINTEXT://127.0.0.1:$port"
-		echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+		echo "listeners=$listeners,CONTROLLER://127.0.0.1:$cport"
+		echo "advertised.listeners=$listeners"
+		echo "listener.security.protocol.map=$protocols,CONTROLLER:PLAINTEXT"
 		echo "inter.broker.listener.name=PLAINTEXT"
 		echo "controller.listener.names=CONTROLLER"
 		echo "log.dirs=$STATE_DIR/data"
@@ -137,9 +182,98 @@ write_config() {
 		echo "num.io.threads=4"
 		echo "log.retention.hours=24"
 		echo "log.segment.bytes=67108864"
+		[[ -n $sport ]] && secure_config
 		local kv
 		for kv in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do echo "$kv"; done
 	} >"$CONF_FILE"
+}
+
+# --secure: the SASL_SSL listener and the authorizer (appended to server.properties).
+secure_config() {
+	local mech=${SASL_MECHANISM,,}
+	echo "# --secure: SASL_SSL with SCRAM for clients; every request is authorized by the ACLs."
+	echo "sasl.enabled.mechanisms=$SASL_MECHANISM"
+	echo "listener.name.sasl_ssl.sasl.enabled.mechanisms=$SASL_MECHANISM"
+	echo "listener.name.sasl_ssl.$mech.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+	echo "listener.name.sasl_ssl.ssl.keystore.type=PKCS12"
+	echo "listener.name.sasl_ssl.ssl.keystore.location=$TLS_DIR/broker.p12"
+	echo "listener.name.sasl_ssl.ssl.keystore.password=$(<"$TLS_DIR/store.password")"
+	echo "listener.name.sasl_ssl.ssl.key.password=$(<"$TLS_DIR/store.password")"
+	echo "listener.name.sasl_ssl.ssl.client.auth=none"
+	echo "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+	echo "allow.everyone.if.no.acl.found=false"
+	# User:ANONYMOUS is every client of the PLAINTEXT and CONTROLLER listeners, this broker's own
+	# inter-broker and controller traffic included: a super user, or the node could not talk to
+	# itself. That is what makes this a test broker; see docs/local-broker.md.
+	echo "super.users=User:admin;User:ANONYMOUS"
+}
+
+# keytool with the start-up flags of a short-lived JVM.
+kt() {
+	"$KEYTOOL" -J-XX:+UseSerialGC -J-XX:TieredStopAtLevel=1 "$@"
+}
+
+# --secure: a self-signed CA, the broker's PKCS12 keystore (key and certificate signed by the CA,
+# SAN IP:127.0.0.1 and DNS:localhost, so clients verify the host name) and the CA as PEM for
+# clients (librdkafka ssl.ca.location). Made once per state dir, in a temp dir renamed into place,
+# so an interrupted run never leaves a half set; the certificates name no port and survive
+# restarts on new ports.
+ensure_tls() {
+	if [[ -s $TLS_DIR/broker.p12 && -s $TLS_DIR/ca.pem && -s $TLS_DIR/store.password ]]; then
+		return 0
+	fi
+	local tmp
+	tmp=$(mktemp -d "$STATE_DIR/.tls.XXXXXX")
+	# shellcheck disable=SC2064  # expand now: the trap must remove this very temp dir
+	trap "rm -rf '$tmp'" EXIT
+	(umask 077 && random_secret >"$tmp/store.password")
+	local pass=(-storepass:file "$tmp/store.password" -keypass:file "$tmp/store.password")
+	local days=3650 key=(-keyalg EC -groupname secp256r1 -sigalg SHA256withECDSA)
+	log "making a test CA and the broker's TLS certificate in $TLS_DIR (keytool, once)"
+	(
+		umask 077
+		kt -genkeypair -alias ca "${key[@]}" -dname "CN=kafka-anomaly-agent local test CA" \
+			-validity "$days" -ext bc:c=ca:true -ext ku:c=keyCertSign,cRLSign \
+			-storetype PKCS12 -keystore "$tmp/ca.p12" "${pass[@]}" &&
+			kt -exportcert -rfc -alias ca -keystore "$tmp/ca.p12" "${pass[@]}" -file "$tmp/ca.pem" &&
+			kt -genkeypair -alias broker "${key[@]}" -dname "CN=localhost" -validity "$days" \
+				-storetype PKCS12 -keystore "$tmp/broker.p12" "${pass[@]}" &&
+			kt -certreq -alias broker -keystore "$tmp/broker.p12" "${pass[@]}" -file "$tmp/broker.csr" &&
+			kt -gencert -alias ca -keystore "$tmp/ca.p12" "${pass[@]}" -infile "$tmp/broker.csr" \
+				-outfile "$tmp/broker.pem" -rfc -validity "$days" -sigalg SHA256withECDSA \
+				-ext SAN=IP:127.0.0.1,DNS:localhost -ext ku:c=digitalSignature,keyAgreement \
+				-ext eku=serverAuth &&
+			kt -importcert -noprompt -alias ca -file "$tmp/ca.pem" -keystore "$tmp/broker.p12" "${pass[@]}" &&
+			kt -importcert -alias broker -file "$tmp/broker.pem" -keystore "$tmp/broker.p12" "${pass[@]}"
+	) >"$tmp/keytool.log" 2>&1 || {
+		cat "$tmp/keytool.log" >&2
+		die "keytool could not make the TLS certificates (output above)"
+	}
+	rm -f "$tmp/broker.csr"
+	# Keys and passwords stay the owner's; the CA certificate is public, for any local client.
+	chmod 0644 "$tmp/ca.pem"
+	chmod 0755 "$tmp"
+	rm -rf "$TLS_DIR"
+	mv -T "$tmp" "$TLS_DIR"
+	trap - EXIT
+}
+
+# --secure: a password file per SCRAM user, made once. SCRAM credentials can only be added when the
+# storage is formatted (format_storage); later starts of the same state dir reuse both, so a state
+# dir formatted without --secure, or one whose password files went missing, is refused here
+# rather than started with credentials nobody knows.
+ensure_sasl_users() {
+	local user formatted=0
+	[[ -f $STATE_DIR/data/meta.properties ]] && formatted=1
+	if ((formatted)) && [[ ! -f $SASL_DIR/formatted ]]; then
+		die "$STATE_DIR was formatted without --secure, so it has no SCRAM users; stop it and delete the state dir, or use another --dir"
+	fi
+	(umask 077 && mkdir -p "$SASL_DIR")
+	for user in "${SASL_USERS[@]}"; do
+		[[ -s $SASL_DIR/$user.password ]] && continue
+		((formatted)) && die "$SASL_DIR/$user.password is missing, but the broker's SCRAM credentials were made with it; delete the state dir to start afresh"
+		(umask 077 && random_secret >"$SASL_DIR/$user.password")
+	done
 }
 
 format_storage() {
@@ -150,11 +284,19 @@ format_storage() {
 	until [[ ${cid:-} =~ ^[A-Za-z0-9_] ]]; do
 		cid=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
 	done
-	local cds_opts=()
+	local cds_opts=() scram=() user
 	[[ $KAFKA_CDS == 1 && -f $CDS_FILE ]] && cds_opts=(-XX:SharedArchiveFile="$CDS_FILE")
+	if [[ $SECURE == 1 ]]; then
+		# The SCRAM credentials go into the bootstrap metadata; the broker stores salted hashes only.
+		for user in "${SASL_USERS[@]}"; do
+			scram+=(--add-scram "$SASL_MECHANISM=[name=$user,password=$(<"$SASL_DIR/$user.password")]")
+		done
+		# Written first: a format that fails leaves no meta.properties and runs again next time.
+		: >"$SASL_DIR/formatted"
+	fi
 	# shellcheck disable=SC2086  # HEAP_OPTS / JVM_OPTS are deliberately word-split
 	"$JAVA" $HEAP_OPTS $JVM_OPTS ${cds_opts[@]+"${cds_opts[@]}"} -Dlog4j2.configurationFile="$SCRIPT_DIR/log4j2.properties" -Dkafka.logs.dir="$STATE_DIR" \
-		-cp "$LIBS_DIR/*" kafka.tools.StorageTool format -t "$cid" -c "$CONF_FILE" >"$STATE_DIR/format.log" 2>&1 ||
+		-cp "$LIBS_DIR/*" kafka.tools.StorageTool format -t "$cid" -c "$CONF_FILE" ${scram[@]+"${scram[@]}"} >"$STATE_DIR/format.log" 2>&1 ||
 		{
 			cat "$STATE_DIR/format.log" >&2
 			die "formatting KRaft storage in $STATE_DIR/data failed"
@@ -200,8 +342,8 @@ settle_cds() {
 # Launches the JVM and waits for it. Returns 0 when ready, 2 when the listener port was taken
 # (the caller may retry with fresh ports), dies otherwise.
 launch() {
-	local port=$1 cport=$2 pid log_offset=0 deadline
-	write_config "$port" "$cport"
+	local port=$1 cport=$2 sport=${3:-} pid log_offset=0 deadline
+	write_config "$port" "$cport" "$sport"
 	format_storage
 	[[ -f $STATE_DIR/kafka.log ]] && log_offset=$(wc -c <"$STATE_DIR/kafka.log")
 	local cds_opts=()
@@ -229,7 +371,7 @@ launch() {
 	set +m
 	echo "$pid" >"$PID_FILE"
 	deadline=$((SECONDS + START_TIMEOUT))
-	until port_open "$port" && tail -c "+$((log_offset + 1))" "$STATE_DIR/kafka.log" 2>/dev/null | grep -q "Kafka Server started"; do
+	until port_open "$port" && { [[ -z $sport ]] || port_open "$sport"; } && tail -c "+$((log_offset + 1))" "$STATE_DIR/kafka.log" 2>/dev/null | grep -q "Kafka Server started"; do
 		if ! kill -0 "$pid" 2>/dev/null; then
 			rm -f "$PID_FILE"
 			settle_cds 0
@@ -265,15 +407,23 @@ launch() {
 # --- commands ----------------------------------------------------------------------------------
 
 cmd_start() {
-	local pid port cport attempt rc
+	local pid port cport sport="" ports attempt rc
 	if pid=$(running_pid); then
+		if [[ $SECURE == 1 && ! -s $SASL_ADDR_FILE ]]; then
+			die "the broker in $STATE_DIR (pid $pid) runs without --secure; stop it first"
+		fi
 		log "already running (pid $pid, state dir $STATE_DIR)"
+		[[ $SECURE == 1 ]] && log "SASL_SSL listener $(<"$SASL_ADDR_FILE") (in $SASL_ADDR_FILE)"
 		cat "$ADDR_FILE"
 		return 0
 	fi
-	rm -f "$PID_FILE" "$ADDR_FILE"
+	rm -f "$PID_FILE" "$ADDR_FILE" "$SASL_ADDR_FILE"
 	require_tools
 	ensure_libs
+	if [[ $SECURE == 1 ]]; then
+		ensure_sasl_users
+		ensure_tls
+	fi
 	local started=$SECONDS
 	for attempt in 1 2 3; do
 		if [[ -n $PORT ]]; then
@@ -282,26 +432,34 @@ cmd_start() {
 		else
 			port=$(free_port)
 		fi
-		cport=$(free_port)
-		[[ $cport == "$port" ]] && cport=$(free_port)
+		cport=$(free_port_except "$port")
+		ports="$port or $cport"
+		if [[ $SECURE == 1 ]]; then
+			sport=$(free_port_except "$port" "$cport")
+			ports="$port, $sport or $cport"
+		fi
 		rc=0
-		launch "$port" "$cport" || rc=$?
+		launch "$port" "$cport" "$sport" || rc=$?
 		((rc == 0)) && break
 		if [[ -n $PORT || $attempt -ge 3 ]]; then
 			grep -h "failed to bind" "$STATE_DIR/kafka.out" "$STATE_DIR/kafka.log" | tail -n 1 >&2 || true
-			die "port $port or $cport is already in use"
+			die "port $ports is already in use"
 		fi
-		log "port $port or $cport was taken meanwhile; retrying with fresh ports"
+		log "port $ports was taken meanwhile; retrying with fresh ports"
 	done
+	[[ $SECURE == 1 ]] && echo "127.0.0.1:$sport" >"$SASL_ADDR_FILE"
 	echo "127.0.0.1:$port" >"$ADDR_FILE"
 	log "Kafka $KAFKA_VERSION ready in $((SECONDS - started))s: pid $(<"$PID_FILE"), state dir $STATE_DIR, log $STATE_DIR/kafka.log"
+	if [[ $SECURE == 1 ]]; then
+		log "SASL_SSL ($SASL_MECHANISM) on 127.0.0.1:$sport (in $SASL_ADDR_FILE), CA $TLS_DIR/ca.pem, users ${SASL_USERS[*]} (passwords in $SASL_DIR/<user>.password)"
+	fi
 	cat "$ADDR_FILE"
 }
 
 cmd_stop() {
 	local pid
 	if ! pid=$(running_pid); then
-		rm -f "$PID_FILE" "$ADDR_FILE"
+		rm -f "$PID_FILE" "$ADDR_FILE" "$SASL_ADDR_FILE"
 		log "not running (state dir $STATE_DIR)"
 		return 0
 	fi
@@ -309,14 +467,16 @@ cmd_stop() {
 	local clean=1
 	terminate "$pid" || clean=0
 	settle_cds "$clean"
-	rm -f "$PID_FILE" "$ADDR_FILE"
+	rm -f "$PID_FILE" "$ADDR_FILE" "$SASL_ADDR_FILE"
 	log "stopped"
 }
 
 cmd_status() {
 	local pid
 	if pid=$(running_pid); then
-		echo "running: pid $pid, bootstrap $(<"$ADDR_FILE"), state dir $STATE_DIR, Kafka $KAFKA_VERSION"
+		local sasl=""
+		[[ -s $SASL_ADDR_FILE ]] && sasl=", sasl_ssl bootstrap $(<"$SASL_ADDR_FILE")"
+		echo "running: pid $pid, bootstrap $(<"$ADDR_FILE")$sasl, state dir $STATE_DIR, Kafka $KAFKA_VERSION"
 		return 0
 	fi
 	echo "not running (state dir $STATE_DIR)"
@@ -350,6 +510,10 @@ while [[ $# -gt 0 ]]; do
 		OWNER_PID=${2:?--owner-pid needs a pid}
 		shift 2
 		;;
+	--secure)
+		SECURE=1
+		shift
+		;;
 	-h | --help)
 		usage
 		exit 0
@@ -371,6 +535,9 @@ CONF_FILE=$STATE_DIR/server.properties
 PID_FILE=$STATE_DIR/kafka.pid
 CDS_PENDING=$STATE_DIR/cds-pending
 ADDR_FILE=$STATE_DIR/bootstrap
+SASL_ADDR_FILE=$STATE_DIR/bootstrap-sasl-ssl
+TLS_DIR=$STATE_DIR/tls
+SASL_DIR=$STATE_DIR/sasl
 
 case $COMMAND in
 start) cmd_start ;;

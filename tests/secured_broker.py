@@ -1,0 +1,164 @@
+"""A secured broker for the tests: ``deploy/local/kafka.sh start --secure`` in a temporary state dir.
+
+The broker has two client listeners. SASL_SSL (SCRAM-SHA-512, TLS with the CA the script made, ACLs
+enforced with nothing allowed unless an ACL says so) is what the agent under test connects to, as
+user ``agent``, with nothing but the ACLs a test grants. PLAINTEXT is the tests' admin door: its
+anonymous principal is a super user, so topic creation, ACL changes and reading what the agent
+wrote (``agent_helpers.read_committed``) work through it without credentials. Only a test broker
+has such a door; see docs/local-broker.md.
+
+The ``secured_broker`` fixture is session-scoped: the broker starts once (a few seconds once the
+jars are cached) and every test works on topics, groups and ACLs of its own names. It is a broker
+of its own, never the session's ``kafka_bootstrap`` (which may be an external cluster without
+SASL), and it is stopped at session end, or by the script's watchdog if pytest dies first.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_helpers import clean_env
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+from kafka_fixtures import BROKER_START_TIMEOUT_S, BROKER_STOP_TIMEOUT_S, KAFKA_SH, METADATA_TIMEOUT_S
+
+SASL_MECHANISM = "SCRAM-SHA-512"
+
+
+@dataclass(frozen=True)
+class SecuredBroker:
+    """Where the secured broker listens and the credentials kafka.sh made for it.
+
+    ``plaintext_bootstrap`` is for admin work only (super user, no authentication); clients under
+    test use ``sasl_ssl_bootstrap`` with ``ca_location`` and one of the two SCRAM users.
+    """
+
+    plaintext_bootstrap: str
+    sasl_ssl_bootstrap: str
+    ca_location: Path
+    agent_username: str
+    agent_password: str = field(repr=False)  # kept out of pytest's failure reports
+    admin_username: str
+    admin_password: str = field(repr=False)
+    state_dir: Path
+
+    def sasl_config(self, username: str | None = None, password: str | None = None) -> dict[str, Any]:
+        """librdkafka properties for the SASL_SSL listener (default: user ``agent``), verifying the
+        broker's certificate against the CA and its host name (librdkafka's default)."""
+        return {
+            "bootstrap.servers": self.sasl_ssl_bootstrap,
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": SASL_MECHANISM,
+            "sasl.username": username or self.agent_username,
+            "sasl.password": password if password is not None else self.agent_password,
+            "ssl.ca.location": str(self.ca_location),
+        }
+
+    def admin(self) -> AdminClient:
+        """An AdminClient on the PLAINTEXT listener: a super user (topics, ACLs, offsets)."""
+        return AdminClient({"bootstrap.servers": self.plaintext_bootstrap})
+
+
+def kafka_sh_env() -> dict[str, str]:
+    """Environment for deploy/local/kafka.sh: the test's, without the knobs that would point it at
+    another port or state dir, and with COLUMNS wide, because the script recognises its broker with
+    ``ps -o args=``, which truncates to $COLUMNS (80 in subprocesses of pytest)."""
+    env = {k: v for k, v in clean_env().items() if k not in ("KAFKA_PORT", "ANOMALY_AGENT_STATE_DIR")}
+    return env | {"COLUMNS": "4096"}
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        pytest.fail(f"kafka.sh start --secure did not leave {path}: {exc}", pytrace=False)
+
+
+def _check_sasl_ssl(broker: SecuredBroker) -> None:
+    """The agent user can authenticate and fetch metadata over TLS: otherwise every test would fail
+    with a time-out instead of this one clear message."""
+    admin = AdminClient(broker.sasl_config())
+    try:
+        admin.list_topics(timeout=METADATA_TIMEOUT_S)
+    except KafkaException as exc:
+        pytest.fail(
+            f"the secured broker's SASL_SSL listener {broker.sasl_ssl_bootstrap} refuses user "
+            f"{broker.agent_username}: {exc}; see {broker.state_dir}/kafka.log",
+            pytrace=False,
+        )
+
+
+def _wait_for_group_coordinator(broker: SecuredBroker) -> None:
+    """Block until the group coordinator answers. A fresh broker loads ``__consumer_offsets`` in
+    the background and answers NOT_COORDINATOR meanwhile; helpers that read committed offsets
+    (``agent_helpers.offsets``) do not retry, so a test that starts with one would fail."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.plaintext_bootstrap,
+            "group.id": "secured-broker-warm-up",
+            "enable.auto.commit": False,
+        }
+    )
+    deadline = time.monotonic() + METADATA_TIMEOUT_S
+    try:
+        while True:
+            try:
+                consumer.committed([TopicPartition("secured-broker-warm-up", 0)], timeout=5)
+                return
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the secured broker's group coordinator is not ready: {exc}", pytrace=False)
+                time.sleep(0.2)
+    finally:
+        consumer.close()
+
+
+@pytest.fixture(scope="session")
+def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredBroker]:
+    """A broker of this session's own with a SASL_SSL listener and ACLs enforced; see the module doc."""
+    state = tmp_path_factory.mktemp("secured-kafka")
+    env = kafka_sh_env()
+    started = subprocess.run(
+        [str(KAFKA_SH), "start", "--secure", "--dir", str(state), "--owner-pid", str(os.getpid())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BROKER_START_TIMEOUT_S,
+        check=False,
+    )
+    if started.returncode != 0 or not started.stdout.split():
+        pytest.fail(
+            f"kafka.sh start --secure failed (exit {started.returncode}):\n{started.stderr}", pytrace=False
+        )
+    try:
+        broker = SecuredBroker(
+            plaintext_bootstrap=started.stdout.split()[-1],
+            sasl_ssl_bootstrap=_read(state / "bootstrap-sasl-ssl"),
+            ca_location=state / "tls" / "ca.pem",
+            agent_username="agent",
+            agent_password=_read(state / "sasl" / "agent.password"),
+            admin_username="admin",
+            admin_password=_read(state / "sasl" / "admin.password"),
+            state_dir=state,
+        )
+        _check_sasl_ssl(broker)
+        _wait_for_group_coordinator(broker)
+        yield broker
+    finally:
+        stopped = subprocess.run(
+            [str(KAFKA_SH), "stop", "--dir", str(state)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=BROKER_STOP_TIMEOUT_S,
+            check=False,
+        )
+        if stopped.returncode != 0:
+            raise RuntimeError(f"kafka.sh stop failed (exit {stopped.returncode}):\n{stopped.stderr}")
