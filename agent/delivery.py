@@ -29,9 +29,7 @@ producer's batches.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -325,14 +323,6 @@ class _CommitterBase:
             exc,
         )
 
-    @contextmanager
-    def _timed(self, stage: Stage) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._metrics.stage_duration.labels(stage=stage.value).observe(time.perf_counter() - start)
-
     def close(self, timeout_s: float) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
@@ -375,14 +365,14 @@ class TransactionalCommitter(_CommitterBase):
                 refusals.append((error, msg.topic()))
 
         try:
-            with self._timed(Stage.PUBLISH):
+            with self._metrics.timed(Stage.PUBLISH):
                 producer = self._require_producer()
                 handle = producer.handle
                 handle.begin_transaction()
                 self._in_transaction = True
                 for record in records:
                     producer.produce(record, on_delivery)
-            with self._timed(Stage.COMMIT):
+            with self._metrics.timed(Stage.COMMIT):
                 metadata = self._source.group_metadata()
                 self._retry(
                     producer,
@@ -480,7 +470,7 @@ class IdempotentCommitter(_CommitterBase):
             if error is not None:
                 failures.append(error)
 
-        with self._timed(Stage.PUBLISH):
+        with self._metrics.timed(Stage.PUBLISH):
             producer = self._require_producer()
             handle = producer.handle
             try:
@@ -511,7 +501,7 @@ class IdempotentCommitter(_CommitterBase):
             )
             self._source.rewind(batch)
             return False
-        with self._timed(Stage.COMMIT):
+        with self._metrics.timed(Stage.COMMIT):
             try:
                 self._source.commit(batch)
             except KafkaException as exc:
@@ -524,28 +514,6 @@ class IdempotentCommitter(_CommitterBase):
         return True
 
 
-def make_committer(
-    settings: Settings,
-    source: InputSource,
-    topics: OutputTopics,
-    *,
-    watch: BrokerWatch,
-    metrics: AgentMetrics,
-    tick: Tick,
-    call_timeout: Callable[[], float],
-    stopping: Callable[[], bool],
-    kafka_log: logging.Logger,
-) -> Committer:
-    """The committer for ``settings.delivery``."""
-    cls = TransactionalCommitter if settings.delivery is Delivery.EXACTLY_ONCE else IdempotentCommitter
-    return cls(
-        settings,
-        source,
-        topics,
-        watch=watch,
-        metrics=metrics,
-        tick=tick,
-        call_timeout=call_timeout,
-        stopping=stopping,
-        kafka_log=kafka_log,
-    )
+def committer_class(delivery: Delivery) -> type[TransactionalCommitter] | type[IdempotentCommitter]:
+    """The committer for ``delivery``."""
+    return TransactionalCommitter if delivery is Delivery.EXACTLY_ONCE else IdempotentCommitter

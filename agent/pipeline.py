@@ -28,8 +28,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,8 +42,8 @@ from agent.decode import DeadLetterReason, DecodedEvent, Rejected, decode_event
 from agent.delivery import (
     Committer,
     OutgoingRecord,
+    committer_class,
     inspect_output_topics,
-    make_committer,
     record_max_bytes,
 )
 from agent.embedder import Embedder, EmbedderError
@@ -256,7 +255,7 @@ class Pipeline:
                 dead_letter_limit,
                 settings.events.max_bytes,
             )
-        committer = make_committer(
+        committer = committer_class(settings.delivery)(
             settings,
             self._source,
             topics,
@@ -361,7 +360,7 @@ class Pipeline:
             rejected.append(reason)
             outgoing.append(self._dead_letter(msg, reason, detail))
 
-        with self._timed(Stage.DECODE):
+        with self._metrics.timed(Stage.DECODE):
             decoded: list[tuple[Message, DecodedEvent]] = []
             for msg in batch.messages:
                 try:
@@ -380,7 +379,7 @@ class Pipeline:
                 else:
                     decoded.append((msg, result))
 
-        with self._timed(Stage.EMBED):
+        with self._metrics.timed(Stage.EMBED):
             events: list[_Event] = []
             for msg, event in decoded:
                 try:
@@ -392,7 +391,7 @@ class Pipeline:
         alerts = 0
         scored: list[float] = []
         timestamps: list[int | None] = []
-        with self._timed(Stage.SCORE):
+        with self._metrics.timed(Stage.SCORE):
             labels = model.bundle.detector.cluster_labels
             detected_at = datetime.now(UTC)
             for item, outcome in zip(events, results, strict=True):
@@ -580,14 +579,6 @@ class Pipeline:
             old.bundle.model_id,
             old.bundle.sha256[:12],
         )
-
-    @contextmanager
-    def _timed(self, stage: Stage) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._metrics.stage_duration.labels(stage=stage.value).observe(time.perf_counter() - start)
 
 
 def _scored(model: ActiveModel, prepared: list[str]) -> list[_Scored | None]:

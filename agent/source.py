@@ -215,21 +215,21 @@ class InputSource:
         log.info("partitions assigned: %s", describe(partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        keys = {(tp.topic, tp.partition) for tp in partitions}
-        self._revoked_in_poll |= keys
-        self.assigned -= keys
-        self._health.set_assigned(bool(self.assigned))
+        self._gone(partitions)
         log.info("partitions revoked: %s", describe(partitions))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        keys = {(tp.topic, tp.partition) for tp in partitions}
-        self._revoked_in_poll |= keys
-        self.assigned -= keys
-        self._health.set_assigned(bool(self.assigned))
+        self._gone(partitions)
         log.warning(
             "partitions lost (session timed out?), nothing will be committed for them: %s",
             describe(partitions),
         )
+
+    def _gone(self, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self._revoked_in_poll |= keys
+        self.assigned -= keys
+        self._health.set_assigned(bool(self.assigned))
 
     def _drop_revoked(self, messages: list[Message]) -> list[Message]:
         """Drop records of partitions revoked during the poll; re-seek those assigned again."""

@@ -31,6 +31,9 @@ Scenarios (``--scenarios``, default all of them; sizes from ``--small`` or ``--f
     by the raw librdkafka producer). ``accounted``: records dead-lettered with their documented
     reason or scored; ``max_stall_s``: the longest time a partition with records pending went
     without its committed offset moving, from the agent's first commit on.
+``backlog``
+    A backlog consumed at full speed (large batches of mixed lengths); RSS every 2 s against the
+    events processed: ``rss_mib_per_1000_events_second_half`` and ``rss_growth_second_half``.
 ``soak``
     A steady stream for ``--soak-minutes``; RSS sampled every 5 s. ``rss_growth_second_half``:
     (RSS at the end − RSS at half time) / RSS at half time.
@@ -105,8 +108,22 @@ COMMITTED = 'anomaly_agent_transactions_total{result="committed"}'
 SETTLE_S = 0.5
 
 SIZES: dict[str, dict[str, int]] = {
-    "small": {"broker_restart": 1, "agent_kill": 3, "rebalance": 1, "hostile": 1_000, "soak_minutes": 1},
-    "full": {"broker_restart": 5, "agent_kill": 20, "rebalance": 10, "hostile": 10_000, "soak_minutes": 10},
+    "small": {
+        "broker_restart": 1,
+        "agent_kill": 3,
+        "rebalance": 1,
+        "hostile": 1_000,
+        "backlog": 2_000,
+        "soak_minutes": 1,
+    },
+    "full": {
+        "broker_restart": 5,
+        "agent_kill": 20,
+        "rebalance": 10,
+        "hostile": 10_000,
+        "backlog": 30_000,
+        "soak_minutes": 10,
+    },
 }
 
 
@@ -607,6 +624,72 @@ class Suite:
             "load_before_after": [load, _load()],
         }
 
+    def backlog(self, events: int) -> dict[str, Any]:
+        """A backlog of ``events`` consumed at full speed (large batches of mixed lengths, the case
+        that grows allocator arenas), RSS sampled every 2 s against the events processed."""
+        load = _load()
+        topics = self.topics("backlog")
+        stream = build_stream(self.datasets, self.bundle, self.work, events, self.rng.randrange(1 << 30))
+        producer = Producer({"bootstrap.servers": self.broker.bootstrap, "linger.ms": 20})
+        positions: list[tuple[int, int] | None] = [None] * len(stream.records)
+
+        def delivered(index: int) -> Callable[[Any, Any], None]:
+            def report(error: Any, msg: Any) -> None:
+                if error is None:
+                    positions[index] = (msg.partition(), msg.offset())
+
+            return report
+
+        for i, (key, value, headers) in enumerate(stream.records):
+            while True:
+                try:
+                    producer.produce(
+                        topics.input, key=key, value=value, headers=headers, on_delivery=delivered(i)
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        if producer.flush(120) != 0 or None in positions:
+            raise SystemExit("chaos: the backlog was not delivered")
+        stream.positions = [p for p in positions if p is not None]
+        watcher = CommitWatcher(self.broker.bootstrap, topics.group, topics.input, PARTITIONS)
+        samples: list[tuple[float, float, int]] = []  # (seconds, events processed, RSS KiB)
+        agent = self.agent(topics, "chaos-backlog", "backlog-agent")
+        try:
+            agent.wait_ready()
+            start = time.monotonic()
+            while True:
+                processed = agent.metric("anomaly_agent_events_processed_total")
+                rss = _rss_kib(agent.proc.pid)
+                if rss is not None:
+                    samples.append((round(time.monotonic() - start, 1), processed, rss))
+                _, committed, ends = watcher.samples[-1] if watcher.samples else (0.0, {}, {1: 1})
+                if committed and all(committed.get(p, -1) >= end for p, end in ends.items()):
+                    break
+                time.sleep(2)
+            code = agent.terminate(timeout=30)
+        finally:
+            watcher.close()
+        half = [s for s in samples if s[1] >= samples[-1][1] / 2]
+        per_1000 = (
+            (half[-1][2] - half[0][2]) / 1024 / max(1.0, (half[-1][1] - half[0][1]) / 1000) if half else None
+        )
+        return {
+            "events": len(stream.records),
+            **verdict(self.broker.bootstrap, topics, stream),
+            "events_per_s": round(samples[-1][1] / max(samples[-1][0], 1e-9), 1) if samples else None,
+            "rss_mib_by_events": {
+                f"{int(n)}": round(kib / 1024, 1) for _, n, kib in samples[:: max(1, len(samples) // 20)]
+            },
+            "rss_mib_second_half": [round(half[0][2] / 1024, 1), round(half[-1][2] / 1024, 1)]
+            if half
+            else None,
+            "rss_growth_second_half": round((half[-1][2] - half[0][2]) / half[0][2], 4) if half else None,
+            "rss_mib_per_1000_events_second_half": None if per_1000 is None else round(per_1000, 3),
+            "exit_codes": [code],
+            "load_before_after": [load, _load()],
+        }
+
     def soak(self, minutes: float) -> dict[str, Any]:
         load = _load()
         samples: list[tuple[float, int]] = []
@@ -656,7 +739,7 @@ def _rss_kib(pid: int) -> int | None:
     return _status_kib(pid, "VmRSS")
 
 
-SCENARIOS = ("broker_restart", "agent_kill", "rebalance", "hostile", "soak")
+SCENARIOS = ("broker_restart", "agent_kill", "rebalance", "hostile", "backlog", "soak")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -666,6 +749,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--full", action="store_true", help="the issue's sizes (the default)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     parser.add_argument("--soak-minutes", type=float, help="override the soak length")
+    parser.add_argument(
+        "--size", action="append", default=[], metavar="SCENARIO=N", help="override one scenario's size"
+    )
     parser.add_argument("--seed", type=int, default=20261201)
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -675,7 +761,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sizes = SIZES["small" if args.small else "full"]
+    sizes = dict(SIZES["small" if args.small else "full"])
+    for override in args.size:
+        name, _, value = override.partition("=")
+        if name not in sizes or not value.isdigit():
+            raise SystemExit(f"chaos: --size takes SCENARIO=N with SCENARIO one of {', '.join(sizes)}")
+        sizes[name] = int(value)
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SCENARIOS))
     if unknown:
@@ -688,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         report: dict[str, Any] = {
             "bench": "chaos",
             "size": "small" if args.small else "full",
+            "sizes": sizes,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {
                 "cpus": os.cpu_count(),

@@ -15,7 +15,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -291,6 +292,15 @@ class AgentMetrics:
             self.batch_size.observe(count)
             self.events_processed.inc(count)
         self.last_processed.set(now)
+
+    @contextmanager
+    def timed(self, stage: Stage) -> Iterator[None]:
+        """Observe the block's wall time in ``stage_duration_seconds{stage}``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_duration.labels(stage=stage.value).observe(time.perf_counter() - start)
 
     def dead_lettered(self, reason: DeadLetterReason) -> None:
         self.events_dead_lettered.labels(reason=reason.value).inc()

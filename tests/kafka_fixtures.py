@@ -86,18 +86,32 @@ def _docker_answers() -> bool:
         return False
 
 
-@contextmanager
-def _local_broker(state_dir: Path) -> Iterator[str]:
-    """Runs deploy/local/kafka.sh in `state_dir`; yields its bootstrap address, stops it after."""
+def kafka_sh_env() -> dict[str, str]:
+    """Environment for deploy/local/kafka.sh: this process's, without the knobs that would point
+    it at another port or state dir, and with COLUMNS wide, because the script recognises its
+    broker with ``ps -o args=``, which truncates to $COLUMNS (80 in subprocesses of pytest)."""
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_PORT", "ANOMALY_AGENT_STATE_DIR")}
-    started = subprocess.run(
-        [str(KAFKA_SH), "start", "--dir", str(state_dir), "--owner-pid", str(os.getpid())],
-        env=env,
+    return env | {"COLUMNS": "4096"}
+
+
+def kafka_sh(*args: str, timeout: float = BROKER_START_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run deploy/local/kafka.sh with ``args`` (never raises for its exit code)."""
+    return subprocess.run(
+        [str(KAFKA_SH), *args],
+        env=kafka_sh_env(),
         capture_output=True,
         text=True,
-        timeout=BROKER_START_TIMEOUT_S,
+        timeout=timeout,
         check=False,
     )
+
+
+@contextmanager
+def local_broker(state_dir: Path, *options: str) -> Iterator[str]:
+    """Runs deploy/local/kafka.sh in ``state_dir`` (with start ``options`` such as ``--secure``);
+    yields its PLAINTEXT bootstrap address, stops it after. The script's watchdog stops it too if
+    this process dies first."""
+    started = kafka_sh("start", "--dir", str(state_dir), "--owner-pid", str(os.getpid()), *options)
     if started.returncode != 0:
         pytest.fail(
             f"local Kafka broker did not start (exit {started.returncode}):\n{started.stderr}", pytrace=False
@@ -108,14 +122,7 @@ def _local_broker(state_dir: Path) -> Iterator[str]:
     try:
         yield lines[-1]
     finally:
-        stopped = subprocess.run(
-            [str(KAFKA_SH), "stop", "--dir", str(state_dir)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=BROKER_STOP_TIMEOUT_S,
-            check=False,
-        )
+        stopped = kafka_sh("stop", "--dir", str(state_dir), timeout=BROKER_STOP_TIMEOUT_S)
         if stopped.returncode != 0:
             raise RuntimeError(f"kafka.sh stop failed (exit {stopped.returncode}):\n{stopped.stderr}")
 
@@ -156,7 +163,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _docker_answers():
         source, broker = "testcontainers", _container_broker()
     else:
-        source, broker = "deploy/local/kafka.sh", _local_broker(tmp_path_factory.mktemp("kafka"))
+        source, broker = "deploy/local/kafka.sh", local_broker(tmp_path_factory.mktemp("kafka"))
     with broker as bootstrap:
         _check_reachable(bootstrap, source)
         yield bootstrap
@@ -168,7 +175,7 @@ def kafka_admin(kafka_bootstrap: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": kafka_bootstrap})
 
 
-def _wait_for_topic(admin: AdminClient, topic: str, partitions: int) -> None:
+def wait_for_topic(admin: AdminClient, topic: str, partitions: int) -> None:
     """Blocks until metadata lists `topic` with `partitions` partitions that all have a leader.
 
     CreateTopics returns before every broker serves the new partitions; producing right away can
@@ -207,7 +214,7 @@ def make_topic(kafka_admin: AdminClient, request: pytest.FixtureRequest) -> Iter
         )
         futures[topic].result(timeout=TOPIC_READY_TIMEOUT_S)
         created.append(topic)
-        _wait_for_topic(kafka_admin, topic, partitions)
+        wait_for_topic(kafka_admin, topic, partitions)
         return topic
 
     yield create

@@ -15,8 +15,6 @@ SASL), and it is stopped at session end, or by the script's watchdog if pytest d
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_helpers import clean_env
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
-from kafka_fixtures import BROKER_START_TIMEOUT_S, BROKER_STOP_TIMEOUT_S, KAFKA_SH, METADATA_TIMEOUT_S
+from kafka_fixtures import METADATA_TIMEOUT_S, local_broker
 
 SASL_MECHANISM = "SCRAM-SHA-512"
 
@@ -64,14 +61,6 @@ class SecuredBroker:
     def admin(self) -> AdminClient:
         """An AdminClient on the PLAINTEXT listener: a super user (topics, ACLs, offsets)."""
         return AdminClient({"bootstrap.servers": self.plaintext_bootstrap})
-
-
-def kafka_sh_env() -> dict[str, str]:
-    """Environment for deploy/local/kafka.sh: the test's, without the knobs that would point it at
-    another port or state dir, and with COLUMNS wide, because the script recognises its broker with
-    ``ps -o args=``, which truncates to $COLUMNS (80 in subprocesses of pytest)."""
-    env = {k: v for k, v in clean_env().items() if k not in ("KAFKA_PORT", "ANOMALY_AGENT_STATE_DIR")}
-    return env | {"COLUMNS": "4096"}
 
 
 def _read(path: Path) -> str:
@@ -124,22 +113,9 @@ def _wait_for_group_coordinator(broker: SecuredBroker) -> None:
 def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredBroker]:
     """A broker of this session's own with a SASL_SSL listener and ACLs enforced; see the module doc."""
     state = tmp_path_factory.mktemp("secured-kafka")
-    env = kafka_sh_env()
-    started = subprocess.run(
-        [str(KAFKA_SH), "start", "--secure", "--dir", str(state), "--owner-pid", str(os.getpid())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=BROKER_START_TIMEOUT_S,
-        check=False,
-    )
-    if started.returncode != 0 or not started.stdout.split():
-        pytest.fail(
-            f"kafka.sh start --secure failed (exit {started.returncode}):\n{started.stderr}", pytrace=False
-        )
-    try:
+    with local_broker(state, "--secure") as plaintext:
         broker = SecuredBroker(
-            plaintext_bootstrap=started.stdout.split()[-1],
+            plaintext_bootstrap=plaintext,
             sasl_ssl_bootstrap=_read(state / "bootstrap-sasl-ssl"),
             ca_location=state / "tls" / "ca.pem",
             agent_username="agent",
@@ -151,14 +127,3 @@ def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured
         _check_sasl_ssl(broker)
         _wait_for_group_coordinator(broker)
         yield broker
-    finally:
-        stopped = subprocess.run(
-            [str(KAFKA_SH), "stop", "--dir", str(state)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=BROKER_STOP_TIMEOUT_S,
-            check=False,
-        )
-        if stopped.returncode != 0:
-            raise RuntimeError(f"kafka.sh stop failed (exit {stopped.returncode}):\n{stopped.stderr}")

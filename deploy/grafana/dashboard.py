@@ -147,6 +147,39 @@ def _alerts() -> timeseries.Panel:
     )
 
 
+def _kafka_faults() -> timeseries.Panel:
+    return (
+        _timeseries(
+            "Kafka transactions and client faults",
+            "Aborted transactions (the batch was rewound and retried), Kafka calls that hung past their "
+            "deadline, and producers replaced (fatal error, hung call, or after a broker outage), per 5 min.",
+            "short",
+        )
+        .with_target(
+            _query(
+                f'sum(increase(anomaly_agent_transactions_total{{{SEL}, result="aborted"}}[5m]))',
+                "transactions aborted",
+                "A",
+            )
+        )
+        .with_target(
+            _query(
+                f"sum by (call) (increase(anomaly_agent_kafka_calls_hung_total{{{SEL}}}[5m]))",
+                "hung: {{call}}",
+                "B",
+            )
+        )
+        .with_target(
+            _query(
+                f"sum by (reason) (increase(anomaly_agent_producers_replaced_total{{{SEL}}}[5m]))",
+                "producer replaced: {{reason}}",
+                "C",
+            )
+        )
+        .span(24)
+    )
+
+
 def _score_heatmap() -> heatmap.Panel:
     return (
         heatmap.Panel()
@@ -284,6 +317,7 @@ def build() -> dash.Dashboard:
         ("Throughput", [_events(), _alerts()]),
         ("Scores", [_score_heatmap(), _score_quantiles()]),
         ("Latency and lag", [_stage_latency(), _event_lag(), _consumer_lag(), _batch_sizes()]),
+        ("Kafka", [_kafka_faults()]),
     ]
     # Stable ids (1, 2, ...): Grafana keys panel links and per-panel state on them.
     next_id = 1

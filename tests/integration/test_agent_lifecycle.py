@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,6 @@ from agent_helpers import (
     agent_env,
     alert_sources,
     bgl_lines,
-    clean_env,
     cli,
     offsets,
     read_committed,
@@ -33,7 +31,7 @@ from agent_helpers import (
 )
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
-from kafka_fixtures import KAFKA_SH, GroupFactory, TopicFactory
+from kafka_fixtures import GroupFactory, TopicFactory, kafka_sh, local_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -107,32 +105,22 @@ def test_notify_probes_and_sigterm_drain(
     assert len(sources) == len(set(sources)), "an event was alerted twice across a graceful restart"
 
 
-def kafka_sh_env() -> dict[str, str]:
-    """Environment for deploy/local/kafka.sh. COLUMNS is set wide because the script recognises
-    its broker with ``ps -o args=``, which truncates to $COLUMNS (80 in subprocesses of pytest),
-    and would then report a running broker as "not running"."""
-    env = {k: v for k, v in clean_env().items() if k not in ("KAFKA_PORT", "ANOMALY_AGENT_STATE_DIR")}
-    return env | {"COLUMNS": "4096"}
-
-
 @pytest.fixture
 def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A broker of this test's own (deploy/local/kafka.sh), so the test can take it away."""
     state = tmp_path_factory.mktemp("outage-kafka")
-    env = kafka_sh_env()
-    started = subprocess.run(
-        [str(KAFKA_SH), "start", "--dir", str(state), "--owner-pid", str(os.getpid())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert started.returncode == 0, started.stderr
-    try:
-        yield started.stdout.split()[-1], state
-    finally:
-        subprocess.run([str(KAFKA_SH), "stop", "--dir", str(state)], env=env, capture_output=True, timeout=60)
+    with local_broker(state) as bootstrap:
+        yield bootstrap, state
+
+
+def _create_topics(bootstrap: str, topics: AgentTopics) -> None:
+    """The three topics, one partition each; the admin client is dropped at once (it would retry
+    a stopped broker for the rest of the session)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics(
+        [NewTopic(t, num_partitions=1) for t in (topics.input, topics.alerts, topics.dead_letter)]
+    ).values():
+        future.result(timeout=30)
 
 
 def test_broker_outage_unready_then_exit_69(
@@ -140,12 +128,7 @@ def test_broker_outage_unready_then_exit_69(
 ) -> None:
     bootstrap, state = own_broker
     topics = AgentTopics("outage-in", "outage-alerts", "outage-dead", "outage-group")
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics(
-        [NewTopic(t, num_partitions=1) for t in (topics.input, topics.alerts, topics.dead_letter)]
-    ).values():
-        future.result(timeout=30)
-    del admin  # it would retry the stopped broker for the rest of the session
+    _create_topics(bootstrap, topics)
     limit = 8.0
     agent = AgentProcess(
         agent_env(
@@ -162,13 +145,7 @@ def test_broker_outage_unready_then_exit_69(
     assert agent.probe("/readyz") == 200
 
     down_at = time.monotonic()  # the broker closes its connections as soon as it is told to stop
-    stopped = subprocess.run(
-        [str(KAFKA_SH), "stop", "--dir", str(state)],
-        env=kafka_sh_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    stopped = kafka_sh("stop", "--dir", str(state), timeout=60)
     assert stopped.returncode == 0 and "stopped" in stopped.stderr, stopped.stderr
     wait_until(lambda: agent.probe("/readyz") == 503, timeout=15, what="/readyz to fail")
     assert agent.probe("/healthz") == 200, "a broker outage is not a reason to restart the agent"
@@ -243,12 +220,7 @@ def test_sigterm_is_honoured_while_kafka_calls_are_blocked_by_a_frozen_broker(
     uncommitted batch given up; 1: the grace timer forced the exit) and no traceback."""
     bootstrap, state = own_broker
     topics = AgentTopics("frozen-in", "frozen-alerts", "frozen-dead", "frozen-group")
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics(
-        [NewTopic(t, num_partitions=1) for t in (topics.input, topics.alerts, topics.dead_letter)]
-    ).values():
-        future.result(timeout=30)
-    del admin
+    _create_topics(bootstrap, topics)
     agent = AgentProcess(
         agent_env(
             bootstrap,

@@ -68,8 +68,8 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 from confluent_kafka.cimpl import NewTopic
-from kafka_fixtures import KAFKA_SH
-from secured_broker import SASL_MECHANISM, SecuredBroker, kafka_sh_env
+from kafka_fixtures import kafka_sh, wait_for_topic
+from secured_broker import SASL_MECHANISM, SecuredBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -226,19 +226,8 @@ def _create_topics(admin: AdminClient, n: Names) -> None:
     )
     for future in futures.values():
         future.result(timeout=30)
-    deadline = time.monotonic() + 30
     for name, count in wanted.items():
-        while True:
-            topic = admin.list_topics(topic=name, timeout=5).topics.get(name)
-            if (
-                topic is not None
-                and topic.error is None
-                and len(topic.partitions) == count
-                and all(p.leader >= 0 for p in topic.partitions.values())
-            ):
-                break
-            assert time.monotonic() < deadline, f"topic {name} has no leader after 30 s: {topic}"
-            time.sleep(0.05)
+        wait_for_topic(admin, name, count)
 
 
 @dataclass(frozen=True)
@@ -533,16 +522,8 @@ def test_password_appears_in_no_output(
     assert json.loads(shown.stdout)["kafka"]["sasl_password"] == "**********", "the credential was not read"
 
     # kafka.sh prints where the passwords are, never what they are.
-    env = kafka_sh_env()
     for args in (["status"], ["start", "--secure"]):
-        out = subprocess.run(
-            [str(KAFKA_SH), *args, "--dir", str(secured_broker.state_dir)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        out = kafka_sh(*args, "--dir", str(secured_broker.state_dir), timeout=120)
         assert out.returncode == 0, out.stderr
         for secret_text in (password, secured_broker.admin_password):
             assert secret_text not in out.stdout + out.stderr, f"kafka.sh {args[0]} printed a password"
@@ -713,13 +694,6 @@ def test_wrong_password_fails_clearly(
 def test_kafka_sh_secure_survives_restarts(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A state dir keeps its CA, keystore and SCRAM users across restarts (on new ports); one
     formatted without --secure is refused with a message instead of started without users."""
-    env = kafka_sh_env()
-
-    def kafka_sh(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(KAFKA_SH), *args], env=env, capture_output=True, text=True, timeout=300, check=False
-        )
-
     state = tmp_path_factory.mktemp("secure-restarts")
     owner = ["--owner-pid", str(os.getpid())]
     seen: list[tuple[str, str]] = []
