@@ -163,6 +163,7 @@ class StreamProducer:
         self._producer = Producer(
             {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
         )
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stream-producer", daemon=True)
         self._thread.start()
 
@@ -177,12 +178,16 @@ class StreamProducer:
 
         return report
 
+    def stop(self) -> None:
+        """End the stream early; ``join`` then covers the records produced so far."""
+        self._stopped.set()
+
     def _run(self) -> None:
         start = time.monotonic()
         for i, (key, value, headers) in enumerate(self._records):
             delay = start + i * self._interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            if self._stopped.wait(delay) if delay > 0 else self._stopped.is_set():
+                break
             self._producer.produce(
                 self._topic, value=value, key=key, headers=headers, on_delivery=self._report(i)
             )
@@ -191,11 +196,13 @@ class StreamProducer:
         self._producer.flush(30)
 
     def join(self, timeout: float) -> list[tuple[int, int]]:
+        """Where each produced record landed (all of them, unless ``stop`` ended the stream)."""
         self._thread.join(timeout)
         assert not self._thread.is_alive(), f"the stream did not finish within {timeout} s"
         assert not self._errors, f"delivery failed: {self._errors[:3]}"
-        assert all(p is not None for p in self.positions), "not every record was delivered"
-        return [p for p in self.positions if p is not None]
+        produced = self.positions[: self.produced]
+        assert all(p is not None for p in produced), "not every record was delivered"
+        return [p for p in produced if p is not None]
 
 
 def json_records(events: Sequence[Mapping[str, Any]]) -> list[Record]:
