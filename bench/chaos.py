@@ -103,10 +103,11 @@ TRAIN_NORMAL_LINES = 500
 PARTITIONS = 4
 RATE = 20.0  # events/s: well below what one agent scores, so lag measures faults, not capacity
 COMMITTED = 'anomaly_agent_transactions_total{result="committed"}'
-# Events generated per fault round: enough stream for a recovery as slow as the old code's
-# (a hang of 150 s+); the stream is stopped once the rounds are done, and only what was produced
-# is judged.
-STREAM_PER_ROUND_S = 200
+# Stream generated per fault round: enough for a recovery as slow as the old code's (a broker
+# restart hung 150 s+; a killed member's partitions waited ~48 s for its session to expire). The
+# stream is stopped once the rounds are done, and only what was produced is judged.
+STREAM_PER_BROKER_ROUND_S = 200
+STREAM_PER_MEMBER_ROUND_S = 60
 # After a member died: a commit it sent before dying may still land; samples this long after its
 # death are the baseline that the next commit of every partition must move beyond.
 SETTLE_S = 0.5
@@ -460,7 +461,7 @@ class Suite:
     def broker_restart(self, rounds: int) -> dict[str, Any]:
         load = _load()
         recoveries: list[float | None] = []
-        with self.streaming("broker", seconds=30 + rounds * STREAM_PER_ROUND_S) as (
+        with self.streaming("broker", seconds=30 + rounds * STREAM_PER_BROKER_ROUND_S) as (
             topics,
             stream,
             producer,
@@ -498,7 +499,7 @@ class Suite:
         load = _load()
         recoveries: list[float | None] = []
         codes: list[int] = []
-        with self.streaming("kill", seconds=30 + kills * STREAM_PER_ROUND_S) as (
+        with self.streaming("kill", seconds=30 + kills * STREAM_PER_MEMBER_ROUND_S) as (
             topics,
             stream,
             producer,
@@ -532,7 +533,7 @@ class Suite:
         recoveries: list[float | None] = []
         sigterm_exit_s: list[float] = []
         codes: list[int] = []
-        with self.streaming("rebalance", seconds=30 + rounds * STREAM_PER_ROUND_S) as (
+        with self.streaming("rebalance", seconds=30 + rounds * STREAM_PER_MEMBER_ROUND_S) as (
             topics,
             stream,
             producer,
