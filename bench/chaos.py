@@ -29,8 +29,12 @@ Scenarios (``--scenarios``, default all of them; sizes from ``--small`` or ``--f
     Hostile records of every kind in tests/hostile_records.py, mixed with good events, as a
     backlog on five partitions (header names that are not UTF-8 on their own partition, written
     by the raw librdkafka producer). ``accounted``: records dead-lettered with their documented
-    reason or scored; ``max_stall_s``: the longest time a partition with records pending went
-    without its committed offset moving, from the agent's first commit on.
+    reason or scored; ``max_stall_s``: the longest time records were pending while no partition's
+    committed offset moved (the loop stuck), from the agent's first commit on;
+    ``max_partition_wait_s``: the same per partition (in a backlog it also counts a partition's
+    wait while records prefetched from the others are worked off); ``alone``: each kind alone on
+    an idle agent's partition, seconds from producing it (and a good event behind it) to both
+    committed.
 ``backlog``
     A backlog consumed at full speed (large batches of mixed lengths); RSS every 2 s against the
     events processed: ``rss_mib_per_1000_events_second_half`` and ``rss_growth_second_half``.
@@ -91,10 +95,12 @@ from confluent_kafka.cimpl import NewTopic  # noqa: E402
 from hostile_records import (  # noqa: E402
     ANY_REASON,
     INPUT_TOPIC_MAX_MESSAGE_BYTES,
+    KINDS,
     MAX_BYTES,
     Hostile,
     mixed,
 )
+from hostile_records import hostile as hostile_record  # noqa: E402
 from raw_producer import produce_raw  # noqa: E402
 
 KAFKA_SH = REPO_ROOT / "deploy" / "local" / "kafka.sh"
@@ -249,6 +255,21 @@ class CommitWatcher:
                     since[p] = t
                 last[p] = offset
                 worst = max(worst, t - since.get(p, t))
+        return round(worst, 2)
+
+    def max_group_stall_s(self, after: float = 0.0) -> float:
+        """Longest time records were pending somewhere while no partition's committed offset moved
+        at all: the loop itself stuck. (``max_stall_s`` per partition also counts the time a
+        partition waits in a backlog while the records prefetched from others are worked off.)"""
+        worst, since, last = 0.0, None, None
+        for t, committed, ends in self.samples:
+            if t < after:
+                continue
+            pending = any(max(o, 0) < ends.get(p, 0) for p, o in committed.items())
+            if not pending or committed != last or since is None:
+                since = t
+            last = committed
+            worst = max(worst, t - since)
         return round(worst, 2)
 
     def close(self) -> None:
@@ -639,7 +660,8 @@ class Suite:
             processed = agent.metric("anomaly_agent_events_processed_total")
             internal = agent.metric('anomaly_agent_events_dead_lettered_total{reason="internal_error"}')
             code = agent.terminate(timeout=30)
-            max_stall = watcher.max_stall_s(after=first_commit)
+            max_stall = watcher.max_group_stall_s(after=first_commit)
+            max_partition_wait = watcher.max_stall_s(after=first_commit)
         finally:
             watcher.close()
         dead: dict[tuple[int, int], list[str]] = {}
@@ -673,12 +695,56 @@ class Suite:
             "internal_errors": internal,
             "drained_s": round(drained_s, 1),
             "max_stall_s": max_stall,
+            "max_partition_wait_s": max_partition_wait,
+            "alone": self._hostile_alone(),
             "rss_mib_first_commit_drained_peak": [
                 None if kib is None else round(kib / 1024, 1)
                 for kib in (rss_first_commit, rss_drained, rss_peak)
             ],
             "exit_codes": [code],
             "load_before_after": [load, _load()],
+        }
+
+    def _hostile_alone(self) -> dict[str, Any]:
+        """Each hostile kind alone: produced with a good event behind it to an idle agent's only
+        partition, timed until both are committed (batch wait and commit included)."""
+        topics = self.topics("alone", 1, {"max.message.bytes": str(INPUT_TOPIC_MAX_MESSAGE_BYTES)})
+        watcher = CommitWatcher(self.broker.bootstrap, topics.group, topics.input, 1, interval_s=0.05)
+        producer = Producer(
+            {
+                "bootstrap.servers": self.broker.bootstrap,
+                "message.max.bytes": INPUT_TOPIC_MAX_MESSAGE_BYTES + 100_000,
+            }
+        )
+        good = json.dumps({"text": "RAS KERNEL INFO instruction cache parity error corrected"}).encode()
+        seconds: dict[str, float | None] = {}
+        agent = self.agent(topics, "chaos-alone", "alone-agent")
+        try:
+            agent.wait_ready()
+            for i, kind in enumerate(KINDS):
+                record = hostile_record(kind, self.rng)
+                began = time.monotonic()
+                if record.raw_header_names:
+                    headers = [(n, v) for n, v in record.headers if isinstance(n, bytes)]
+                    produce_raw(self.broker.bootstrap, topics.input, [(record.key, record.value, headers)])
+                else:
+                    producer.produce(
+                        topics.input, key=record.key, value=record.value, headers=list(record.headers)
+                    )
+                producer.produce(topics.input, value=good)
+                producer.flush(30)
+                end = 2 * (i + 1)
+                seconds[kind] = _waited(lambda e=end: watcher.latest().get(0, -1) >= e, began)
+            code = agent.terminate(timeout=30)
+        finally:
+            watcher.close()
+        done = [v for v in seconds.values() if v is not None]
+        return {
+            "kinds": len(KINDS),
+            "seconds_by_kind": {k: None if v is None else round(v, 2) for k, v in seconds.items()},
+            "max_s": round(max(done), 2) if done else None,
+            "over_5_s": sorted(k for k, v in seconds.items() if v is None or v > 5),
+            "exit_codes": [code],
         }
 
     def backlog(self, events: int) -> dict[str, Any]:
