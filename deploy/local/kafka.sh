@@ -393,10 +393,13 @@ launch() {
 	if [[ -n $OWNER_PID ]]; then
 		# Watchdog: stop the broker (through this script's own stop) once the owning process,
 		# e.g. a pytest session, is gone, even if it was killed before it could run its teardown.
+		# When the broker itself is gone first (stopped, or killed by a test), the watchdog just
+		# ends: running stop then would stop the *next* broker started in the same state dir.
 		set -m
 		# shellcheck disable=SC2016  # $1..$4 are expanded by the watchdog's own bash
 		nohup bash -c '
 			while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 2; done
+			kill -0 "$2" 2>/dev/null || exit 0
 			exec "$3" stop --dir "$4"
 		' kafka-watchdog "$OWNER_PID" "$pid" "$SCRIPT_DIR/kafka.sh" "$STATE_DIR" </dev/null >>"$STATE_DIR/watchdog.log" 2>&1 &
 		set +m
