@@ -192,6 +192,7 @@ class Pipeline:
         )
         self._committer: Committer | None = None
         self._record_max_bytes = 0
+        self._failed_partitions: set[tuple[str, int]] = set()
 
         self._stop_requested = False
         self._stop_deadline: float | None = None
@@ -331,7 +332,11 @@ class Pipeline:
                     self._process(batch, stats)
                     idle_since = time.monotonic()
                 else:
-                    self._health.work_idle()
+                    # Nothing polled: nothing pending — unless a failed batch was rewound and its
+                    # partitions are still ours (the poll right after a seek is often empty).
+                    if not self._failed_partitions & self._source.assigned:
+                        self._failed_partitions = set()
+                        self._health.work_idle()
                     if idle_timeout_s is not None and time.monotonic() - idle_since >= idle_timeout_s:
                         break
                 self._iteration_done()
@@ -411,8 +416,10 @@ class Pipeline:
         assert self._committer is not None
         if not self._committer.commit(batch, outgoing):
             stats.aborted_batches += 1
+            self._failed_partitions = set(batch.first)
             return
 
+        self._failed_partitions = set()
         self._health.work_committed()
         self._metrics.observe_batch(scored, timestamps)
         for reason in rejected:

@@ -40,6 +40,7 @@ from confluent_kafka import OFFSET_INVALID, Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from kafka_fixtures import GroupFactory, TopicFactory
 
+from agent.health import HealthState
 from agent.kafka_calls import CALL_TIMEOUT_S, DEADLINE_MARGIN_S
 from agent.kafka_clients import transactional_id
 from agent.pipeline import Pipeline, load_model
@@ -176,7 +177,10 @@ def test_failed_transactions_are_aborted_rewound_and_retried(
     )
     metrics = AgentMetrics(batch_max_size=64)
     sample = metrics.registry.get_sample_value
-    pipeline = Pipeline(settings, load_model(agent_bundle, intra_op_threads=1), metrics=metrics)
+    health = HealthState(stall_seconds=3.0)
+    pipeline = Pipeline(
+        settings, load_model(agent_bundle, intra_op_threads=1), metrics=metrics, health=health
+    )
     runner = threading.Thread(target=pipeline.run, daemon=True)
     runner.start()
     try:
@@ -185,6 +189,9 @@ def test_failed_transactions_are_aborted_rewound_and_retried(
             timeout=60,
             what="three aborted transactions",
         )
+        # The loop keeps turning but commits nothing: liveness fails once that lasted stall_seconds.
+        wait_until(lambda: not health.healthy()[0], timeout=30, what="/healthz to report not committing")
+        assert health.healthy()[1]["status"] == "not_committing"
         assert sample("anomaly_agent_transactions_total", {"result": "committed"}) == 0
         assert (sample("anomaly_agent_events_consumed_total") or 0) >= 3 * len(events), "rewound and re-read"
         assert offsets(kafka_bootstrap, group, source)[0] == {0: OFFSET_INVALID}, "no offset committed"
@@ -192,6 +199,7 @@ def test_failed_transactions_are_aborted_rewound_and_retried(
 
         _set_max_message_bytes(kafka_admin, alerts_topic, 1_048_588)
         wait_caught_up(kafka_bootstrap, group, source, timeout=60)
+        assert health.healthy()[0], "healthy again once batches commit"
     finally:
         pipeline.request_stop()
         runner.join(timeout=30)
