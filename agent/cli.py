@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="label field/column to copy into the output (plain text: a column number, cut from the text)",
     )
+    p.add_argument(
+        "--no-patterns",
+        dest="patterns",
+        action="store_false",
+        help="score every record on its own instead of each distinct prepared text once (slow; a reference)",
+    )
 
     p = sub.add_parser("evaluate", help="measure detection quality on labelled data and write a report")
     p.add_argument("--bundle", type=Path, required=True)

@@ -142,6 +142,13 @@ class BatchSettings(_Section):
     max_wait_ms: int = Field(default=200, ge=1)
 
 
+class PatternSettings(_Section):
+    # Score each distinct prepared text once (agent/patterns.py); off = embed every event.
+    enabled: bool = True
+    # Patterns kept per model, least recently used evicted first (~500 bytes each).
+    max_entries: int = Field(default=100_000, ge=1)
+
+
 class AlertSettings(_Section):
     text_max_chars: int = Field(default=1_000, ge=16)
     source_uri: str = "kafka-anomaly-agent"
@@ -187,6 +194,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    patterns: PatternSettings = Field(default_factory=PatternSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)

@@ -51,11 +51,12 @@ from agent.health import HealthState
 from agent.kafka_calls import CALL_TIMEOUT_S
 from agent.kafka_clients import overridden_keys
 from agent.outage import BrokerUnavailableError, BrokerWatch
+from agent.patterns import PatternScore, PatternTable, score_patterns
 from agent.permissions import Permissions
 from agent.source import Batch, InputSource, RewindError, message_offset, partition_key
 from exporters.alerts import AlertSource, build_alert
 from exporters.dead_letters import OriginalHeaders, build_dead_letter, dead_letter_headers, read_headers
-from exporters.metrics import AgentMetrics, Stage
+from exporters.metrics import AgentMetrics, LookupResult, Stage
 
 __all__ = [
     "PROBE_TEXT",
@@ -143,13 +144,6 @@ class _Event:
     prepared: str
 
 
-@dataclass(frozen=True)
-class _Scored:
-    score: float
-    distance: float
-    cluster: int
-
-
 class Pipeline:
     """The consume→score→publish loop of one agent instance. Not thread-safe, except
     ``request_stop`` and ``offer_model``, which may be called from signal handlers / other threads.
@@ -192,6 +186,7 @@ class Pipeline:
         )
         self._committer: Committer | None = None
         self._record_max_bytes = 0
+        self._patterns = self._new_patterns(model)
         self._failed_partitions: set[tuple[str, int]] = set()
 
         self._stop_requested = False
@@ -212,6 +207,11 @@ class Pipeline:
     @property
     def model(self) -> ActiveModel:
         return self._model
+
+    @property
+    def patterns(self) -> PatternTable | None:
+        """The current model's pattern table (None with ``patterns.enabled = false``)."""
+        return self._patterns
 
     @property
     def exactly_once(self) -> bool:
@@ -443,31 +443,37 @@ class Pipeline:
         model: ActiveModel,
         events: list[_Event],
         reject: Callable[[Message, DeadLetterReason, str], None],
-    ) -> list[_Scored | None]:
-        """Embed and score the batch; if that fails, each event alone, dead-lettering those that
-        fail (None). If every event fails and so does the probe text, the model itself is broken:
-        that is raised, not blamed on the records."""
-        if not events:
-            return []
-        try:
-            return list(_scored(model, [e.prepared for e in events]))
-        except Exception as batch_error:
-            results: list[_Scored | None] = []
-            failures: list[tuple[_Event, Exception]] = []
-            for item in events:
-                try:
-                    results += _scored(model, [item.prepared])
-                except Exception as exc:
-                    results.append(None)
-                    failures.append((item, exc))
-            if len(failures) == len(events):
+    ) -> list[PatternScore | None]:
+        """Scores of the events' patterns (``agent.patterns``), each distinct unknown one embedded
+        and scored once. A pattern that fails alone dead-letters its events (None). If every event
+        fails and so does the probe text, the model itself is broken: that is raised, not blamed
+        on the records."""
+        failed: dict[str, Exception] = {}
+        table = self._patterns
+        before = (table.hits, table.misses, table.evictions) if table is not None else (0, 0, 0)
+        results = score_patterns(
+            [e.prepared for e in events],
+            embedder=model.embedder,
+            detector=model.bundle.detector,
+            table=table,
+            on_failure=failed.__setitem__,
+        )
+        if table is not None:
+            self._metrics.pattern_lookups.labels(result=LookupResult.HIT.value).inc(table.hits - before[0])
+            self._metrics.pattern_lookups.labels(result=LookupResult.MISS.value).inc(table.misses - before[1])
+            self._metrics.pattern_evictions.inc(table.evictions - before[2])
+            self._metrics.patterns.set(len(table))
+        if failed:
+            if all(result is None for result in results):
                 try:
                     _probe(model)
-                except Exception:
-                    raise batch_error from None
-            for item, error in failures:
-                reject(item.msg, DeadLetterReason.INTERNAL_ERROR, _internal("scoring", error))
-            return results
+                except Exception as exc:
+                    raise next(iter(failed.values())) from exc
+            for item, result in zip(events, results, strict=True):
+                if result is None:
+                    error = failed[item.prepared]
+                    reject(item.msg, DeadLetterReason.INTERNAL_ERROR, _internal("scoring", error))
+        return results
 
     def _dead_letter(self, msg: Message, reason: DeadLetterReason, detail: str) -> OutgoingRecord:
         """The record's dead-letter copy, cut down to what Kafka accepts; never raises."""
@@ -507,7 +513,7 @@ class Pipeline:
         self,
         model: ActiveModel,
         item: _Event,
-        result: _Scored,
+        result: PatternScore,
         labels: list[str] | None,
         detected_at: datetime,
     ) -> OutgoingRecord:
@@ -567,6 +573,13 @@ class Pipeline:
         if self._on_iteration is not None:
             self._on_iteration()
 
+    def _new_patterns(self, model: ActiveModel) -> PatternTable | None:
+        """A fresh pattern table for ``model`` (none with ``patterns.enabled = false``)."""
+        if not self._settings.patterns.enabled:
+            return None
+        self._metrics.patterns.set(0)
+        return PatternTable(model.bundle.sha256, self._settings.patterns.max_entries)
+
     def _swap_in_offered_model(self) -> None:
         with self._lock:
             offered, self._offered = self._offered, None
@@ -574,6 +587,7 @@ class Pipeline:
             return
         old = self._model
         self._model = offered
+        self._patterns = self._new_patterns(offered)  # nothing scored by the old model carries over
         bundle = offered.bundle
         self._metrics.set_model(
             bundle.model_id, bundle.sha256, bundle.detector_name, created_at=bundle.manifest.get("created_at")
@@ -586,16 +600,6 @@ class Pipeline:
             old.bundle.model_id,
             old.bundle.sha256[:12],
         )
-
-
-def _scored(model: ActiveModel, prepared: list[str]) -> list[_Scored | None]:
-    scores = model.bundle.detector.score(model.embedder.embed(prepared))
-    return [
-        _Scored(float(s), float(d), int(c))
-        for s, d, c in zip(
-            scores.score.tolist(), scores.distance.tolist(), scores.cluster.tolist(), strict=True
-        )
-    ]
 
 
 def _internal(stage: str, exc: BaseException) -> str:

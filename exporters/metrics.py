@@ -50,6 +50,13 @@ class Stage(StrEnum):
     COMMIT = "commit"
 
 
+class LookupResult(StrEnum):
+    """The ``result`` label of ``anomaly_agent_pattern_lookups_total``."""
+
+    HIT = "hit"
+    MISS = "miss"
+
+
 class ReloadResult(StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
@@ -202,6 +209,23 @@ class AgentMetrics:
             ["result"],
             registry=r,
         )
+        self.pattern_lookups = Counter(
+            "anomaly_agent_pattern_lookups_total",
+            "Events looked up in the pattern table: hit = scored from the table, miss = its pattern "
+            "was embedded and scored.",
+            ["result"],
+            registry=r,
+        )
+        self.pattern_evictions = Counter(
+            "anomaly_agent_pattern_evictions_total",
+            "Patterns evicted from the table (least recently used beyond patterns.max_entries).",
+            registry=r,
+        )
+        self.patterns = Gauge(
+            "anomaly_agent_patterns",
+            "Patterns in the table now (one table per model; a reload starts an empty one).",
+            registry=r,
+        )
         self.kafka_calls_hung = Counter(
             "anomaly_agent_kafka_calls_hung_total",
             "Blocking Kafka client calls that did not return within their deadline, by call.",
@@ -234,6 +258,8 @@ class AgentMetrics:
             self.reloads.labels(result=reload_result.value)
         for tx_result in TransactionResult:
             self.transactions.labels(result=tx_result.value)
+        for lookup in LookupResult:
+            self.pattern_lookups.labels(result=lookup.value)
         for call in KafkaCall:
             self.kafka_calls_hung.labels(call=call.value)
         for reason_ in ReplaceReason:

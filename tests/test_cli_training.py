@@ -304,3 +304,27 @@ def test_class_centroid_without_labels_is_a_usage_error(
     assert "--detector class-centroid needs the normal class of every training record" in message
     assert "--label-field" in message
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_score_with_and_without_the_pattern_table_agree(
+    trained: dict[str, Any], data: dict[str, Any]
+) -> None:
+    """The table (the default) scores each distinct prepared text once; --no-patterns scores every
+    record on its own row. Same lines, texts, decisions and clusters; the floats agree within
+    the rounding of batch composition."""
+    bundle = trained["bundle"]
+    code, with_table, stderr = run_cli("score", "--bundle", bundle, "--input", data["dir"] / "bgl.log")
+    assert code == 0, stderr
+    code, without, stderr = run_cli(
+        "score", "--bundle", bundle, "--input", data["dir"] / "bgl.log", "--no-patterns"
+    )
+    assert code == 0, stderr
+    table_rows, plain_rows = _jsonl(with_table), _jsonl(without)
+    assert len({r["text"] for r in table_rows}) < len(table_rows) / 2, "the data repeats patterns"
+    for key in ("line", "text", "is_anomaly", "cluster", "cluster_label"):
+        assert [r[key] for r in table_rows] == [r[key] for r in plain_rows], key
+    for key in ("score", "distance"):
+        np.testing.assert_allclose(
+            [r[key] for r in table_rows], [r[key] for r in plain_rows], rtol=1e-5, atol=1e-6, err_msg=key
+        )

@@ -9,6 +9,7 @@ checks by registering itself. One check at the end uses real embeddings of real 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from agent.detectors import DETECTORS, create_detector, load_detector
 from agent.detectors.base import Detector, Scores
+from agent.patterns import PatternScore, PatternTable, score_patterns
 
 DIM = 24
 CLASSES = np.array(["anger", "joy", "sadness"])
@@ -256,3 +258,42 @@ def test_real_embeddings_alerts_score_above_normal_log_lines(name: str, bgl_embe
         assert name == "knn-vote" and "two normal classes" in str(exc)
         return
     assert roc_auc_score(anomalous, detector.score(test).score) > 0.7
+
+
+class _VectorsByText:
+    """An embedder over a fixed text → vector map (the real one is tested elsewhere); counts the
+    texts it is asked to embed."""
+
+    def __init__(self, vectors: dict[str, npt.NDArray[np.float32]]) -> None:
+        self._vectors = vectors
+        self.dim = DIM
+        self.embedded: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.embedded += texts
+        return np.stack([self._vectors[t] for t in texts]).astype(np.float32)
+
+
+@per_detector
+def test_pattern_table_hits_equal_direct_scoring(fitted: Detector) -> None:
+    """Through the pattern table, over batches of every size, every event gets what scoring its
+    vector directly gives (float rounding of batch composition aside), and each distinct text is
+    embedded exactly once."""
+    vectors = np.r_[normal_sample(40, seed=31)[0], outlier_sample(10, seed=32)]
+    texts = [f"pattern {i}" for i in range(len(vectors))]
+    embedder = _VectorsByText(dict(zip(texts, vectors, strict=True)))
+    rng = np.random.default_rng(5)
+    events = [texts[i] for i in rng.integers(0, len(texts), size=600)]
+    table = PatternTable("sha", max_entries=1_000)
+    got: list[PatternScore | None] = []
+    start = 0
+    for size in (1, 7, 64, 128, 400):
+        got += score_patterns(events[start : start + size], embedder=embedder, detector=fitted, table=table)
+        start += size
+    direct = fitted.score(np.stack([embedder._vectors[t] for t in events]))
+    assert all(g is not None for g in got)
+    np.testing.assert_allclose([g.score for g in got if g], direct.score, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose([g.distance for g in got if g], direct.distance, rtol=1e-4, atol=1e-6)
+    assert [g.cluster for g in got if g] == direct.cluster.tolist()
+    assert sorted(embedder.embedded) == sorted(set(events)), "each distinct text embedded once"
+    assert table.misses == len(set(events)) and table.hits == len(events) - len(set(events))

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.detectors.base import Scores
 from agent.embedder import EmbedderError
 from training.records import (
     InputError,
@@ -30,7 +31,7 @@ from training.records import (
     read_records,
     text_prep_for_input,
 )
-from training.score import embed_texts, fail, load_bundle_or_fail
+from training.score import embed_texts, fail, load_bundle_or_fail, score_texts
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -103,8 +104,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         embedder = bundle.load_embedder()
     except (InputError, EmbedderError) as exc:
         return fail(str(exc))
-    vectors = embed_texts(embedder, texts, desc="evaluating")
-    scores = bundle.detector.score(vectors)
+    results = score_texts(bundle, embedder, texts, desc="evaluating")
+    scores = Scores(
+        score=np.array([r.score for r in results], dtype=np.float64),
+        cluster=np.array([r.cluster for r in results], dtype=np.int64),
+        distance=np.array([r.distance for r in results], dtype=np.float64),
+    )
     anomalous = np.array([label not in normal for label in labels], dtype=bool)
     result: dict[str, Any] = {
         "bundle": str(args.bundle),
@@ -120,6 +125,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.report is not None:
         from training.report import write_report
 
+        vectors = embed_texts(embedder, texts, desc="report")  # the plots project the vectors
         result["report"] = str(write_report(args.report, bundle, vectors, scores, anomalous, result))
     print(json.dumps(result, indent=2))
     return 0

@@ -2,7 +2,9 @@
 
 Runtime-only imports (bundle, embedder, detectors; no torch), so scoring works where only the
 agent is installed. Scoring goes through exactly what the agent does per event: the bundle's
-text preparation, its own embedder copy, its detector. Each output line is one input record::
+text preparation, its own embedder copy, its detector, and the agent's pattern table (each
+distinct prepared text scored once; ``--no-patterns`` scores every record on its own). Each
+output line is one input record::
 
     {"line": 12, "score": 0.42, "is_anomaly": false, "cluster": 3, "cluster_label": "joy",
      "distance": 0.21, "threshold": 0.5, "text": "<prepared text the model saw>"}
@@ -29,12 +31,15 @@ import numpy as np
 from tqdm import tqdm
 
 from agent.bundle import Bundle, BundleError, load_bundle
-from agent.detectors.base import Detector, FloatArray, Scores
+from agent.detectors.base import Detector, FloatArray
 from agent.embedder import Embedder, EmbedderError
+from agent.patterns import PatternScore, PatternTable, score_patterns
 from training.records import InputError, labels_of, prepared_texts, read_records, text_prep_for_input
 
 EXIT_USAGE = 2
 EMBED_CHUNK = 256
+# Records per pattern-table call: lookups are cheap, this only paces the progress bar.
+PATTERN_CHUNK = 8192
 
 
 def fail(message: str) -> int:
@@ -62,16 +67,43 @@ def embed_texts(embedder: Embedder, texts: Sequence[str], *, desc: str = "embedd
     return ordered
 
 
+def score_texts(
+    bundle: Bundle, embedder: Embedder, texts: Sequence[str], *, patterns: bool = True, desc: str = "scoring"
+) -> list[PatternScore]:
+    """The scores of prepared ``texts``, in order, exactly as the agent computes them.
+
+    ``patterns`` (the default): through a pattern table (``agent.patterns``), so each distinct
+    text is embedded and scored once — a million log lines with a few hundred patterns take
+    seconds. Without: every text embedded and scored on its own row (the reference the table is
+    checked against; slow).
+    """
+    table = PatternTable(bundle.sha256, max_entries=max(1, len(set(texts)))) if patterns else None
+    out: list[PatternScore] = []
+    chunk = PATTERN_CHUNK if patterns else EMBED_CHUNK
+    with tqdm(total=len(texts), desc=desc, unit="record", file=sys.stderr, mininterval=0.5) as bar:
+        for start in range(0, len(texts), chunk):
+            part = texts[start : start + chunk]
+            if table is not None:
+                scored = score_patterns(part, embedder=embedder, detector=bundle.detector, table=table)
+                out += [s for s in scored if s is not None]
+            else:
+                scores = bundle.detector.score(embedder.embed(part))
+                rows = zip(
+                    scores.score.tolist(), scores.distance.tolist(), scores.cluster.tolist(), strict=True
+                )
+                out += [PatternScore(float(sc), float(d), int(c)) for sc, d, c in rows]
+            bar.update(len(part))
+    return out
+
+
 def score_rows(
-    detector: Detector, scores: Scores, lines: Sequence[int], texts: Sequence[str]
+    detector: Detector, scores: Sequence[PatternScore], lines: Sequence[int], texts: Sequence[str]
 ) -> list[dict[str, Any]]:
     """One JSON-ready dict per record (see module docstring)."""
     names = detector.cluster_labels
     rows: list[dict[str, Any]] = []
-    for i, line in enumerate(lines):
-        score = float(scores.score[i])
-        distance = float(scores.distance[i])
-        cluster = int(scores.cluster[i])
+    for line, text, result in zip(lines, texts, scores, strict=True):
+        score, distance, cluster = result.score, result.distance, result.cluster
         threshold = distance / score if score > 0 and math.isfinite(score) else None
         rows.append(
             {
@@ -82,7 +114,7 @@ def score_rows(
                 "cluster_label": names[cluster] if names is not None and 0 <= cluster < len(names) else None,
                 "distance": distance,
                 "threshold": threshold,
-                "text": texts[i],
+                "text": text,
             }
         )
     return rows
@@ -107,8 +139,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         embedder = bundle.load_embedder()
     except (InputError, EmbedderError) as exc:
         return fail(str(exc))
-    vectors = embed_texts(embedder, texts, desc="scoring")
-    scores = bundle.detector.score(vectors)
+    scores = score_texts(bundle, embedder, texts, patterns=getattr(args, "patterns", True))
     out = sys.stdout
     for i, row in enumerate(score_rows(bundle.detector, scores, [r.line for r in records], texts)):
         if labels is not None:

@@ -125,3 +125,41 @@ def test_alerts_are_exactly_the_offline_anomalies(
     if delivery == "exactly_once":
         assert (sample("anomaly_agent_transactions_total", {"result": "committed"}) or 0) >= len(events) / 32
         assert sample("anomaly_agent_transactions_total", {"result": "aborted"}) == 0
+
+
+def test_the_pattern_table_changes_no_alert(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    make_group: GroupFactory,
+    agent_bundle: Path,
+    datasets_dir: Path,
+) -> None:
+    """The same events, the same bundle, two agents: one with the pattern table (the default), one
+    with ``patterns.enabled = false``. Their alert topics hold alerts for exactly the same source
+    records, and the table was used (hits counted) — BGL lines repeat once masked."""
+    source = make_topic(2)
+    events = make_events(datasets_dir, normal=200, bgl_alerts=30, foreign=20, seed=17)
+    events += [dict(e, seq=len(events) + i) for i, e in enumerate(events[:100])]  # repeats, later
+    produce(kafka_bootstrap, source, json_records(events))
+    model = load_model(agent_bundle, intra_op_threads=1)
+    results: dict[bool, tuple[list[tuple[int, int]], AgentMetrics]] = {}
+    for enabled in (True, False):
+        topics = AgentTopics(source, make_topic(1), make_topic(1), make_group())
+        settings = pipeline_settings(
+            kafka_bootstrap, topics, agent_bundle, instance_id=f"patterns-{enabled}", batch_size=64,
+            patterns={"enabled": enabled},
+        )  # fmt: skip
+        metrics = AgentMetrics(batch_max_size=64)
+        with Pipeline(settings, model, metrics=metrics) as pipeline:
+            stats = pipeline.run(max_messages=len(events), idle_timeout_s=60)
+        assert stats.processed == len(events)
+        results[enabled] = (sorted(alert_sources(read_committed(kafka_bootstrap, topics.alerts))), metrics)
+    (with_table, metrics_on), (without, metrics_off) = results[True], results[False]
+    assert with_table == without and len(with_table) >= 10
+    hits = metrics_on.registry.get_sample_value("anomaly_agent_pattern_lookups_total", {"result": "hit"})
+    misses = metrics_on.registry.get_sample_value("anomaly_agent_pattern_lookups_total", {"result": "miss"})
+    assert hits is not None and misses is not None and hits + misses == len(events) and hits > len(events) / 2
+    assert metrics_on.registry.get_sample_value("anomaly_agent_patterns") == misses
+    assert (
+        metrics_off.registry.get_sample_value("anomaly_agent_pattern_lookups_total", {"result": "hit"}) == 0
+    )

@@ -1,0 +1,133 @@
+"""Patterns: each distinct prepared text is embedded and scored once, then looked up.
+
+The embedder only ever sees the *prepared* text (``TextPreparation.prepare``: variables masked,
+whitespace collapsed, truncated), and a detector scores every vector on its own. So two events
+with the same prepared text get the same vector, the same score and the same cluster: computing
+it again is pure waste, and real logs repeat (222,579 HDFS lines → 32 distinct prepared texts).
+
+``PatternTable`` maps a prepared text — the *pattern* — to what the model said about it
+(``PatternScore``: score, raw distance, nearest cluster). It belongs to one model: the pipeline
+starts a fresh table when it swaps in a new bundle, so nothing scored by an old model leaks into
+the new one. It is bounded: at most ``max_entries`` patterns, least recently used evicted first.
+Python's dict hashes the text and compares it on a hash match, so a lookup is exact by
+construction; the text stays available for alerts.
+
+``score_patterns`` is the one scoring path of the agent, ``anomaly-agent score`` and
+``evaluate``: it looks every text up, embeds and scores each distinct missing one once (in one
+embedder call: the embedder's token budget bounds each model run), and stores the results. A hit
+returns exactly what the miss computed; a miss computed in another batch may differ from a fresh
+one by float rounding of the batch's BLAS kernels (≤ 1e-4 relative, see the detector contract
+suite), far below any threshold decision.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from agent.detectors.base import Detector
+from agent.embedder import Embedder
+
+# ~100,000 patterns: about 50 MB (a 150-character text, its score and the table's links), within
+# the agent's 500 MiB memory target; real log streams have hundreds to a few thousand patterns.
+DEFAULT_MAX_ENTRIES = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class PatternScore:
+    """What the model said about one pattern: the ``Detector.score`` row of its vector."""
+
+    score: float
+    distance: float
+    cluster: int
+
+
+class PatternTable:
+    """Bounded LRU map prepared text → ``PatternScore`` for the model ``model_sha256``.
+
+    Counters only grow; readers take differences. ``misses`` counts events whose pattern had to
+    be computed (the first event of a pattern the table did not know), ``hits`` every other event
+    (known patterns, and repeats of a new one in the same call). Not thread-safe: one loop owns it.
+    """
+
+    def __init__(self, model_sha256: str, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self.model_sha256 = model_sha256
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, PatternScore] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, text: str) -> PatternScore | None:
+        """The pattern's score, marked as recently used; None when unknown."""
+        entry = self._entries.get(text)
+        if entry is not None:
+            self._entries.move_to_end(text)
+        return entry
+
+    def put(self, text: str, entry: PatternScore) -> None:
+        """Store ``entry`` for ``text``, evicting the least recently used beyond ``max_entries``."""
+        self._entries[text] = entry
+        self._entries.move_to_end(text)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+
+
+def score_patterns(
+    texts: Sequence[str],
+    *,
+    embedder: Embedder,
+    detector: Detector,
+    table: PatternTable | None,
+    on_failure: Callable[[str, Exception], None] | None = None,
+) -> list[PatternScore | None]:
+    """Scores of ``texts`` (prepared), in order. Each distinct text missing from ``table`` (all of
+    them when ``table`` is None) is embedded and scored once per call.
+
+    When scoring the missing texts together fails, each is retried alone; a text that fails alone
+    gets None, and ``on_failure(text, exception)`` is called once for it (without ``on_failure``
+    the first exception is raised). Results are stored in ``table`` only when computed.
+    """
+    found: dict[str, PatternScore | None] = {}
+    missing: list[str] = []
+    for text in texts:
+        if text in found:
+            continue
+        entry = table.get(text) if table is not None else None
+        found[text] = entry
+        if entry is None:
+            missing.append(text)
+    if table is not None:
+        table.misses += len(missing)
+        table.hits += len(texts) - len(missing)
+    if missing:
+        try:
+            computed: list[PatternScore | None] = list(_score(missing, embedder, detector))
+        except Exception:
+            if on_failure is None:
+                raise
+            computed = []
+            for text in missing:
+                try:
+                    computed += _score([text], embedder, detector)
+                except Exception as exc:
+                    on_failure(text, exc)
+                    computed.append(None)
+        for text, entry in zip(missing, computed, strict=True):
+            found[text] = entry
+            if entry is not None and table is not None:
+                table.put(text, entry)
+    return [found[text] for text in texts]
+
+
+def _score(texts: list[str], embedder: Embedder, detector: Detector) -> list[PatternScore]:
+    scores = detector.score(embedder.embed(texts))
+    rows = zip(scores.score.tolist(), scores.distance.tolist(), scores.cluster.tolist(), strict=True)
+    return [PatternScore(float(s), float(d), int(c)) for s, d, c in rows]
