@@ -87,14 +87,30 @@ def score_patterns(
     detector: Detector,
     table: PatternTable | None,
     on_failure: Callable[[str, Exception], None] | None = None,
+    dedup: bool = True,
 ) -> list[PatternScore | None]:
     """Scores of ``texts`` (prepared), in order. Each distinct text missing from ``table`` (all of
-    them when ``table`` is None) is embedded and scored once per call.
+    them when ``table`` is None) is embedded and scored once per call; with ``dedup=False`` (and
+    no table) every text is embedded and scored on its own row, as without patterns.
 
     When scoring the missing texts together fails, each is retried alone; a text that fails alone
     gets None, and ``on_failure(text, exception)`` is called once for it (without ``on_failure``
     the first exception is raised). Results are stored in ``table`` only when computed.
     """
+    if not dedup and table is None:
+        try:
+            return list(_score(list(texts), embedder, detector))
+        except Exception:
+            if on_failure is None:
+                raise
+        out: list[PatternScore | None] = []
+        for text in texts:
+            try:
+                out += _score([text], embedder, detector)
+            except Exception as exc:
+                on_failure(text, exc)
+                out.append(None)
+        return out
     found: dict[str, PatternScore | None] = {}
     missing: list[str] = []
     for text in texts:

@@ -386,9 +386,13 @@ class Pipeline:
 
         with self._metrics.timed(Stage.EMBED):
             events: list[_Event] = []
+            prepared: dict[str, str] = {}  # a raw text repeated in the batch is prepared once
             for msg, event in decoded:
                 try:
-                    events.append(_Event(msg, event, model.bundle.text_prep.prepare(event.text)))
+                    text = prepared.get(event.text)
+                    if text is None:
+                        text = prepared[event.text] = model.bundle.text_prep.prepare(event.text)
+                    events.append(_Event(msg, event, text))
                 except Exception as exc:
                     reject(msg, DeadLetterReason.INTERNAL_ERROR, _internal("preparing the text", exc))
             results = self._score(model, events, reject)
@@ -457,6 +461,7 @@ class Pipeline:
             detector=model.bundle.detector,
             table=table,
             on_failure=failed.__setitem__,
+            dedup=table is not None,  # patterns.enabled = false: every event embedded, as before
         )
         if table is not None:
             self._metrics.pattern_lookups.labels(result=LookupResult.HIT.value).inc(table.hits - before[0])

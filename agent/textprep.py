@@ -58,9 +58,10 @@ class MissingTextError(ValueError):
 class Mask:
     """One masking rule: every match of ``pattern`` (for which ``accept`` holds) becomes ``placeholder``.
 
-    ``required``: a substring every match contains; a text without it is left alone without running
-    the pattern (most log lines have no ``@`` or ``://``). ``accept`` sees the whole match; a match it
-    refuses is kept as it was, which lets a pattern consume text it does not mask (see ``_linear``).
+    ``required``: a substring every match contains at least ``required_count`` times; a text with
+    fewer is left alone without running the pattern (most log lines have no ``@`` or ``://``, few
+    have the five colons of a MAC address). ``accept`` sees the whole match; a match it refuses is
+    kept as it was, which lets a pattern consume text it does not mask (see ``_linear``).
     """
 
     name: str
@@ -68,9 +69,14 @@ class Mask:
     placeholder: str
     accept: Callable[[re.Match[str]], bool] | None = None
     required: str | None = None
+    required_count: int = 1
 
     def apply(self, text: str) -> str:
-        if self.required is not None and self.required not in text:
+        if self.required is not None and (
+            self.required not in text
+            if self.required_count == 1
+            else text.count(self.required) < self.required_count
+        ):
             return text
         if self.accept is None:
             return self.pattern.sub(self.placeholder, text)
@@ -138,6 +144,7 @@ MASKS: tuple[Mask, ...] = (
         re.compile(r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b"),
         "<UUID>",
         required="-",
+        required_count=4,
     ),
     # Candidates are validated by the ipaddress module, so "12:01:01" or "std::map" stay untouched.
     Mask(
@@ -148,6 +155,7 @@ MASKS: tuple[Mask, ...] = (
         "<IP>",
         _is_ipv6,
         ":",
+        2,
     ),
     Mask("timestamp", re.compile(rf"\b(?:{_TIMESTAMP})\b"), "<TS>"),
     # Blue Gene/L locations: R02-M1-N0-C:J12-U11, R23-M0-NE-C:J05-U01, R02-M1-N0-I:J18-U01, R02-M1-N0
@@ -158,10 +166,22 @@ MASKS: tuple[Mask, ...] = (
         required="-M",
     ),
     # IPv4 with an optional port: 10.251.73.220:50010
-    Mask("ipv4", re.compile(rf"\b{_OCTET}(?:\.{_OCTET}){{3}}(?::\d{{1,5}})?\b"), "<IP>", required="."),
+    Mask(
+        "ipv4",
+        re.compile(rf"\b{_OCTET}(?:\.{_OCTET}){{3}}(?::\d{{1,5}})?\b"),
+        "<IP>",
+        required=".",
+        required_count=3,
+    ),
     # Absolute or ./ ../ ~/ relative paths with at least one segment; "and/or" or "dn228/dn228" stay.
     Mask("path", re.compile(r"(?<![\w.~/])(?:~|\.{1,2})?(?:/[\w.@%+=,-]+)+/?"), "<PATH>", required="/"),
-    Mask("mac", re.compile(r"\b[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}\b"), "<HEX>", required=":"),
+    Mask(
+        "mac",
+        re.compile(r"\b[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}\b"),
+        "<HEX>",
+        required=":",
+        required_count=5,
+    ),
     # 0x-prefixed hex, or 8+ hex digits mixing digits and letters (pure digit runs are numbers).
     Mask(
         "hex",
@@ -255,7 +275,11 @@ class TextPreparation:
         whitespace, truncate to ``max_chars``."""
         if self.mask:
             text = mask_text(text[:MAX_MASKED_INPUT_CHARS])
-        return _WHITESPACE.sub(" ", text).strip()[: self.max_chars].rstrip()
+        # Every whitespace character but " " is unprintable, so a printable text without a double
+        # space has nothing to collapse (most log lines: the substitution is then skipped).
+        if "  " in text or not text.isprintable():
+            text = _WHITESPACE.sub(" ", text)
+        return text.strip()[: self.max_chars].rstrip()
 
     def __call__(self, record: Mapping[str, Any]) -> str:
         """``prepare(extract(record))``: what the embedder sees for a record."""

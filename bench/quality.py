@@ -17,7 +17,10 @@ Embeddings are cached per (embedder, texts) under ``<cache root>/quality/`` beca
 ~20k texts takes minutes on two cores; delete the folder to recompute.
 
     .venv/bin/python bench/quality.py [--datasets emotion,bgl,sms] [--detectors knn,kmeans]
-        [--target-fpr 0.01] [--threads 2]
+        [--target-fpr 0.01] [--threads 2] [--int8]
+
+``--int8`` runs everything with the fp32 and the int8 export side by side and reports, per cell,
+the AUROC the int8 embedder loses (``int8_vs_fp32``, ``max_auroc_loss``).
 """
 
 from __future__ import annotations
@@ -85,8 +88,8 @@ def prepared(prep: TextPreparation, records: Sequence[dict[str, str]]) -> list[s
     return [prep.prepare(prep.extract(record)) for record in records]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    embedder_dir = args.embedder or cached_export()
+def run(args: argparse.Namespace, embedder_dir: Path | None = None) -> dict[str, Any]:
+    embedder_dir = embedder_dir or args.embedder or cached_export()
     embedder = OnnxEmbedder(embedder_dir, intra_op_threads=args.threads)
     cache = args.cache_dir or default_cache_root() / "quality"
     results: list[dict[str, Any]] = []
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(_line(results[-1]), file=sys.stderr, flush=True)
     return {
         "embedder": json.loads((embedder_dir / "embedder.json").read_text(encoding="utf-8")).get("model_id"),
-        "quantization": "fp32",
+        "quantization": "int8" if _is_int8(embedder_dir) else "fp32",
         "target_fpr": args.target_fpr,
         "seed": args.seed,
         "splits": {
@@ -142,6 +145,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sms": "ham shuffled with default_rng(0), 80 % train -> 20 % ham + all spam",
         },
         "results": results,
+    }
+
+
+def _is_int8(embedder_dir: Path) -> bool:
+    manifest = json.loads((embedder_dir / "embedder.json").read_text(encoding="utf-8"))
+    return bool(manifest.get("int8") or manifest.get("quantization") == "int8" or "int8" in embedder_dir.name)
+
+
+def int8_beside_fp32(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole bench with the fp32 and the int8 export, and the AUROC each cell loses with int8."""
+    fp32 = run(args, cached_export())
+    int8 = run(args, cached_export(int8=True))
+
+    def key(r: dict[str, Any]) -> tuple[str, str, str]:
+        return r["dataset"], json.dumps(r["text_prep"], sort_keys=True), r["detector"]
+
+    by_key = {key(r): r for r in int8["results"]}
+    deltas = []
+    for r in fp32["results"]:
+        other = by_key.get(key(r))
+        if other is None or r.get("auroc") is None or other.get("auroc") is None:
+            continue
+        deltas.append(
+            {
+                "dataset": r["dataset"],
+                "text_prep": r["text_prep"],
+                "recommended_prep": r.get("recommended_prep"),
+                "detector": r["detector"],
+                "auroc_fp32": r["auroc"],
+                "auroc_int8": other["auroc"],
+                "auroc_loss": _round(r["auroc"] - other["auroc"]),
+            }
+        )
+    return {
+        "fp32": fp32,
+        "int8": int8,
+        "int8_vs_fp32": deltas,
+        "max_auroc_loss": max((d["auroc_loss"] for d in deltas), default=None),
     }
 
 
@@ -173,13 +214,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="embedding cache (default: <cache root>/quality)"
     )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="run with the fp32 and the int8 export and report the AUROC difference",
+    )
     args = parser.parse_args(argv)
     unknown = [d for d in args.detectors if d not in DETECTORS] + [
         d for d in args.datasets if d not in devdata.DATASET_NAMES
     ]
     if unknown:
         parser.error(f"unknown detector/dataset: {', '.join(unknown)}")
-    print(json.dumps(run(args), indent=2))
+    print(json.dumps(int8_beside_fp32(args) if args.int8 else run(args), indent=2))
     return 0
 
 

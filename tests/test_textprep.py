@@ -182,6 +182,20 @@ def test_linear_rules_mask_all_dev_data_exactly_like_the_reference(datasets_dir:
     assert masked_by_rule > 10, "the dev data exercises the url/email rules"
 
 
+def test_prepare_equals_the_reference_preparation_on_all_dev_data(datasets_dir: Path) -> None:
+    """The whole of prepare — the rules with their prefilters (required substrings and counts),
+    the whitespace fast path, truncation — against the plain reference on every dev text: bundles
+    were trained on this output, so it must not change by a character."""
+    whitespace = re.compile(r"\s+")
+    prep = TextPreparation()
+    differing = [
+        t
+        for t in _dev_texts(datasets_dir)
+        if prep.prepare(t) != whitespace.sub(" ", _reference_mask(t)).strip()[:2048].rstrip()
+    ]
+    assert differing == []
+
+
 def test_linear_rules_match_the_reference_on_adversarial_fuzz() -> None:
     rng = random.Random(20261201)
     alphabet = "aZ9_.+-@:/ x\té" + "com"
