@@ -147,6 +147,41 @@ def _alerts() -> timeseries.Panel:
     )
 
 
+def _pattern_hits() -> timeseries.Panel:
+    return (
+        _timeseries(
+            "Pattern hit ratio",
+            "Share of events scored from the pattern table (their prepared text was seen before: no "
+            "embedding). Near 1 for log streams; low for unique prose. Evictions mean the table is full.",
+            "percentunit",
+        )
+        .with_target(
+            _query(
+                f'sum(rate(anomaly_agent_pattern_lookups_total{{{SEL}, result="hit"}}[{RATE}])) / '
+                f"sum(rate(anomaly_agent_pattern_lookups_total{{{SEL}}}[{RATE}]))",
+                "hit ratio",
+                "A",
+            )
+        )
+        .span(12)
+    )
+
+
+def _pattern_table() -> timeseries.Panel:
+    return (
+        _timeseries(
+            "Patterns in the table",
+            "Distinct prepared texts the table holds, per instance, and evictions per second.",
+            "short",
+        )
+        .with_target(_query(f"sum by (instance) (anomaly_agent_patterns{{{SEL}}})", "{{instance}}", "A"))
+        .with_target(
+            _query(f"sum(rate(anomaly_agent_pattern_evictions_total{{{SEL}}}[{RATE}]))", "evictions/s", "B")
+        )
+        .span(12)
+    )
+
+
 def _kafka_faults() -> timeseries.Panel:
     return (
         _timeseries(
@@ -318,6 +353,8 @@ def build() -> dash.Dashboard:
         ("Scores", [_score_heatmap(), _score_quantiles()]),
         ("Latency and lag", [_stage_latency(), _event_lag(), _consumer_lag(), _batch_sizes()]),
         ("Kafka", [_kafka_faults()]),
+        # New rows go last: panel ids are positions, and Grafana keys links and state on them.
+        ("Patterns", [_pattern_hits(), _pattern_table()]),
     ]
     # Stable ids (1, 2, ...): Grafana keys panel links and per-panel state on them.
     next_id = 1
