@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from agent import __version__
@@ -101,6 +102,27 @@ def batch_buckets(max_size: int) -> tuple[float, ...]:
         size *= 2
     buckets.append(float(max_size))
     return tuple(buckets)
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every v, in one pass per bucket instead of one call per value.
+
+    At 10,000+ events/s the per-event ``observe`` calls (a lock and a bucket scan each) cost more
+    than scoring a pattern-table hit. This counts the values per bucket with numpy and adds each
+    bucket's count once. It uses prometheus-client's internals (``_upper_bounds``, ``_buckets``,
+    ``_sum``, as ``Histogram.observe`` does); a unit test holds it equal to per-value ``observe``,
+    so a client upgrade that changes them fails the suite instead of the metrics. Only for
+    histograms without labels (a labelled parent has no buckets of its own).
+    """
+    if not len(values):
+        return
+    bounds = np.asarray(histogram._upper_bounds, dtype=np.float64)
+    # observe puts v in the first bucket with v <= bound; NaN fits none (index len(bounds)).
+    per_bucket = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds) + 1)
+    histogram._sum.inc(float(values.sum()))
+    for bucket, n in zip(histogram._buckets, per_bucket[: len(bounds)].tolist(), strict=True):
+        if n:
+            bucket.inc(n)
 
 
 def _timestamp(moment: datetime | str | None) -> float | None:
@@ -307,13 +329,12 @@ class AgentMetrics:
         ``now`` is Unix time in seconds (default: ``time.time()``).
         """
         now = time.time() if now is None else now
-        count = 0
-        for score in scores:
-            self.anomaly_score.observe(score)
-            count += 1
-        for ts in timestamps_ms:
-            if ts is not None and ts >= 0:
-                self.event_lag.observe(max(0.0, now - ts / 1000.0))
+        values = np.fromiter(scores, dtype=np.float64)
+        count = len(values)
+        observe_many(self.anomaly_score, values)
+        stamps = np.fromiter((-1 if ts is None else ts for ts in timestamps_ms), dtype=np.float64)
+        stamps = stamps[stamps >= 0]
+        observe_many(self.event_lag, np.maximum(0.0, now - stamps / 1000.0))
         if count:
             self.batch_size.observe(count)
             self.events_processed.inc(count)

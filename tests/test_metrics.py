@@ -10,14 +10,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import __version__
 from agent.decode import DeadLetterReason
-from exporters.metrics import AgentMetrics, Stage, batch_buckets
+from exporters.metrics import SCORE_BUCKETS, AgentMetrics, Stage, batch_buckets, observe_many
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -230,6 +231,31 @@ def test_observe_batch(metrics: AgentMetrics) -> None:
     assert value(metrics, "anomaly_agent_event_lag_seconds_count") == 2
     assert value(metrics, "anomaly_agent_event_lag_seconds_sum") == pytest.approx(2.0)
     assert value(metrics, "anomaly_agent_last_processed_timestamp_seconds") == now
+
+
+def test_observe_many_equals_one_observe_per_value() -> None:
+    """The aggregated observation gives exactly the exposition of per-value ``observe`` calls,
+    bucket edges (v == bound), infinities and NaN included."""
+    values = np.concatenate(
+        [
+            np.random.default_rng(0).exponential(1.0, 5_000),
+            np.asarray(SCORE_BUCKETS),  # exactly on every bound
+            [0.0, -1.0, np.inf, np.nan, 1e308],
+        ]
+    )
+    one_by_one, aggregated = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram("h", "h", buckets=SCORE_BUCKETS, registry=one_by_one)
+    for v in values:
+        reference.observe(float(v))
+    observe_many(Histogram("h", "h", buckets=SCORE_BUCKETS, registry=aggregated), values)
+
+    def exposition(registry: CollectorRegistry) -> list[str]:  # h_created differs: when each was made
+        return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+    assert exposition(aggregated) == exposition(one_by_one)
+    assert any(line.startswith('h_bucket{le="1.0"}') for line in exposition(aggregated))
+    observe_many(reference, np.asarray([], dtype=np.float64))  # nothing observed: nothing changes
+    assert exposition(aggregated) == exposition(one_by_one)
 
 
 def test_batch_of_only_dead_letters_is_no_batch_size_sample(metrics: AgentMetrics) -> None:
