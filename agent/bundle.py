@@ -8,6 +8,8 @@ Layout of a bundle directory (see docs/bundle.md)::
     embedder/                 copy of the exported ONNX embedder (model.onnx, tokenizer.json, embedder.json)
     detector/                 whatever Detector.save wrote (npy/JSON; a pickle for hdbscan)
     training_sample.npy       optional: a small seeded sample of training vectors for report plots
+    known_patterns.npy        optional: sorted uint64 hashes of the training patterns (agent/examples.py)
+    examples.npy/.jsonl       optional: distinct training patterns (unit vectors float16 + texts)
 
 Trust model: ``manifest.json`` lists the sha256 of every other file. ``load_bundle`` checks the
 format version, that every listed file exists and matches its hash, and that no unlisted file sits
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.detectors.base import Detector, FloatArray
+from agent.examples import EXAMPLE_TEXTS, EXAMPLE_VECTORS, KNOWN_PATTERNS, Examples, KnownPatterns
 from agent.textprep import TextPreparation
 
 if TYPE_CHECKING:
@@ -78,6 +81,11 @@ class Bundle:
     text_prep: TextPreparation
     detector: Detector
     embedder_dir: Path
+    examples: Examples | None = None
+    """The nearest-normal-example index (examples.npy/.jsonl); None for bundles without it
+    (trained with ``--no-examples``, or before bundles kept examples)."""
+    known_patterns: KnownPatterns | None = None
+    """Hashes of the training patterns (known_patterns.npy); None for bundles written without them."""
 
     @property
     def detector_name(self) -> str:
@@ -183,6 +191,7 @@ def load_bundle(path: Path) -> Bundle:
         detector = DETECTORS[name].load(path / DETECTOR_DIR)
     except (OSError, ValueError, KeyError) as exc:
         raise _fail(path, f"detector files could not be read ({exc})") from None
+    known_patterns, examples = _load_patterns(path, manifest)
     return Bundle(
         path=path,
         manifest=manifest,
@@ -191,7 +200,35 @@ def load_bundle(path: Path) -> Bundle:
         text_prep=text_prep,
         detector=detector,
         embedder_dir=path / EMBEDDER_DIR,
+        examples=examples,
+        known_patterns=known_patterns,
     )
+
+
+def _load_patterns(path: Path, manifest: dict[str, Any]) -> tuple[KnownPatterns | None, Examples | None]:
+    """known_patterns.npy and examples.npy/.jsonl where the (verified) manifest lists them."""
+    files = manifest["files"]
+    known: KnownPatterns | None = None
+    if KNOWN_PATTERNS in files:
+        try:
+            known = KnownPatterns.load(path / KNOWN_PATTERNS)
+        except (OSError, ValueError) as exc:
+            raise _fail(path, f"{KNOWN_PATTERNS} is invalid ({exc})") from None
+    listed = [name for name in (EXAMPLE_VECTORS, EXAMPLE_TEXTS) if name in files]
+    if not listed:
+        return known, None
+    if len(listed) == 1:
+        missing = EXAMPLE_TEXTS if listed == [EXAMPLE_VECTORS] else EXAMPLE_VECTORS
+        raise _fail(path, f"{MANIFEST} lists {listed[0]} but not {missing}")
+    try:
+        examples = Examples.load(path)
+    except (OSError, ValueError) as exc:
+        raise _fail(path, f"{EXAMPLE_VECTORS}/{EXAMPLE_TEXTS} are invalid ({exc})") from None
+    embedder = manifest.get("embedder")
+    dim = embedder.get("dim") if isinstance(embedder, dict) else None
+    if isinstance(dim, int) and examples.dim != dim:
+        raise _fail(path, f"{EXAMPLE_VECTORS} has dimension {examples.dim}, the embedder {dim}")
+    return known, examples
 
 
 def _hash_tree(root: Path) -> dict[str, str]:
@@ -212,13 +249,17 @@ def write_bundle(
     evaluation: Mapping[str, Any],
     detector_params: Mapping[str, Any] | None = None,
     training_sample: FloatArray | None = None,
+    known_patterns: KnownPatterns | None = None,
+    examples: Examples | None = None,
 ) -> Path:
     """Write a complete bundle to ``out`` atomically (temp dir + rename) and return ``out``.
 
     ``training_summary``/``evaluation``/``detector_params`` must be JSON-serializable; they are
     recorded in the manifest for people and dashboards. ``training_sample`` (n, dim) is stored as
-    ``training_sample.npy`` for report plots. An existing bundle at ``out`` is replaced; any other
-    existing file or non-empty directory there is refused (BundleError) rather than deleted.
+    ``training_sample.npy`` for report plots, ``known_patterns`` as ``known_patterns.npy`` and
+    ``examples`` as ``examples.npy`` + ``examples.jsonl`` (agent/examples.py). An existing bundle at
+    ``out`` is replaced; any other existing file or non-empty directory there is refused
+    (BundleError) rather than deleted.
     """
     out = Path(out)
     embedder_dir = Path(embedder_dir)
@@ -249,6 +290,10 @@ def write_bundle(
         )
         if training_sample is not None:
             np.save(tmp / TRAINING_SAMPLE, np.asarray(training_sample, dtype=np.float32), allow_pickle=False)
+        if known_patterns is not None:
+            known_patterns.save(tmp / KNOWN_PATTERNS)
+        if examples is not None:
+            examples.save(tmp)
         files = _hash_tree(tmp)
         identity = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         manifest = {

@@ -108,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.2,
         help="share of normal records kept out of fitting to measure the false-positive rate (0: none)",
     )
+    p.add_argument(
+        "--examples",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the distinct training texts (nearest normal examples in alerts); --no-examples for"
+        " data that must not be kept (the pattern hashes are kept either way)",
+    )
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        default=50_000,
+        help="at most this many distinct training texts kept as examples, most frequent first",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and the detector")
 
     p = sub.add_parser("score", help="score records with a bundle; JSONL to stdout in input order")

@@ -17,6 +17,7 @@ import agent.detectors
 from agent.bundle import FORMAT_VERSION, BundleError, load_bundle, write_bundle
 from agent.detectors.base import Detector, FloatArray, Scores
 from agent.detectors.hdbscan_detector import HdbscanDetector
+from agent.examples import Examples, KnownPatterns, Neighbour
 from agent.textprep import TextPreparation
 
 
@@ -304,3 +305,96 @@ def test_real_hdbscan_pickle_swapped_for_a_payload_is_never_unpickled(
     # Control: reading the same files without verification runs the payload.
     HdbscanDetector.load(out / "detector")
     assert marker.is_dir()
+
+
+PATTERNS = ["disk <NUM> ok", "user <EMAIL> logged in", "cache parity error corrected", "job <NUM> done"]
+
+
+def _write_with_patterns(out: Path, embedder_dir: Path, *, dim: int = 4) -> Path:
+    detector = PickleDetector()
+    detector.fit(_vectors(50, 0))
+    examples = Examples.from_vectors(PATTERNS, np.eye(len(PATTERNS), dim))
+    return write_bundle(
+        out,
+        embedder_dir=embedder_dir,
+        text_prep=TextPreparation(fields=("msg",)),
+        detector=detector,
+        training_summary={"patterns": {"distinct": 4, "known": 4, "examples": 4}},
+        evaluation={},
+        known_patterns=KnownPatterns.from_texts(PATTERNS),
+        examples=examples,
+    )
+
+
+def test_training_patterns_round_trip(tmp_path: Path, fake_embedder_dir: Path) -> None:
+    out = _write_with_patterns(tmp_path / "bundle", fake_embedder_dir)
+    files = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["files"]
+    for name in ("known_patterns.npy", "examples.npy", "examples.jsonl"):
+        assert files[name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    bundle = load_bundle(out)
+    assert bundle.known_patterns is not None and bundle.examples is not None
+    assert len(bundle.known_patterns) == len(PATTERNS)
+    assert all(text in bundle.known_patterns for text in PATTERNS)
+    assert "disk <NUM> failed" not in bundle.known_patterns
+    assert bundle.examples.texts == tuple(PATTERNS)
+    assert bundle.examples.nearest(np.array([[0.0, 0.0, 1.0, 0.1]]), k=2) == [
+        [Neighbour("cache parity error corrected", 0.995), Neighbour("job <NUM> done", 0.0995)]
+    ]
+
+
+def test_a_bundle_without_pattern_files_loads_with_none(tmp_path: Path, fake_embedder_dir: Path) -> None:
+    """Bundles written before training patterns were kept have no such files: still loadable."""
+    bundle = load_bundle(_write(tmp_path / "bundle", fake_embedder_dir))
+    assert bundle.examples is None
+    assert bundle.known_patterns is None
+
+
+@pytest.mark.parametrize("name", ["examples.jsonl", "examples.npy", "known_patterns.npy"])
+def test_tampered_pattern_files_are_refused(tmp_path: Path, fake_embedder_dir: Path, name: str) -> None:
+    out = _write_with_patterns(tmp_path / "bundle", fake_embedder_dir)
+    path = out / name
+    if name == "examples.jsonl":
+        path.write_text(path.read_text(encoding="utf-8").replace("logged in", "logged out"), encoding="utf-8")
+    else:
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0x01
+        path.write_bytes(bytes(data))
+    with pytest.raises(BundleError) as info:
+        load_bundle(out)
+    assert f"{name} does not match its sha256 in manifest.json (modified or corrupted)" in str(info.value)
+    assert str(info.value).endswith("re-train or restore the bundle")
+
+
+def _rehash(out: Path, name: str) -> None:
+    """Make the manifest agree with an edited file, as someone rewriting a whole bundle could."""
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    manifest["files"][name] = hashlib.sha256((out / name).read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def test_inconsistent_pattern_files_are_refused(tmp_path: Path, fake_embedder_dir: Path) -> None:
+    out = _write_with_patterns(tmp_path / "bundle", fake_embedder_dir)
+    (out / "examples.jsonl").unlink()
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["files"]["examples.jsonl"]
+    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(BundleError, match=r"manifest\.json lists examples\.npy but not examples\.jsonl"):
+        load_bundle(out)
+
+    out = _write_with_patterns(tmp_path / "b2", fake_embedder_dir)
+    (out / "examples.jsonl").write_text('"only one"\n', encoding="utf-8")
+    _rehash(out, "examples.jsonl")
+    with pytest.raises(
+        BundleError, match=r"examples\.npy/examples\.jsonl are invalid \(1 texts but 4 vectors\)"
+    ):
+        load_bundle(out)
+
+    out = _write_with_patterns(tmp_path / "b3", fake_embedder_dir)
+    np.save(out / "known_patterns.npy", np.array([5, 3], dtype=np.uint64), allow_pickle=False)
+    _rehash(out, "known_patterns.npy")
+    with pytest.raises(BundleError, match=r"known_patterns\.npy is invalid \(pattern hashes must be sorted"):
+        load_bundle(out)
+
+    out = _write_with_patterns(tmp_path / "b4", fake_embedder_dir, dim=5)
+    with pytest.raises(BundleError, match=r"examples\.npy has dimension 5, the embedder 4"):
+        load_bundle(out)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from agent.bundle import load_bundle
-from agent.cli import main
-from training.records import InputError, read_records
+from agent.cli import build_parser, main
+from agent.examples import DEFAULT_MAX_EXAMPLES, EXAMPLE_MAX_CHARS, rank_patterns
+from training.records import InputError, prepared_texts, read_records
 
 N_LINES = 300
 
@@ -328,3 +329,108 @@ def test_score_with_and_without_the_pattern_table_agree(
         np.testing.assert_allclose(
             [r[key] for r in table_rows], [r[key] for r in plain_rows], rtol=1e-5, atol=1e-6, err_msg=key
         )
+
+
+def _prepared(bundle_dir: Path, log: Path) -> tuple[list[str], list[str]]:
+    """The prepared texts of the normal and of the anomalous lines of ``log``, as training saw them."""
+    records = read_records(log, label_field="1")
+    texts = prepared_texts(records, load_bundle(bundle_dir).text_prep, log)
+    labels = [r.data["1"] for r in records]
+    normal = [t for t, label in zip(texts, labels, strict=True) if label == "-"]
+    anomalous = [t for t, label in zip(texts, labels, strict=True) if label != "-"]
+    return normal, anomalous
+
+
+@pytest.mark.slow
+def test_train_keeps_the_training_patterns(trained: dict[str, Any], data: dict[str, Any]) -> None:
+    bundle = load_bundle(trained["bundle"])
+    normal, anomalous = _prepared(trained["bundle"], data["dir"] / "bgl.log")
+    distinct = len(set(normal))
+    assert 1 < distinct < len(normal)  # the data repeats patterns
+    assert trained["summary"]["training"]["patterns"] == {
+        "distinct": distinct,
+        "known": distinct,
+        "examples": distinct,
+        "max_examples": DEFAULT_MAX_EXAMPLES,
+    }
+    assert bundle.manifest["training"]["patterns"] == trained["summary"]["training"]["patterns"]
+    for name in ("known_patterns.npy", "examples.npy", "examples.jsonl"):
+        assert name in bundle.manifest["files"]
+
+    known = bundle.known_patterns
+    assert known is not None and len(known) == distinct
+    assert all(text in known for text in normal)
+    only_anomalous = set(anomalous) - set(normal)
+    assert only_anomalous, "the fixture has alert lines whose pattern never occurs among normal lines"
+    assert not any(text in known for text in only_anomalous)  # anomalous-labelled lines are not "known"
+
+    examples = bundle.examples
+    assert examples is not None
+    ranked, _ = rank_patterns(normal)
+    assert examples.texts == tuple(t[:EXAMPLE_MAX_CHARS] for t in ranked)  # all of them, most frequent first
+    assert examples.dim == bundle.manifest["embedder"]["dim"]
+    # The stored vectors are the agent's own: the bundle's embedder on the prepared text.
+    embedder = bundle.load_embedder(intra_op_threads=1)
+    probe = embedder.embed(ranked[:3] + ranked[-2:])
+    np.testing.assert_allclose(examples.vectors[[0, 1, 2, -2, -1]].astype(np.float32), probe, atol=1e-3)
+    for text, neighbours in zip(ranked[:3] + ranked[-2:], examples.nearest(probe, k=3), strict=True):
+        assert len(neighbours) == 3
+        assert neighbours[0].text == text
+        assert neighbours[0].similarity == pytest.approx(1.0, abs=2e-3)
+        assert neighbours[1].similarity <= neighbours[0].similarity
+    jsonl = (trained["bundle"] / "examples.jsonl").read_text(encoding="utf-8")
+    assert json.dumps(ranked[0]) in jsonl.splitlines()  # the control for the --no-examples test
+
+
+@pytest.mark.slow
+def test_no_examples_keeps_no_training_text_and_max_examples_bounds(
+    trained: dict[str, Any], data: dict[str, Any], embedder_dir: Path, tmp_path: Path
+) -> None:
+    log = data["dir"] / "bgl.log"
+    common = ("--input", log, "--label-field", "1", "--normal-labels=-", "--embedder", embedder_dir)
+    out = tmp_path / "private"
+    code, stdout, stderr = run_cli("train", *common, "--no-examples", "--out", out)
+    assert code == 0, stderr
+    normal, anomalous = _prepared(out, log)
+    distinct = len(set(normal))
+    assert json.loads(stdout)["training"]["patterns"] == {
+        "distinct": distinct,
+        "known": distinct,
+        "examples": 0,
+        "max_examples": None,
+    }
+    assert not (out / "examples.npy").exists() and not (out / "examples.jsonl").exists()
+    bundle = load_bundle(out)
+    assert bundle.examples is None
+    assert bundle.known_patterns is not None and all(text in bundle.known_patterns for text in normal)
+    # No training text anywhere in the bundle, prepared or raw, plain or JSON-escaped.
+    needles = {t for t in normal + anomalous + data["bodies"] if len(t) >= 20}
+    needles |= {json.dumps(t)[1:-1] for t in needles}
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.relative_to(out).as_posix() for p in files} >= {"known_patterns.npy", "manifest.json"}
+    for path in files:
+        content = path.read_bytes()
+        leaked = [t for t in needles if t.encode("utf-8") in content]
+        assert not leaked, f"{path.relative_to(out)} holds training text: {leaked[:1]}"
+
+    out = tmp_path / "three"
+    code, stdout, stderr = run_cli("train", *common, "--max-examples", "3", "--out", out)
+    assert code == 0, stderr
+    patterns = json.loads(stdout)["training"]["patterns"]
+    assert patterns == {"distinct": distinct, "known": distinct, "examples": 3, "max_examples": 3}
+    bundle = load_bundle(out)
+    ranked, _ = rank_patterns(normal)
+    assert bundle.examples is not None and bundle.examples.texts == tuple(ranked[:3])
+    assert bundle.known_patterns is not None and len(bundle.known_patterns) == distinct  # hashes: all
+
+    message = _error("train", *common, "--max-examples", "0", "--out", tmp_path / "none")
+    assert "--max-examples must be at least 1, got 0 (to keep none: --no-examples)" in message
+    assert not (tmp_path / "none").exists()
+
+
+def test_train_example_flags_defaults() -> None:
+    args = build_parser().parse_args(["train", "--input", "x.log", "--out", "b"])
+    assert args.examples is True
+    assert args.max_examples == DEFAULT_MAX_EXAMPLES
+    args = build_parser().parse_args(["train", "--input", "x.log", "--out", "b", "--no-examples"])
+    assert args.examples is False

@@ -16,6 +16,12 @@ has them, are scored too and their recall/AUROC recorded — a first look, not a
 The bundle keeps a seeded sample of up to ``TRAINING_SAMPLE_SIZE`` fitted vectors
 (``training_sample.npy``) so ``evaluate --report`` can draw test data against the training data.
 
+It also keeps the training patterns (agent/examples.py): the hashes of every distinct prepared
+text of the normal records (``known_patterns.npy``, always) and, unless ``--no-examples``, up to
+``--max-examples`` of those texts, most frequent first, with the vectors already computed here
+(``examples.npy`` + ``examples.jsonl``), so alerts can say whether a pattern was seen in training
+and show the nearest normal examples. ``training.patterns`` in the manifest counts them.
+
 Prints one JSON summary to stdout; progress goes to stderr. The embedder default is
 ``training.export.cached_export()`` (exported once per machine), imported only here so that score
 and evaluate never import torch.
@@ -37,6 +43,7 @@ from agent.detectors import create_detector
 from agent.detectors.base import Detector, FloatArray
 from agent.detectors.calibration import holdout_split
 from agent.embedder import EmbedderError, OnnxEmbedder
+from agent.examples import MAX_KNOWN_PATTERNS, Examples, KnownPatterns, rank_patterns
 from agent.textprep import TextPreparation
 from training.evaluate import detection_metrics
 from training.records import (
@@ -76,6 +83,10 @@ def _train(args: argparse.Namespace) -> int:
         raise InputError(f"--validation-fraction must be in [0, 1), got {args.validation_fraction}")
     if args.max_chars < 1:
         raise InputError(f"--max-chars must be at least 1, got {args.max_chars}")
+    if args.max_examples < 1:
+        raise InputError(
+            f"--max-examples must be at least 1, got {args.max_examples} (to keep none: --no-examples)"
+        )
     try:
         detector = create_detector(args.detector, target_fpr=args.target_fpr, seed=args.seed)
     except ValueError as exc:
@@ -130,6 +141,14 @@ def _train(args: argparse.Namespace) -> int:
     evaluation = _evaluation(detector, vectors, val_idx, anomalous_idx, args.target_fpr)
     rng = np.random.default_rng(args.seed)
     sample_idx = np.sort(rng.permutation(fit_idx)[:TRAINING_SAMPLE_SIZE])
+    # The training patterns: distinct prepared texts of the normal records (fitted and validation),
+    # most frequent first; their vectors are the rows already embedded above.
+    patterns, first = rank_patterns([texts[i] for i in normal_idx])
+    known = KnownPatterns.from_texts(patterns[:MAX_KNOWN_PATTERNS])
+    examples = None
+    if args.examples:
+        kept = min(len(patterns), args.max_examples)
+        examples = Examples.from_vectors(patterns[:kept], vectors[normal_idx[first[:kept]]])
     training = {
         "input": Path(args.input).name,
         "format": detect_format(Path(args.input)),
@@ -143,6 +162,12 @@ def _train(args: argparse.Namespace) -> int:
         "validation_records": len(val_idx),
         "anomalous_records": len(anomalous_idx),
         "training_sample": len(sample_idx),
+        "patterns": {
+            "distinct": len(patterns),
+            "known": len(known),
+            "examples": 0 if examples is None else len(examples),
+            "max_examples": args.max_examples if args.examples else None,
+        },
         "seed": args.seed,
     }
     config = getattr(detector, "config", None)
@@ -158,6 +183,8 @@ def _train(args: argparse.Namespace) -> int:
         evaluation=evaluation,
         detector_params=params,
         training_sample=vectors[sample_idx],
+        known_patterns=known,
+        examples=examples,
     )
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     summary = {
