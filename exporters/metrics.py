@@ -271,6 +271,26 @@ class AgentMetrics:
             ["version"],
             registry=r,
         )
+        # The optional Alertmanager sink (exporters/alertmanager.py): delivery after the Kafka
+        # commit, so its failures show here, never in the Kafka series.
+        self.alertmanager_posts = Counter(
+            "anomaly_agent_alertmanager_posts_total",
+            "HTTP POSTs of alert batches to Alertmanager, by result (failure: no 2xx answer).",
+            ["result"],
+            registry=r,
+        )
+        self.alertmanager_alerts_dropped = Counter(
+            "anomaly_agent_alertmanager_alerts_dropped_total",
+            "Alerts given up for Alertmanager: queue full, retries exhausted, rejected, or left at close.",
+            registry=r,
+        )
+        self.alertmanager_queue = Gauge(
+            "anomaly_agent_alertmanager_queue",
+            "Alerts waiting for Alertmanager (queued plus the batch being posted).",
+            registry=r,
+        )
+        for post_result in ("success", "failure"):
+            self.alertmanager_posts.labels(result=post_result)
 
         for reason in DeadLetterReason:
             self.events_dead_lettered.labels(reason=reason.value)
