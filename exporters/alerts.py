@@ -24,15 +24,17 @@ import hashlib
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from exporters.dead_letters import headers_size
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# The type names change only with a breaking schema change; schema 2 only added fields.
 CLOUDEVENTS_TYPE = "io.kafka-anomaly-agent.alert.v1"
+SUMMARY_CLOUDEVENTS_TYPE = "io.kafka-anomaly-agent.alert-summary.v1"
 CONTENT_TYPE = "application/json"
 # Fixed forever: changing it would change every alert id and break subscribers' dedupe.
 # Derived, not random, so other implementations can recompute ids from the documented recipe.
@@ -53,18 +55,59 @@ class AlertSource:
 
 
 @dataclass(frozen=True)
+class PatternInfo:
+    """The alert's ``pattern``: what fired, whether training saw it, since when it alerts here."""
+
+    id: str
+    template: str
+    known: bool | None
+    first_seen: datetime
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """The alert's ``group`` (``alerts.group_by = "pattern"``): the cooldown window it opened
+    (an alert) or closed (a summary) and how many anomalous events it did not publish."""
+
+    cooldown_seconds: float
+    window_start: datetime
+    window_end: datetime
+    suppressed: int
+    max_score: float
+
+
+@dataclass(frozen=True)
 class AlertRecord:
-    """A ready-to-produce alert: ``producer.produce(topic, key=r.key, value=r.value, headers=r.headers)``."""
+    """A ready-to-produce alert: ``producer.produce(topic, key=r.key, value=r.value, headers=r.headers)``.
+
+    ``document`` is the value as a JSON object, for sinks beside Kafka (Alertmanager)."""
 
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
     id: str
+    document: dict[str, Any]
 
 
 def alert_id(topic: str, partition: int, offset: int) -> str:
     """The alert id of the record at (topic, partition, offset): a UUIDv5, stable across redelivery."""
     return str(uuid.uuid5(ALERT_ID_NAMESPACE, f"{topic}/{partition}/{offset}"))
+
+
+def summary_id(topic: str, partition: int, pattern: str, window_start_ms: int) -> str:
+    """The id of the summary closing the window of ``pattern`` opened at ``window_start_ms`` on
+    (topic, partition): the same window always gives the same id, whoever publishes it."""
+    return str(uuid.uuid5(ALERT_ID_NAMESPACE, f"summary/{topic}/{partition}/{pattern}/{window_start_ms}"))
+
+
+def pattern_id(model_id: str, template: str) -> str:
+    """The pattern's stable id: 128 bits of sha256(model id, NUL, prepared text), hex.
+
+    Stable across restarts and instances for one model; a new model gives new ids (its
+    preparation and its notion of normal may differ). Feedback verdicts name patterns by it.
+    """
+    digest = hashlib.sha256(f"{model_id}\0{template}".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:KEY_HEX_CHARS]
 
 
 def alert_key(model_id: str, cluster_id: int | None, template: str) -> bytes:
@@ -99,6 +142,10 @@ def build_alert(
     prepared_text: str | None = None,
     raw_threshold: float | None = None,
     max_bytes: int | None = None,
+    pattern: PatternInfo | None = None,
+    neighbours: Sequence[tuple[str, float]] = (),
+    group: GroupInfo | None = None,
+    summary: bool = False,
 ) -> AlertRecord:
     """Build the alert for one anomalous event.
 
@@ -117,6 +164,12 @@ def build_alert(
     further (``text_truncated`` true, ``text_length`` the original length), then with the source
     key cut to 64 characters (``source.key_truncated`` true).
 
+    ``pattern`` (default: the id of ``prepared_text``, ``known`` null, first seen now),
+    ``neighbours`` ((text, similarity), nearest first) and ``group`` are schema 2's additions;
+    ``summary=True`` builds the summary that closes a ``group`` window: its id is
+    ``summary_id`` and its source, text and score are the window's highest-scoring suppressed
+    event's.
+
     Raises ValueError for a NaN score or a naive ``detected_at``: both are caller bugs.
     """
     if math.isnan(score):
@@ -125,8 +178,16 @@ def build_alert(
         detected_at = datetime.now(UTC)
     elif detected_at.tzinfo is None:
         raise ValueError("detected_at must be timezone-aware")
-    aid = alert_id(source.topic, source.partition, source.offset)
-    key = alert_key(model_id, cluster_id, text if prepared_text is None else prepared_text)
+    template = text if prepared_text is None else prepared_text
+    if pattern is None:
+        pattern = PatternInfo(pattern_id(model_id, template), template, None, detected_at)
+    if summary:
+        if group is None:
+            raise ValueError("a summary closes a group window: give group")
+        aid = summary_id(source.topic, source.partition, pattern.id, _ms(group.window_start))
+    else:
+        aid = alert_id(source.topic, source.partition, source.offset)
+    key = alert_key(model_id, cluster_id, template)
     truncated = len(text) > text_max_chars
     has_cluster = cluster_id is not None and cluster_id >= 0
 
@@ -150,12 +211,32 @@ def build_alert(
         "detected_at": _iso(detected_at),
         "agent": instance_id,
         "fields": _json_safe(dict(fields or {})),
+        "kind": "summary" if summary else "alert",
+        "pattern": {
+            "id": pattern.id,
+            "template": pattern.template[:text_max_chars],
+            "known": pattern.known,
+            "first_seen": _iso(pattern.first_seen),
+        },
+        "neighbours": [
+            {"text": t[:text_max_chars], "similarity": _finite(similarity)} for t, similarity in neighbours
+        ],
+        "group": None
+        if group is None
+        else {
+            "by": "pattern",
+            "cooldown_seconds": float(group.cooldown_seconds),
+            "window_start": _iso(group.window_start),
+            "window_end": _iso(group.window_end),
+            "suppressed": int(group.suppressed),
+            "max_score": _finite(group.max_score),
+        },
     }
     headers = [
         ("ce_specversion", b"1.0"),
         ("ce_id", aid.encode()),
         ("ce_source", source_uri.encode("utf-8")),
-        ("ce_type", CLOUDEVENTS_TYPE.encode()),
+        ("ce_type", (SUMMARY_CLOUDEVENTS_TYPE if summary else CLOUDEVENTS_TYPE).encode()),
         ("ce_time", document["detected_at"].encode()),
         ("ce_subject", f"{source.topic}/{source.partition}/{source.offset}".encode()),
         ("ce_partitionkey", key),
@@ -164,16 +245,24 @@ def build_alert(
     value = _dumps(document)
     if max_bytes is not None:
         value = _fit(document, value, max_bytes - len(key) - headers_size(headers))
-    return AlertRecord(key=key, value=value, headers=headers, id=aid)
+    return AlertRecord(key=key, value=value, headers=headers, id=aid, document=document)
 
 
 def _fit(document: dict[str, Any], value: bytes, budget: int) -> bytes:
-    """``value`` cut down to ``budget`` bytes: fields dropped first, then the text shortened."""
+    """``value`` cut down to ``budget`` bytes: fields dropped first, then the neighbours, then the
+    text and the template shortened."""
     if len(value) <= budget:
         return value
     document["fields"] = {}
     document["fields_truncated"] = True
     value = _dumps(document)
+    if len(value) > budget and document["neighbours"]:
+        document["neighbours"] = []
+        value = _dumps(document)
+    pattern = document["pattern"]
+    while len(value) > budget and len(pattern["template"]) > 64:
+        pattern["template"] = pattern["template"][: len(pattern["template"]) // 2]
+        value = _dumps(document)
     text: str = document["text"]
     while len(value) > budget and text:
         text = text[: len(text) // 2]
@@ -207,6 +296,10 @@ def _source_json(source: AlertSource) -> dict[str, Any]:
         "timestamp": timestamp,
         "timestamp_ms": source.timestamp_ms if timestamp is not None else None,
     }
+
+
+def _ms(moment: datetime) -> int:
+    return round(moment.timestamp() * 1000)
 
 
 def _iso(moment: datetime) -> str:

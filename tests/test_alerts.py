@@ -21,10 +21,15 @@ from agent.textprep import TextPreparation
 from exporters.alerts import (
     CLOUDEVENTS_TYPE,
     SCHEMA_VERSION,
+    SUMMARY_CLOUDEVENTS_TYPE,
     AlertRecord,
     AlertSource,
+    GroupInfo,
+    PatternInfo,
     alert_id,
     build_alert,
+    pattern_id,
+    summary_id,
 )
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -98,7 +103,73 @@ def test_value_has_every_documented_field(validator: Draft202012Validator) -> No
         "detected_at": "2026-11-22T17:49:27.123Z",
         "agent": "agent-a",
         "fields": {"service": "checkout", "level": "ERROR", "latency_ms": 30000},
+        "kind": "alert",
+        "pattern": {
+            "id": pattern_id("shop-2026-11-22", "payment gateway timeout after 30000 ms for order 17"),
+            "template": "payment gateway timeout after 30000 ms for order 17",
+            "known": None,
+            "first_seen": "2026-11-22T17:49:27.123Z",
+        },
+        "neighbours": [],
+        "group": None,
     }
+
+
+def test_schema_2_pattern_neighbours_and_group(validator: Draft202012Validator) -> None:
+    first = DETECTED - timedelta(hours=3)
+    record = make(
+        prepared_text="payment gateway timeout after <NUM> ms for order <NUM>",
+        pattern=PatternInfo(
+            "ab" * 16, "payment gateway timeout after <NUM> ms for order <NUM>", False, first
+        ),
+        neighbours=[("payment gateway ok after <NUM> ms", 0.91234), ("payment retried", 0.8)],
+        group=GroupInfo(600.0, DETECTED, DETECTED + timedelta(minutes=10), 0, 1.84),
+    )
+    value = doc(record)
+    validator.validate(value)
+    assert value["pattern"] == {
+        "id": "ab" * 16,
+        "template": "payment gateway timeout after <NUM> ms for order <NUM>",
+        "known": False,
+        "first_seen": "2026-11-22T14:49:27.123Z",
+    }
+    assert value["neighbours"] == [
+        {"text": "payment gateway ok after <NUM> ms", "similarity": 0.91234},
+        {"text": "payment retried", "similarity": 0.8},
+    ]
+    assert value["group"] == {
+        "by": "pattern",
+        "cooldown_seconds": 600.0,
+        "window_start": "2026-11-22T17:49:27.123Z",
+        "window_end": "2026-11-22T17:59:27.123Z",
+        "suppressed": 0,
+        "max_score": 1.84,
+    }
+    assert value["kind"] == "alert" and record.document == value
+
+
+def test_a_summary_has_its_own_type_and_an_id_per_window(validator: Draft202012Validator) -> None:
+    group = GroupInfo(600.0, DETECTED, DETECTED + timedelta(minutes=10), 41, 3.5)
+    pattern = PatternInfo("cd" * 16, "disk <PATH> full", True, DETECTED)
+    summary = make(pattern=pattern, group=group, summary=True, score=3.5)
+    value = doc(summary)
+    validator.validate(value)
+    assert value["kind"] == "summary" and value["group"]["suppressed"] == 41
+    assert dict(summary.headers)["ce_type"] == SUMMARY_CLOUDEVENTS_TYPE.encode()
+    assert summary.id == summary_id("events", 2, "cd" * 16, round(DETECTED.timestamp() * 1000))
+    assert summary.id != make(pattern=pattern, group=group).id  # not the alert's id
+    later = GroupInfo(600.0, DETECTED + timedelta(hours=1), DETECTED + timedelta(hours=2), 1, 1.2)
+    assert make(pattern=pattern, group=later, summary=True).id != summary.id
+    with pytest.raises(ValueError, match="give group"):
+        make(summary=True)
+
+
+def test_pattern_id_depends_on_model_and_template_only() -> None:
+    assert pattern_id("m", "disk <PATH> full") == pattern_id("m", "disk <PATH> full")
+    assert pattern_id("m", "disk <PATH> full") != pattern_id("m2", "disk <PATH> full")
+    assert pattern_id("m", "a") != pattern_id("m", "b")
+    # The recipe is a contract (feedback verdicts name patterns by it): sha256("m\0a")[:32].
+    assert pattern_id("m", "a") == "3495f49bd0e64e1ce4282ded10d2568d"
 
 
 def test_cloudevents_binary_mode_headers() -> None:
@@ -224,11 +295,13 @@ def test_detected_at_defaults_to_now_utc_and_is_normalised_to_utc() -> None:
 def test_schema_rejects_a_malformed_alert(validator: Draft202012Validator) -> None:
     """The schema is a real check: it refuses documents that break the contract."""
     good = doc(make())
-    for field in ("id", "score", "source", "detected_at"):
+    for field in ("id", "score", "source", "detected_at", "pattern", "kind", "neighbours", "group"):
         broken = dict(good)
         del broken[field]
         assert not validator.is_valid(broken), field
-    assert not validator.is_valid({**good, "schema_version": 2})
+    assert not validator.is_valid({**good, "schema_version": 1})
+    assert not validator.is_valid({**good, "kind": "digest"})
+    assert not validator.is_valid({**good, "pattern": {**good["pattern"], "id": "x"}})
     assert not validator.is_valid({**good, "detected_at": "2026-11-22 17:49:27"})
     assert not validator.is_valid({**good, "id": "not-a-uuid"})
 
@@ -262,6 +335,24 @@ def test_documented_example_is_what_build_alert_produces(validator: Draft202012V
         detected_at=datetime(2026, 11, 22, 17, 49, 27, 915000, tzinfo=UTC),
         prepared_text=TextPreparation().prepare(text),
         raw_threshold=0.3,
+        pattern=PatternInfo(
+            pattern_id("shop-2026-11-20", TextPreparation().prepare(text)),
+            TextPreparation().prepare(text),
+            False,
+            datetime(2026, 11, 21, 9, 3, 11, 204000, tzinfo=UTC),
+        ),
+        neighbours=[
+            ("payment gateway ok after <NUM> ms for order <UUID>", 0.8731),
+            ("payment gateway retry <NUM> of <NUM> for order <UUID>", 0.8412),
+            ("payment captured for order <UUID>", 0.7925),
+        ],
+        group=GroupInfo(
+            600.0,
+            datetime(2026, 11, 22, 17, 49, 27, 915000, tzinfo=UTC),
+            datetime(2026, 11, 22, 17, 59, 27, 915000, tzinfo=UTC),
+            0,
+            1.8412,
+        ),
     )
     assert doc(record) == example
     assert f"Key `{record.key.decode()}`" in markdown
