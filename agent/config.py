@@ -107,10 +107,24 @@ class KafkaSettings(_Section):
             ) from None
 
 
+class GroupBy(StrEnum):
+    """``alerts.group_by``: one alert per pattern and cooldown window, or one per anomalous event."""
+
+    PATTERN = "pattern"
+    EVENT = "event"
+
+
 class TopicSettings(_Section):
     input: list[str] = Field(default_factory=lambda: ["events"], min_length=1)
     alerts: str = "anomaly-alerts"
     dead_letter: str = "anomaly-dead-letter"
+    # Alert grouping's compacted changelog (``alerts.group_by = "pattern"``); default "<alerts>.groups".
+    groups: str | None = Field(default=None, min_length=1)
+    # Operator verdicts per pattern (compacted; optional): a pattern marked normal stops alerting.
+    feedback: str | None = Field(default=None, min_length=1)
+
+    def groups_topic(self) -> str:
+        return self.groups if self.groups is not None else f"{self.alerts}.groups"
 
 
 class ModelSettings(_Section):
@@ -138,8 +152,12 @@ class EventSettings(_Section):
 
 
 class BatchSettings(_Section):
-    max_size: int = Field(default=64, ge=1, le=10_000)
-    max_wait_ms: int = Field(default=200, ge=1)
+    # Measured (bench/replay.py --mode sweep, docs/agent.md "Performance"): with patterns most
+    # records cost ~30 µs, so a batch is cheap and its transaction commit (~5 ms) dominates
+    # unless it is amortised over many records; 1024 gave 2.1x the events/s of 64 on real logs.
+    # A short wait keeps latency low at moderate rates; a backlog fills batches at once.
+    max_size: int = Field(default=1_024, ge=1, le=10_000)
+    max_wait_ms: int = Field(default=50, ge=1)
 
 
 class PatternSettings(_Section):
@@ -152,6 +170,25 @@ class PatternSettings(_Section):
 class AlertSettings(_Section):
     text_max_chars: int = Field(default=1_000, ge=16)
     source_uri: str = "kafka-anomaly-agent"
+    group_by: GroupBy = GroupBy.PATTERN
+    # A pattern's first anomalous event on a partition alerts; the next ones within this many
+    # seconds are counted and published as one summary when the window ends.
+    cooldown_seconds: float = Field(default=600.0, gt=0)
+    # Grouping windows kept (least recently seen evicted first; an evicted window's count is
+    # published as an early summary, never lost).
+    max_groups: int = Field(default=100_000, ge=1)
+    # Nearest training patterns in each alert (the bundle's examples; 0 = none).
+    neighbours: int = Field(default=3, ge=0, le=10)
+
+
+class AlertmanagerSettings(_Section):
+    # Alertmanager base URL (e.g. http://alertmanager:9093); empty = no Alertmanager.
+    url: str = ""
+    # Event fields copied into the Alertmanager labels (bounded values only, e.g. "service").
+    label_fields: list[str] = Field(default_factory=list)
+    alertname: str = Field(default="TextAnomaly", min_length=1)
+    queue_size: int = Field(default=10_000, ge=1)
+    timeout_seconds: float = Field(default=5.0, gt=0)
 
 
 class MetricsSettings(_Section):
@@ -196,6 +233,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     patterns: PatternSettings = Field(default_factory=PatternSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)

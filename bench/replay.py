@@ -26,6 +26,11 @@ Prints one JSON object (and writes it to ``--out``). One run, one machine, side 
     - ``agent_peak_rss_mib`` (VmHWM) and ``broker_cpu_share`` (broker CPU seconds / wall seconds
       during the end-to-end run; 1.0 = one core).
 
+``sweep`` mode (``--mode sweep``)
+    The log stream's end-to-end events/s and its latency at half that rate for every
+    ``--sweep-sizes`` × ``--sweep-waits`` (``batch.max_size`` × ``batch.max_wait_ms``): how the
+    defaults were chosen.
+
 ``unique`` mode (``--mode unique``)
     Texts that do not repeat (emotion tweets and SMS messages): end to end vs the raw embedder
     on the same texts and threads, for the fp32 and the int8 embedder.
@@ -320,11 +325,13 @@ def latency(run: Run, bundle: Path, texts: list[str], rate: float, seconds: floa
         )
         consumer.assign([TopicPartition(topics.alerts, 0, 0)])
         while not stop.is_set():
-            for msg in consumer.consume(500, 0.1):
-                if msg.error() is None:
-                    sent = json.loads(msg.value() or b"{}").get("fields", {}).get("sent_at")
-                    if sent is not None:
-                        samples.append(time.time() - float(sent))
+            # poll, not consume(n, timeout): consume waits for n records or the whole timeout,
+            # which would add up to the timeout to every sample.
+            msg = consumer.poll(0.1)
+            if msg is not None and msg.error() is None:
+                sent = json.loads(msg.value() or b"{}").get("fields", {}).get("sent_at")
+                if sent is not None:
+                    samples.append(time.time() - float(sent))
         consumer.close()
 
     reader = threading.Thread(target=read_alerts, daemon=True)
@@ -427,9 +434,41 @@ def unique_mode(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def sweep_mode(run: Run, args: argparse.Namespace) -> dict[str, Any]:
+    """``batch.max_size`` × ``batch.max_wait_ms`` on the log stream: events/s end to end and
+    latency at half each setting's own maximum, to choose the defaults by measurement."""
+    from training.export import cached_export
+
+    train_texts, stream, _ = build_logs(args.datasets, args.events, args.seed)
+    bundle = train(run, train_texts, "sweep", cached_export())
+    settings: list[dict[str, Any]] = []
+    for size in args.sweep_sizes:
+        for wait in args.sweep_waits:
+            args.batch_size, args.max_wait_ms = size, wait
+            agent = end_to_end(run, bundle, stream, f"sweep-{size}-{wait}")
+            settings.append(
+                {
+                    "batch_max_size": size,
+                    "batch_max_wait_ms": wait,
+                    "agent": agent,
+                    "latency": latency(run, bundle, stream, agent["events_per_s"] / 2, args.latency_seconds),
+                }
+            )
+            print(json.dumps(settings[-1]), file=sys.stderr, flush=True)
+    return {"events": len(stream), "settings": settings}
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--mode", choices=("logs", "unique", "both"), default="logs")
+    parser.add_argument("--mode", choices=("logs", "unique", "both", "sweep"), default="logs")
+    parser.add_argument(
+        "--sweep-sizes", type=_ints, default=[64, 256, 1024, 4096], help="sweep: batch.max_size"
+    )
+    parser.add_argument("--sweep-waits", type=_ints, default=[100], help="sweep: batch.max_wait_ms")
     parser.add_argument("--events", type=int, default=200_000, help="log replay length")
     parser.add_argument("--baseline-events", type=int, default=2_000, help="events of the table-off run")
     parser.add_argument("--unique-events", type=int, default=2_000)
@@ -484,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"logs": report["logs"]}), file=sys.stderr, flush=True)
             if args.mode in ("unique", "both"):
                 report["unique"] = unique_mode(run, args)
+            if args.mode == "sweep":
+                report["sweep"] = sweep_mode(run, args)
         finally:
             run.broker.stop()
     text = json.dumps(report, indent=2)
