@@ -26,6 +26,7 @@ _HANDLERS: dict[str, str] = {
     "evaluate": "training.evaluate:cmd_evaluate",
     "run": "agent.runner:cmd_run",
     "demo": "agent.demo:cmd_demo",
+    "feedback": "agent.feedback_cli:cmd_feedback",
 }
 
 
@@ -148,6 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the agent: consume, embed, score, alert")
     p.add_argument(
         "--config", type=Path, default=None, help="TOML config file (environment variables override it)"
+    )
+
+    p = sub.add_parser(
+        "feedback", help="mark a pattern normal (no more alerts) or anomaly (alerts again) for every agent"
+    )
+    p.add_argument("--pattern", required=True, help="the pattern id (an alert's pattern.id, 32 hex)")
+    p.add_argument("--verdict", required=True, choices=("normal", "anomaly"))
+    p.add_argument("--by", required=True, help="who decides (kept with the verdict)")
+    p.add_argument("--reason", default="", help="why (kept with the verdict)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the agent's TOML config (environment variables override it)",
     )
 
     p = sub.add_parser("demo", help="local broker + trained bundle + agent + a replayed stream, end to end")

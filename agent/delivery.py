@@ -39,7 +39,7 @@ from confluent_kafka.admin._acl import AclOperation
 from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._resource import ResourceType
 
-from agent.config import ConfigError, Delivery, Settings
+from agent.config import ConfigError, Delivery, GroupBy, Settings
 from agent.kafka_calls import CALL_TIMEOUT_S, DEADLINE_MARGIN_S, CallHung, ClientCalls, Tick, kafka_error
 from agent.kafka_clients import producer_config
 from agent.outage import BrokerWatch
@@ -61,12 +61,15 @@ BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 
 @dataclass(frozen=True)
 class OutgoingRecord:
-    """One record a batch publishes: an alert or a dead-letter copy."""
+    """One record a batch publishes: an alert, a summary, a dead-letter copy or a changelog
+    record (``partition`` set: a changelog record goes to its input partition's number; None =
+    the producer's partitioner)."""
 
     topic: str
     key: bytes | None
     value: bytes | None
     headers: list[Header]
+    partition: int | None = None
 
 
 class Committer(Protocol):
@@ -157,8 +160,15 @@ def _check_authorized(admin: AdminClient, settings: Settings, watch: BrokerWatch
     topic). Topic metadata carries the operations the principal is allowed (KIP-430); a broker
     that does not report them, or an input topic that does not exist yet, is not checked.
     """
-    needed = {name: AclOperation.READ for name in settings.topics.input}
-    needed |= {settings.topics.alerts: AclOperation.WRITE, settings.topics.dead_letter: AclOperation.WRITE}
+    needed = {name: [AclOperation.READ] for name in settings.topics.input}
+    needed |= {
+        settings.topics.alerts: [AclOperation.WRITE],
+        settings.topics.dead_letter: [AclOperation.WRITE],
+    }
+    if settings.topics.feedback is not None:
+        needed[settings.topics.feedback] = [AclOperation.READ]
+    if settings.alerts.group_by is GroupBy.PATTERN:  # the grouping changelog: written, read back
+        needed[settings.topics.groups_topic()] = [AclOperation.READ, AclOperation.WRITE]
     futures = admin.describe_topics(
         TopicCollection(list(needed)), include_authorized_operations=True, request_timeout=CALL_TIMEOUT_S
     )
@@ -173,8 +183,13 @@ def _check_authorized(admin: AdminClient, settings: Settings, watch: BrokerWatch
             log.debug("describe_topics %s: %s", name, error or exc)
             continue
         allowed = described.authorized_operations
-        if allowed is not None and needed[name] not in allowed and AclOperation.ALL not in allowed:
-            raise permissions.missing(needed[name].name, f"topic {name}", action="checking topic permissions")
+        if allowed is None or AclOperation.ALL in allowed:
+            continue
+        for operation in needed[name]:
+            if operation not in allowed:
+                raise permissions.missing(
+                    operation.name, f"topic {name}", action="checking topic permissions"
+                )
 
 
 def _retry_startup(
@@ -228,13 +243,23 @@ class _Producer:
     ) -> None:
         while True:
             try:
-                self.handle.produce(
-                    record.topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=list(record.headers),
-                    on_delivery=on_delivery,
-                )
+                if record.partition is None:
+                    self.handle.produce(
+                        record.topic,
+                        value=record.value,
+                        key=record.key,
+                        headers=list(record.headers),
+                        on_delivery=on_delivery,
+                    )
+                else:
+                    self.handle.produce(
+                        record.topic,
+                        value=record.value,
+                        key=record.key,
+                        headers=list(record.headers),
+                        partition=record.partition,
+                        on_delivery=on_delivery,
+                    )
                 return
             except BufferError:
                 self.handle.poll(0.1)  # local queue full: let deliveries drain, then retry
@@ -373,12 +398,13 @@ class TransactionalCommitter(_CommitterBase):
                 for record in records:
                     producer.produce(record, on_delivery)
             with self._metrics.timed(Stage.COMMIT):
-                metadata = self._source.group_metadata()
-                self._retry(
-                    producer,
-                    "send_offsets_to_transaction",
-                    lambda: handle.send_offsets_to_transaction(offsets, metadata, self._call_timeout()),
-                )
+                if offsets:  # none in a batch of only summaries (alert grouping)
+                    metadata = self._source.group_metadata()
+                    self._retry(
+                        producer,
+                        "send_offsets_to_transaction",
+                        lambda: handle.send_offsets_to_transaction(offsets, metadata, self._call_timeout()),
+                    )
                 self._retry(
                     producer, "commit_transaction", lambda: handle.commit_transaction(self._call_timeout())
                 )

@@ -6,7 +6,8 @@ with the same prepared text get the same vector, the same score and the same clu
 it again is pure waste, and real logs repeat (222,579 HDFS lines → 32 distinct prepared texts).
 
 ``PatternTable`` maps a prepared text — the *pattern* — to what the model said about it
-(``PatternScore``: score, raw distance, nearest cluster). It belongs to one model: the pipeline
+(``PatternScore``: score, raw distance, nearest cluster, and for an anomalous pattern what its
+alert shows: whether training saw it, its nearest training examples). It belongs to one model: the pipeline
 starts a fresh table when it swaps in a new bundle, so nothing scored by an old model leaks into
 the new one. It is bounded: at most ``max_entries`` patterns, least recently used evicted first.
 Python's dict hashes the text and compares it on a hash match, so a lookup is exact by
@@ -26,8 +27,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from agent.detectors.base import Detector
 from agent.embedder import Embedder
+from agent.examples import Examples, KnownPatterns
 
 # ~100,000 patterns: about 50 MB (a 150-character text, its score and the table's links), within
 # the agent's 500 MiB memory target; real log streams have hundreds to a few thousand patterns.
@@ -36,11 +40,25 @@ DEFAULT_MAX_ENTRIES = 100_000
 
 @dataclass(frozen=True, slots=True)
 class PatternScore:
-    """What the model said about one pattern: the ``Detector.score`` row of its vector."""
+    """What the model said about one pattern: the ``Detector.score`` row of its vector; for an
+    anomalous one (score > 1.0) also ``known`` (the exact prepared text was in the normal training
+    data; None when the bundle does not record it) and ``neighbours``, the nearest training
+    examples as (text, cosine similarity), computed once with the vector at hand."""
 
     score: float
     distance: float
     cluster: int
+    known: bool | None = None
+    neighbours: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class AlertContext:
+    """What the bundle knows about its training patterns, for anomalous patterns' alerts."""
+
+    known: KnownPatterns | None = None
+    examples: Examples | None = None
+    neighbours: int = 0
 
 
 class PatternTable:
@@ -88,6 +106,7 @@ def score_patterns(
     table: PatternTable | None,
     on_failure: Callable[[str, Exception], None] | None = None,
     dedup: bool = True,
+    context: AlertContext | None = None,
 ) -> list[PatternScore | None]:
     """Scores of ``texts`` (prepared), in order. Each distinct text missing from ``table`` (all of
     them when ``table`` is None) is embedded and scored once per call; with ``dedup=False`` (and
@@ -96,17 +115,18 @@ def score_patterns(
     When scoring the missing texts together fails, each is retried alone; a text that fails alone
     gets None, and ``on_failure(text, exception)`` is called once for it (without ``on_failure``
     the first exception is raised). Results are stored in ``table`` only when computed.
+    ``context`` fills ``known`` and ``neighbours`` of the anomalous ones.
     """
     if not dedup and table is None:
         try:
-            return list(_score(list(texts), embedder, detector))
+            return list(_score(list(texts), embedder, detector, context))
         except Exception:
             if on_failure is None:
                 raise
         out: list[PatternScore | None] = []
         for text in texts:
             try:
-                out += _score([text], embedder, detector)
+                out += _score([text], embedder, detector, context)
             except Exception as exc:
                 on_failure(text, exc)
                 out.append(None)
@@ -125,14 +145,14 @@ def score_patterns(
         table.hits += len(texts) - len(missing)
     if missing:
         try:
-            computed: list[PatternScore | None] = list(_score(missing, embedder, detector))
+            computed: list[PatternScore | None] = list(_score(missing, embedder, detector, context))
         except Exception:
             if on_failure is None:
                 raise
             computed = []
             for text in missing:
                 try:
-                    computed += _score([text], embedder, detector)
+                    computed += _score([text], embedder, detector, context)
                 except Exception as exc:
                     on_failure(text, exc)
                     computed.append(None)
@@ -143,7 +163,24 @@ def score_patterns(
     return [found[text] for text in texts]
 
 
-def _score(texts: list[str], embedder: Embedder, detector: Detector) -> list[PatternScore]:
-    scores = detector.score(embedder.embed(texts))
+def _score(
+    texts: list[str], embedder: Embedder, detector: Detector, context: AlertContext | None
+) -> list[PatternScore]:
+    vectors = embedder.embed(texts)
+    scores = detector.score(vectors)
     rows = zip(scores.score.tolist(), scores.distance.tolist(), scores.cluster.tolist(), strict=True)
-    return [PatternScore(float(s), float(d), int(c)) for s, d, c in rows]
+    results = [PatternScore(float(s), float(d), int(c)) for s, d, c in rows]
+    if context is None:
+        return results
+    anomalous = [i for i, r in enumerate(results) if r.score > 1.0]
+    nearest: dict[int, tuple[tuple[str, float], ...]] = {}
+    if anomalous and context.examples is not None and context.neighbours > 0 and len(context.examples):
+        found = context.examples.nearest(np.asarray(vectors)[anomalous], k=context.neighbours)
+        nearest = {
+            i: tuple((n.text, n.similarity) for n in row) for i, row in zip(anomalous, found, strict=True)
+        }
+    for i in anomalous:
+        known = None if context.known is None else texts[i] in context.known
+        r = results[i]
+        results[i] = PatternScore(r.score, r.distance, r.cluster, known, nearest.get(i, ()))
+    return results

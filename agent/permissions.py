@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError
 
-from agent.config import Settings
+from agent.config import GroupBy, Settings
 from agent.kafka_clients import transactional_id
 
 AUTHENTICATION_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
@@ -40,6 +40,11 @@ class Permissions:
         self._principal = f"User:{kafka.sasl_username}" if kafka.sasl_username else "the agent's principal"
         self._inputs = list(settings.topics.input)
         self._outputs = [settings.topics.alerts, settings.topics.dead_letter]
+        self._state: list[str] = []  # read at assignment and written: READ and WRITE
+        if settings.alerts.group_by is GroupBy.PATTERN:
+            self._state.append(settings.topics.groups_topic())
+        if settings.topics.feedback is not None:
+            self._inputs.append(settings.topics.feedback)
         self._group = kafka.group_id
         self._transactional_id = transactional_id(kafka.group_id, settings.instance_id)
         self._mechanism = kafka.sasl_mechanism or kafka.security_protocol
@@ -66,6 +71,8 @@ class Permissions:
                 )
             elif topic in self._inputs:
                 need = f"READ on topic {topic}"
+            elif topic in self._state:
+                need = f"READ and WRITE on topic {topic}"
             else:
                 need = f"WRITE on topic {topic}"
         elif code == KafkaError.GROUP_AUTHORIZATION_FAILED:

@@ -1,12 +1,15 @@
-"""The agent's data path: consume → decode → prepare → embed → score → publish → commit.
+"""The agent's data path: consume → decode → prepare → patterns → embed → score → group → publish.
 
 One ``Pipeline`` owns one consumer (``agent.source``, a member of ``kafka.group_id``) and one
 committer (``agent.delivery``: exactly-once transactions or at-least-once). Each loop iteration
-polls a micro-batch (at most ``batch.max_size`` records, at most ``batch.max_wait_ms``), turns it
-into alert and dead-letter records, and commits the batch — outputs *and* input offsets — before
-it polls again. Reading ``Pipeline._process`` top to bottom is the whole data path; how records
-and offsets reach Kafka, and how failures are retried, aborted and rewound, is the committer's
-business, and every blocking Kafka call runs under a deadline (``agent.kafka_calls``).
+polls a micro-batch (at most ``batch.max_size`` records, at most ``batch.max_wait_ms``), scores
+each distinct pattern once (``agent.patterns``), decides which anomalous events become alerts
+(``agent.alerting``: feedback verdicts, one alert per pattern and cooldown window, summaries),
+turns them into alert, summary, changelog and dead-letter records, and commits the batch —
+outputs, grouping state *and* input offsets — before it polls again. Reading
+``Pipeline._process`` top to bottom is the whole data path; how records and offsets reach Kafka,
+and how failures are retried, aborted and rewound, is the committer's business, and every
+blocking Kafka call runs under a deadline (``agent.kafka_calls``).
 
 No record can stop the loop: whatever a record holds, it is scored or dead-lettered with a
 reason. An unexpected exception while decoding, preparing, embedding or building the copy of one
@@ -36,7 +39,9 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Message
 
+from agent.alerting import Alerting, Anomalous
 from agent.bundle import Bundle, BundleError, load_bundle
+from agent.changelog import ensure_changelog_topic, read_partitions
 from agent.config import DEAD_LETTER_HEADROOM_BYTES, Delivery, Settings
 from agent.decode import DeadLetterReason, DecodedEvent, Rejected, decode_event
 from agent.delivery import (
@@ -47,14 +52,16 @@ from agent.delivery import (
     record_max_bytes,
 )
 from agent.embedder import Embedder, EmbedderError
+from agent.feedback import Verdicts
 from agent.health import HealthState
 from agent.kafka_calls import CALL_TIMEOUT_S
 from agent.kafka_clients import overridden_keys
 from agent.outage import BrokerUnavailableError, BrokerWatch
-from agent.patterns import PatternScore, PatternTable, score_patterns
+from agent.patterns import AlertContext, PatternScore, PatternTable, score_patterns
 from agent.permissions import Permissions
 from agent.source import Batch, InputSource, RewindError, message_offset, partition_key
-from exporters.alerts import AlertSource, build_alert
+from agent.verdicts import VerdictReader
+from exporters.alertmanager import AlertmanagerSink
 from exporters.dead_letters import OriginalHeaders, build_dead_letter, dead_letter_headers, read_headers
 from exporters.metrics import AgentMetrics, LookupResult, Stage
 
@@ -188,6 +195,26 @@ class Pipeline:
         self._record_max_bytes = 0
         self._patterns = self._new_patterns(model)
         self._failed_partitions: set[tuple[str, int]] = set()
+        verdicts = Verdicts() if settings.topics.feedback is not None else None
+        self._verdicts = (
+            None
+            if verdicts is None
+            else VerdictReader(settings, verdicts, metrics=self._metrics, kafka_log=self._kafka_log)
+        )
+        self._alerting = Alerting(settings, metrics=self._metrics, verdicts=verdicts)
+        self._alertmanager = (
+            AlertmanagerSink(
+                settings.alertmanager.url,
+                label_fields=settings.alertmanager.label_fields,
+                alertname=settings.alertmanager.alertname,
+                cooldown_seconds=settings.alerts.cooldown_seconds,
+                queue_size=settings.alertmanager.queue_size,
+                timeout_s=settings.alertmanager.timeout_seconds,
+                metrics=self._metrics,
+            )
+            if settings.alertmanager.url
+            else None
+        )
 
         self._stop_requested = False
         self._stop_deadline: float | None = None
@@ -245,8 +272,15 @@ class Pipeline:
             log.warning(
                 "kafka.librdkafka[%r] is ignored: the agent sets it to keep its delivery guarantees", key
             )
+        if self._alerting.grouping:
+            ensure_changelog_topic(settings, self._watch, self._waiting, self._kafka_log)
         topics = inspect_output_topics(settings, self._watch, self._waiting, self._kafka_log)
         self._record_max_bytes = record_max_bytes(settings, topics)
+        self._alerting.record_max_bytes = self._record_max_bytes
+        if self._verdicts is not None:
+            self._verdicts.start(self._waiting)  # verdicts apply from the first batch on
+        if self._alertmanager is not None:
+            self._alertmanager.start()
         dead_letter_limit = topics.max_message_bytes[settings.topics.dead_letter]
         if settings.events.max_bytes + DEAD_LETTER_HEADROOM_BYTES > dead_letter_limit:
             log.warning(
@@ -291,6 +325,10 @@ class Pipeline:
         if committer is not None:
             committer.close(self._close_timeout())
         self._source.close(self._close_timeout())
+        if self._verdicts is not None:
+            self._verdicts.close(self._close_timeout())
+        if self._alertmanager is not None:
+            self._alertmanager.close(self._close_timeout())
         log.info("closed the Kafka clients")
 
     def __enter__(self) -> Pipeline:
@@ -327,6 +365,7 @@ class Pipeline:
                 batch = self._source.poll(
                     limit, self._settings.batch.max_wait_ms / 1000, lambda: self._stop_requested
                 )
+                self._follow_assignment()
                 if batch.messages:
                     self._health.work_pending()
                     self._process(batch, stats)
@@ -337,6 +376,8 @@ class Pipeline:
                     if not self._failed_partitions & self._source.assigned:
                         self._failed_partitions = set()
                         self._health.work_idle()
+                    if self._alerting.grouping:
+                        self._process(batch, stats)  # windows that ended meanwhile: their summaries
                     if idle_timeout_s is not None and time.monotonic() - idle_since >= idle_timeout_s:
                         break
                 self._iteration_done()
@@ -397,48 +438,56 @@ class Pipeline:
                     reject(msg, DeadLetterReason.INTERNAL_ERROR, _internal("preparing the text", exc))
             results = self._score(model, events, reject)
 
-        alerts = 0
         scored: list[float] = []
         timestamps: list[int | None] = []
         with self._metrics.timed(Stage.SCORE):
-            labels = model.bundle.detector.cluster_labels
-            detected_at = datetime.now(UTC)
+            anomalous: list[Anomalous] = []
+            messages: dict[int, Message] = {}
             for item, outcome in zip(events, results, strict=True):
                 if outcome is None:
                     continue
                 scored.append(outcome.score)
                 timestamps.append(item.event.timestamp_ms)
                 if outcome.score > 1.0:
-                    try:
-                        outgoing.append(self._alert(model, item, outcome, labels, detected_at))
-                        alerts += 1
-                    except Exception as exc:
-                        reject(
-                            item.msg, DeadLetterReason.INTERNAL_ERROR, _internal("building the alert", exc)
-                        )
+                    anomaly = _anomalous(item, outcome)
+                    anomalous.append(anomaly)
+                    messages[id(anomaly)] = item.msg
 
+            def not_built(anomaly: Anomalous, exc: Exception) -> None:
+                detail = _internal("building the alert", exc)
+                reject(messages[id(anomaly)], DeadLetterReason.INTERNAL_ERROR, detail)
+
+            outgoing += self._alerting.batch(model.bundle, anomalous, datetime.now(UTC), not_built)
+
+        if not batch.messages and not outgoing:
+            return  # idle, no window ended: nothing to commit
         assert self._committer is not None
         if not self._committer.commit(batch, outgoing):
             stats.aborted_batches += 1
+            self._alerting.aborted()
             self._failed_partitions = set(batch.first)
             return
 
         self._failed_partitions = set()
+        published = self._alerting.committed()
+        if self._alertmanager is not None and published:
+            self._alertmanager.submit(published)
+        if not batch.messages:
+            return
         self._health.work_committed()
         self._metrics.observe_batch(scored, timestamps)
         for reason in rejected:
             self._metrics.dead_lettered(reason)
-        self._metrics.alerts_published.inc(alerts)
         stats.consumed += len(batch.messages)
         stats.processed += len(scored)
         stats.dead_lettered += len(rejected)
-        stats.alerts += alerts
+        stats.alerts += len(published)
         stats.batches += 1
         log.debug(
             "batch committed records=%d scored=%d alerts=%d dead_lettered=%d",
             len(batch.messages),
             len(scored),
-            alerts,
+            len(published),
             len(rejected),
         )
 
@@ -462,6 +511,9 @@ class Pipeline:
             table=table,
             on_failure=failed.__setitem__,
             dedup=table is not None,  # patterns.enabled = false: every event embedded, as before
+            context=AlertContext(
+                model.bundle.known_patterns, model.bundle.examples, self._settings.alerts.neighbours
+            ),
         )
         if table is not None:
             self._metrics.pattern_lookups.labels(result=LookupResult.HIT.value).inc(table.hits - before[0])
@@ -514,41 +566,22 @@ class Pipeline:
             )
         return OutgoingRecord(self._settings.topics.dead_letter, copy.key, copy.value, copy.headers)
 
-    def _alert(
-        self,
-        model: ActiveModel,
-        item: _Event,
-        result: PatternScore,
-        labels: list[str] | None,
-        detected_at: datetime,
-    ) -> OutgoingRecord:
-        topic, partition = partition_key(item.msg)
-        score, distance, cluster = result.score, result.distance, result.cluster
-        record = build_alert(
-            source=AlertSource(
-                topic, partition, message_offset(item.msg), item.msg.key(), item.event.timestamp_ms
-            ),
-            text=item.event.text,
-            score=score,
-            threshold=1.0,
-            detector=model.bundle.detector_name,
-            cluster_id=cluster,
-            cluster_label=labels[cluster] if labels is not None and 0 <= cluster < len(labels) else None,
-            distance=distance,
-            model_id=model.bundle.model_id,
-            model_sha256=model.bundle.sha256,
-            instance_id=self._settings.instance_id,
-            text_max_chars=self._settings.alerts.text_max_chars,
-            source_uri=self._settings.alerts.source_uri,
-            fields=item.event.fields,
-            detected_at=detected_at,
-            prepared_text=item.prepared,
-            raw_threshold=distance / score if score > 0 and np.isfinite(score) else None,
-            max_bytes=self._record_max_bytes,
-        )
-        return OutgoingRecord(self._settings.topics.alerts, record.key, record.value, list(record.headers))
+    # ----------------------------------------------------------------- assignment, waiting, stop, reload
 
-    # ----------------------------------------------------------------- waiting, stop, reload
+    def _follow_assignment(self) -> None:
+        """Partitions gained since the last poll get their grouping state from the changelog
+        before their first batch; partitions given up forget theirs (their next owner reads it)."""
+        gained, given_up = self._source.take_assignment_changes()
+        self._alerting.forget(given_up)
+        if gained and self._alerting.grouping:
+            topic = self._settings.topics.groups_topic()
+            restored = self._alerting.restore(
+                gained,
+                lambda partitions: read_partitions(
+                    self._settings, topic, partitions, tick=self._waiting, kafka_log=self._kafka_log
+                ),
+            )
+            log.info("grouping state restored for %d partition(s): %d record(s)", len(gained), restored)
 
     def _waiting(self) -> None:
         """Runs while a blocking Kafka call is awaited: outage policy, shutdown deadline, watchdog."""
@@ -605,6 +638,21 @@ class Pipeline:
             old.bundle.model_id,
             old.bundle.sha256[:12],
         )
+
+
+def _anomalous(item: _Event, result: PatternScore) -> Anomalous:
+    topic, partition = partition_key(item.msg)
+    return Anomalous(
+        topic,
+        partition,
+        message_offset(item.msg),
+        item.msg.key(),
+        item.event.timestamp_ms,
+        item.event.text,
+        item.prepared,
+        dict(item.event.fields or {}),
+        result,
+    )
 
 
 def _internal(stage: str, exc: BaseException) -> str:

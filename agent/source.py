@@ -102,6 +102,8 @@ class InputSource:
         self._calls = ClientCalls("consumer")
         self.assigned: set[PartitionKey] = set()
         self._revoked_in_poll: set[PartitionKey] = set()
+        self._gained: set[PartitionKey] = set()
+        self._given_up: set[PartitionKey] = set()
         self.fatal_error: KafkaError | None = None
 
     def start(self) -> None:
@@ -149,6 +151,14 @@ class InputSource:
             messages = self._drop_revoked(messages)
         return Batch(messages)
 
+    def take_assignment_changes(self) -> tuple[set[PartitionKey], set[PartitionKey]]:
+        """Partitions (gained, given up) since the last call: state kept per partition (alert
+        grouping) is restored for the gained ones before their first batch and dropped for the
+        others. A partition given up and gained back in between is reported as gained."""
+        gained, given_up = self._gained, self._given_up
+        self._gained, self._given_up = set(), set()
+        return gained, given_up
+
     def group_metadata(self) -> object:
         """The consumer's group metadata for ``send_offsets_to_transaction`` (KIP-447)."""
         return self._require().consumer_group_metadata()
@@ -157,6 +167,8 @@ class InputSource:
         """Commit the batch's offsets synchronously (at-least-once); raises KafkaException."""
         consumer = self._require()
         offsets = batch.offsets()
+        if not offsets:
+            return  # a batch of only summaries (alert grouping) consumed nothing
         self._calls.call(
             "commit", lambda: consumer.commit(offsets=offsets, asynchronous=False), timeout_s=CALL_TIMEOUT_S
         )
@@ -208,7 +220,10 @@ class InputSource:
     # ----------------------------------------------------------------- librdkafka callbacks
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self.assigned |= keys
+        self._gained |= keys
+        self._given_up -= keys
         self._watch.mark_reachable()
         self._health.set_group_joined(True)
         self._health.set_assigned(bool(self.assigned))
@@ -229,6 +244,8 @@ class InputSource:
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self._revoked_in_poll |= keys
         self.assigned -= keys
+        self._given_up |= keys
+        self._gained -= keys
         self._health.set_assigned(bool(self.assigned))
 
     def _drop_revoked(self, messages: list[Message]) -> list[Message]:

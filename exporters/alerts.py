@@ -146,6 +146,8 @@ def build_alert(
     neighbours: Sequence[tuple[str, float]] = (),
     group: GroupInfo | None = None,
     summary: bool = False,
+    text_length: int | None = None,
+    fields_truncated: bool = False,
 ) -> AlertRecord:
     """Build the alert for one anomalous event.
 
@@ -168,7 +170,9 @@ def build_alert(
     ``neighbours`` ((text, similarity), nearest first) and ``group`` are schema 2's additions;
     ``summary=True`` builds the summary that closes a ``group`` window: its id is
     ``summary_id`` and its source, text and score are the window's highest-scoring suppressed
-    event's.
+    event's. ``text_length`` is the full text's length when ``text`` was cut before (a summary's
+    stored event); ``fields_truncated`` marks ``fields`` as cut before (a summary's event whose
+    fields were too large to keep in the grouping state).
 
     Raises ValueError for a NaN score or a naive ``detected_at``: both are caller bugs.
     """
@@ -188,7 +192,8 @@ def build_alert(
     else:
         aid = alert_id(source.topic, source.partition, source.offset)
     key = alert_key(model_id, cluster_id, template)
-    truncated = len(text) > text_max_chars
+    length = len(text) if text_length is None else max(text_length, len(text))
+    truncated = length > text_max_chars
     has_cluster = cluster_id is not None and cluster_id >= 0
 
     document: dict[str, Any] = {
@@ -197,7 +202,7 @@ def build_alert(
         "source": _source_json(source),
         "text": text[:text_max_chars],
         "text_truncated": truncated,
-        "text_length": len(text),
+        "text_length": length,
         "score": _finite(score),
         "threshold": _finite(threshold),
         "raw_threshold": None if raw_threshold is None else _finite(raw_threshold),
@@ -210,7 +215,7 @@ def build_alert(
         "model": {"id": model_id, "sha256": model_sha256},
         "detected_at": _iso(detected_at),
         "agent": instance_id,
-        "fields": _json_safe(dict(fields or {})),
+        "fields": json_safe(dict(fields or {})),
         "kind": "summary" if summary else "alert",
         "pattern": {
             "id": pattern.id,
@@ -242,6 +247,8 @@ def build_alert(
         ("ce_partitionkey", key),
         ("content-type", CONTENT_TYPE.encode()),
     ]
+    if fields_truncated:
+        document["fields_truncated"] = True
     value = _dumps(document)
     if max_bytes is not None:
         value = _fit(document, value, max_bytes - len(key) - headers_size(headers))
@@ -315,13 +322,14 @@ def _finite(number: float) -> float:
     return number
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/±Infinity replaced by strings and keys made strings: what JSON can hold."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

@@ -248,6 +248,37 @@ class AgentMetrics:
             "Patterns in the table now (one table per model; a reload starts an empty one).",
             registry=r,
         )
+        self.alerts_suppressed = Counter(
+            "anomaly_agent_alerts_suppressed_total",
+            "Anomalous events counted in an open cooldown window of their pattern instead of alerting "
+            "(alerts.group_by = pattern); the window's summary carries the count.",
+            registry=r,
+        )
+        self.alert_summaries = Counter(
+            "anomaly_agent_alert_summaries_published_total",
+            "Summaries published: cooldown windows that ended after suppressing events.",
+            registry=r,
+        )
+        self.alerts_muted = Counter(
+            "anomaly_agent_alerts_muted_total",
+            "Anomalous events not alerted because an operator marked their pattern normal (feedback).",
+            registry=r,
+        )
+        self.alert_groups = Gauge(
+            "anomaly_agent_alert_groups",
+            "Grouping states kept now (pattern and partition; open windows and first-seen times).",
+            registry=r,
+        )
+        self.patterns_muted = Gauge(
+            "anomaly_agent_patterns_muted",
+            "Patterns whose latest feedback verdict is normal.",
+            registry=r,
+        )
+        self.feedback_invalid = Counter(
+            "anomaly_agent_feedback_invalid_total",
+            "Feedback records skipped because they are not a valid verdict.",
+            registry=r,
+        )
         self.kafka_calls_hung = Counter(
             "anomaly_agent_kafka_calls_hung_total",
             "Blocking Kafka client calls that did not return within their deadline, by call.",

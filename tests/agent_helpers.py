@@ -97,12 +97,15 @@ def agent_bundle(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path, e
     return out
 
 
-def cli(*args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m agent.cli ARGS`` with the test's environment (offline, no agent overrides)."""
+def cli(
+    *args: str, timeout: float = 300.0, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m agent.cli ARGS`` with the test's environment (offline, no agent overrides
+    but ``env``, e.g. ``agent_env(...)``)."""
     return subprocess.run(
         [sys.executable, "-m", "agent.cli", *args],
         cwd=REPO_ROOT,
-        env=clean_env(),
+        env=clean_env() | dict(env or {}),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -307,7 +310,7 @@ class AgentTopics:
 
 def pipeline_settings(
     bootstrap: str,
-    topics: AgentTopics,
+    agent_topics: AgentTopics,
     bundle: Path,
     *,
     instance_id: str,
@@ -319,10 +322,17 @@ def pipeline_settings(
     these, key by key within a section."""
     settings: dict[str, Any] = {
         "instance_id": instance_id,
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": topics.group},
-        "topics": {"input": [topics.input], "alerts": topics.alerts, "dead_letter": topics.dead_letter},
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": agent_topics.group},
+        "topics": {
+            "input": [agent_topics.input],
+            "alerts": agent_topics.alerts,
+            "dead_letter": agent_topics.dead_letter,
+        },
         "model": {"bundle": bundle, "intra_op_threads": 1, "watch": False},
         "batch": {"max_size": batch_size, "max_wait_ms": 100},
+        # One alert per anomalous event: the per-event guarantees (exactly once, nothing lost)
+        # are checked event by event. Grouping (the product default) has tests of its own.
+        "alerts": {"group_by": "event"},
     }
     for name, value in sections.items():
         settings[name] = {**settings.get(name, {}), **value} if isinstance(value, dict) else value
@@ -358,6 +368,7 @@ def agent_env(
         "BATCH__MAX_SIZE": "32",
         "BATCH__MAX_WAIT_MS": "100",
         "LIFECYCLE__SHUTDOWN_GRACE_SECONDS": "15",
+        "ALERTS__GROUP_BY": "event",  # see pipeline_settings
     }
     env.update({k.upper(): v for k, v in extra.items()})
     return {f"ANOMALY_AGENT_{k}": v for k, v in env.items()}
