@@ -165,8 +165,10 @@ def read_partitions(
     conf = settings.kafka.client_config()
     conf.update(
         {
-            # Required by the client; this reader never joins it nor commits (assign() only).
-            "group.id": f"{settings.kafka.group_id}.state-reader",
+            # The agent's own group: a consumer with a group id looks up its coordinator, which
+            # needs READ on the group, and that ACL the agent has. This reader never joins the
+            # group (assign() only) and never commits.
+            "group.id": settings.kafka.group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",

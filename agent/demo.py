@@ -46,7 +46,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +68,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.bundle import BundleError, verify_bundle
 from agent.config import ConfigError, Settings, load_settings
+from agent.textprep import TextPreparation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / "deploy" / "demo"
@@ -131,7 +132,7 @@ def load_stream(path: Path, count: int | None) -> list[StreamRecord]:
 class Console:
     """Aligned, optionally coloured lines on stdout; one place that knows the column layout."""
 
-    COLUMNS = "  {time:<8}  {kind:<5}  {score:>6}  {offset:>6}  {truth:<14}  {service:<16}  {text}"
+    COLUMNS = "  {time:<8}  {kind:<7}  {score:>6}  {offset:>6}  {truth:<14}  {service:<16}  {text}"
 
     def __init__(self, out: TextIO = sys.stdout) -> None:
         self.out = out
@@ -184,7 +185,7 @@ class Console:
         width = shutil.get_terminal_size((160, 24)).columns
         room = max(20, width - len(prefix))
         shown = first if len(first) <= room else first[: room - 1] + "…"
-        colour = {"ALERT": "31" if truth == "anomaly" else "33", "DLQ": "35"}.get(kind, "0")
+        colour = {"ALERT": "31" if truth == "anomaly" else "33", "SUMMARY": "36", "DLQ": "35"}.get(kind, "0")
         self.line(self._paint(prefix, colour) + shown)
 
 
@@ -432,19 +433,33 @@ class Tally:
     sent: Counter[str] = field(default_factory=Counter)
     by_offset: dict[int, StreamRecord] = field(default_factory=dict)
     alerts: dict[int, float] = field(default_factory=dict)
+    # Alert grouping: the pattern (prepared text) of each alert, and the events each summary counted.
+    alerted_patterns: set[str] = field(default_factory=set)
+    summaries: list[int] = field(default_factory=list)
     dead_letters: dict[int, str] = field(default_factory=dict)
     delivery_errors: list[str] = field(default_factory=list)
+    prepare: Callable[[str], str] | None = None  # the bundle's text preparation
 
     def summary(self) -> dict[str, Any]:
         anomalous = {o for o, r in self.by_offset.items() if r.label == "anomaly"}
         malformed = {o for o, r in self.by_offset.items() if r.label == "malformed"}
         alerted = set(self.alerts)
+        # An anomalous event without an alert of its own is covered by its pattern's alert (the
+        # window it was counted in): alert grouping, one alert per pattern and cooldown.
+        grouped = {
+            o
+            for o in anomalous - alerted
+            if self.prepare is not None and self.prepare(_message(self.by_offset[o])) in self.alerted_patterns
+        }
         return {
             "events_sent": sum(self.sent.values()),
             "events_sent_by_label": dict(self.sent),
             "alerts_received": len(self.alerts),
+            "summaries_received": len(self.summaries),
+            "events_in_summaries": sum(self.summaries),
             "anomalies_alerted": len(alerted & anomalous),
-            "anomalies_missed_offsets": sorted(anomalous - alerted),
+            "anomalies_grouped": len(grouped),
+            "anomalies_missed_offsets": sorted(anomalous - alerted - grouped),
             "false_positive_offsets": sorted(alerted - anomalous),
             "dead_letters_received": len(self.dead_letters),
             "dead_letter_reasons": dict(Counter(self.dead_letters.values())),
@@ -493,12 +508,19 @@ class Readers:
         if message.topic() == self.names.alerts:
             alert = json.loads(message.value() or b"null")
             offset = int(alert["source"]["offset"])
-            self.tally.alerts[offset] = float(alert["score"])
             record = self.tally.by_offset.get(offset)
+            text = str(alert["text"])
+            if alert.get("kind") == "summary":
+                counted = int(alert["group"]["suppressed"])
+                self.tally.summaries.append(counted)
+                kind, text = "SUMMARY", f"{counted} more like the alert above within the cooldown: {text}"
+            else:
+                self.tally.alerts[offset] = float(alert["score"])
+                self.tally.alerted_patterns.add(str(alert.get("pattern", {}).get("template", "")))
+                kind = "ALERT"
             self.console.record(
-                kind="ALERT", score=float(alert["score"]), offset=offset,
-                truth=_truth(record, "anomaly"), service=record.service if record else "?",
-                text=str(alert["text"]),
+                kind=kind, score=float(alert["score"]), offset=offset,
+                truth=_truth(record, "anomaly"), service=record.service if record else "?", text=text,
             )  # fmt: skip
         else:
             headers = _headers(message)
@@ -524,6 +546,11 @@ def _headers(message: Message) -> dict[str, str]:
         name: value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
         for name, value in pairs
     }
+
+
+def _message(record: StreamRecord) -> str:
+    value = record.value
+    return str(value.get("message", "")) if isinstance(value, dict) else value
 
 
 def _truth(record: StreamRecord | None, expected: str) -> str:
@@ -678,6 +705,8 @@ def run_demo(args: argparse.Namespace, console: Console, stop: StopFlag) -> dict
                 return summary
             raise
         console.info(f"{bundle}: {how} in {time.monotonic() - t:.1f}s")
+        preparation = json.loads((bundle / "text_preparation.json").read_text())
+        tally.prepare = TextPreparation.from_dict(preparation).prepare
         if stop.is_set():
             return summary
 
@@ -722,7 +751,7 @@ def run_demo(args: argparse.Namespace, console: Console, stop: StopFlag) -> dict
         )
         summary["replay_seconds"] = round(time.monotonic() - t, 1)
         summary["all_processed"] = _wait_processed(
-            broker, names, readers, stop, args.exit_after_replay, console, agent
+            broker, names, readers, stop, args.exit_after_replay, console, agent, metrics_url
         )
         summary["agent_counters"] = scrape(metrics_url)
     finally:
@@ -752,9 +781,11 @@ def _wait_processed(
     exit_after_replay: bool,
     console: Console,
     agent: Agent,
+    metrics_url: str,
 ) -> bool:
     """Reads alerts until the agent has committed every replayed offset (then returns with
-    ``exit_after_replay``, else keeps reading until Ctrl-C); returns early if the agent dies."""
+    ``exit_after_replay`` once every grouping window that counted events has published its
+    summary, else keeps reading until Ctrl-C); returns early if the agent dies."""
     done = False
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     next_check = 0.0
@@ -775,7 +806,11 @@ def _wait_processed(
                         "every replayed event is processed; the agent keeps running — Ctrl-C to stop"
                     )
         if exit_after_replay:
-            if done and now - readers.last_arrival >= SETTLE_S:
+            if (
+                done
+                and now - readers.last_arrival >= SETTLE_S
+                and _windows_closed(metrics_url, readers.tally)
+            ):
                 return True
             if not done and now >= deadline:
                 console.info(
@@ -783,6 +818,11 @@ def _wait_processed(
                 )
                 return False
     return done
+
+
+def _windows_closed(metrics_url: str, tally: Tally) -> bool:
+    """Whether every event the agent counted in a grouping window is in a summary read back."""
+    return scrape(metrics_url).get("anomaly_agent_alerts_suppressed_total", 0.0) <= sum(tally.summaries)
 
 
 def print_summary(console: Console, summary: Mapping[str, Any]) -> None:
@@ -800,6 +840,11 @@ def print_summary(console: Console, summary: Mapping[str, Any]) -> None:
         f"({summary.get('anomalies_alerted', 0)} of {sent.get('anomaly', 0)} anomalies, "
         f"{len(summary.get('false_positive_offsets', []))} on normal events)"
     )
+    console.info(
+        f"grouped            {summary.get('anomalies_grouped', 0)} more anomalies counted under their "
+        f"pattern's alert; {summary.get('summaries_received', 0)} summaries carried "
+        f"{summary.get('events_in_summaries', 0)} events (one alert per pattern and cooldown)"
+    )
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("dead_letter_reasons", {}).items()))
     console.info(
         f"dead letters       {summary.get('dead_letters_received', 0)}" + (f" ({reasons})" if reasons else "")
@@ -811,7 +856,10 @@ def print_summary(console: Console, summary: Mapping[str, Any]) -> None:
                 f"{name.removeprefix('anomaly_agent_')} {value:g}"
                 for name, value in sorted(counters.items())
                 if name.startswith("anomaly_agent_")
-                and any(w in name for w in ("consumed", "processed", "dead_lettered", "alerts_published"))
+                and any(
+                    w in name
+                    for w in ("consumed", "processed", "dead_lettered", "alerts_published", "suppressed")
+                )
             )
         )
     console.info(f"agent exit code    {summary.get('agent_exit_code', '-')}")

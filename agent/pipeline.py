@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Message
+from confluent_kafka import KafkaException, Message
 
 from agent.alerting import Alerting, Anomalous
 from agent.bundle import Bundle, BundleError, load_bundle
@@ -54,7 +54,7 @@ from agent.delivery import (
 from agent.embedder import Embedder, EmbedderError
 from agent.feedback import Verdicts
 from agent.health import HealthState
-from agent.kafka_calls import CALL_TIMEOUT_S
+from agent.kafka_calls import CALL_TIMEOUT_S, kafka_error
 from agent.kafka_clients import overridden_keys
 from agent.outage import BrokerUnavailableError, BrokerWatch
 from agent.patterns import AlertContext, PatternScore, PatternTable, score_patterns
@@ -575,12 +575,20 @@ class Pipeline:
         self._alerting.forget(given_up)
         if gained and self._alerting.grouping:
             topic = self._settings.topics.groups_topic()
-            restored = self._alerting.restore(
-                gained,
-                lambda partitions: read_partitions(
-                    self._settings, topic, partitions, tick=self._waiting, kafka_log=self._kafka_log
-                ),
-            )
+            try:
+                restored = self._alerting.restore(
+                    gained,
+                    lambda partitions: read_partitions(
+                        self._settings, topic, partitions, tick=self._waiting, kafka_log=self._kafka_log
+                    ),
+                )
+            except (KafkaException, TimeoutError) as exc:
+                error = kafka_error(exc)
+                if error is not None and self._watch.refusal(error, "reading the grouping changelog", topic):
+                    self._watch.check()  # raises the refusal: exit 77 naming what to grant
+                raise PipelineError(
+                    f"cannot restore the grouping state from {topic}: {error or exc}"
+                ) from exc
             log.info("grouping state restored for %d partition(s): %d record(s)", len(gained), restored)
 
     def _waiting(self) -> None:

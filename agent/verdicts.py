@@ -65,7 +65,9 @@ class VerdictReader:
         conf = self._settings.kafka.client_config()
         conf.update(
             {
-                "group.id": f"{self._settings.kafka.group_id}.feedback-reader",  # never joined
+                # The agent's own group (its READ ACL covers the coordinator lookup); never
+                # joined (assign() only), never committed.
+                "group.id": self._settings.kafka.group_id,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,

@@ -2,8 +2,9 @@
 
 The end-to-end test runs ``anomaly-agent demo --exit-after-replay`` as a user would (a separate
 process) against the session's real broker: it trains the demo bundle, starts ``anomaly-agent
-run``, replays 200 events and must see an alert for every anomalous one, a dead letter for every
-malformed one, and the agent exit 0 on SIGTERM.
+run``, replays the 500-event sample and must see an alert for every anomalous one (or for its
+pattern, with a summary counting it), a dead letter for every malformed one, and the agent exit 0
+on SIGTERM.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def test_bad_demo_flags_are_refused_before_anything_starts(
 @pytest.mark.slow
 def test_bounded_demo_alerts_on_the_anomalies_and_stops_cleanly(kafka_bootstrap: str, tmp_path: Path) -> None:
     env = dict(os.environ, ANOMALY_AGENT_KAFKA__BOOTSTRAP_SERVERS=kafka_bootstrap, HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "agent.cli", "demo", "--events", "200", "--rate", "0"]
+    command = [sys.executable, "-m", "agent.cli", "demo", "--events", "500", "--rate", "0"]
     command += ["--exit-after-replay", "--state-dir", str(tmp_path)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
     output = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
@@ -78,14 +79,21 @@ def test_bounded_demo_alerts_on_the_anomalies_and_stops_cleanly(kafka_bootstrap:
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     sent = summary["events_sent_by_label"]
-    assert summary["events_sent"] == 200
+    assert summary["events_sent"] == 500
     assert sent["anomaly"] >= 10
     assert summary["all_processed"] is True
     assert summary["agent_exit_code"] == 0
     assert summary["delivery_errors"] == []
-    # Every anomalous event raised an alert; the threshold is calibrated to ~1 % false positives.
+    # Every anomalous event raised an alert or was counted under its pattern's alert (grouping:
+    # one alert per pattern and cooldown); the threshold is calibrated to ~1 % false positives.
     assert summary["anomalies_missed_offsets"] == [], output
-    assert summary["anomalies_alerted"] == sent["anomaly"]
+    assert summary["anomalies_alerted"] + summary["anomalies_grouped"] == sent["anomaly"]
+    # Every event a window counted came out in a summary before the demo stopped.
+    suppressed = summary["agent_counters"]["anomaly_agent_alerts_suppressed_total"]
+    assert summary["events_in_summaries"] == suppressed
+    # The whole sample repeats some anomalies within the demo's 20 s cooldown: grouped, summarised.
+    assert summary["anomalies_grouped"] >= 5 and summary["summaries_received"] >= 5, output
+    assert "SUMMARY" in done.stdout
     assert len(summary["false_positive_offsets"]) <= max(2, sent["normal"] // 20), output
     # Malformed records are dead-lettered with a reason, not dropped.
     assert summary["malformed_not_dead_lettered_offsets"] == []
@@ -96,5 +104,6 @@ def test_bounded_demo_alerts_on_the_anomalies_and_stops_cleanly(kafka_bootstrap:
     assert "alerts received" in done.stdout
     # The agent's own counters agree with what the read_committed reader saw.
     counters = summary["agent_counters"]
-    assert counters["anomaly_agent_alerts_published_total"] == summary["alerts_received"]
-    assert counters["anomaly_agent_events_consumed_total"] == 200
+    published = summary["alerts_received"] + summary["summaries_received"]
+    assert counters["anomaly_agent_alerts_published_total"] == published
+    assert counters["anomaly_agent_events_consumed_total"] == 500

@@ -182,6 +182,45 @@ def _pattern_table() -> timeseries.Panel:
     )
 
 
+def _alert_grouping() -> timeseries.Panel:
+    return (
+        _timeseries(
+            "Alerts, summaries, suppressed and muted",
+            "What reached people (alerts and summaries published) against what grouping counted "
+            "instead of alerting (suppressed: one alert per pattern and partition per cooldown) and "
+            "what operators muted (feedback verdict normal), per second.",
+            "short",
+        )
+        .with_target(
+            _query(f"sum(rate(anomaly_agent_alerts_published_total{{{SEL}}}[{RATE}]))", "published", "A")
+        )
+        .with_target(
+            _query(
+                f"sum(rate(anomaly_agent_alert_summaries_published_total{{{SEL}}}[{RATE}]))", "summaries", "B"
+            )
+        )
+        .with_target(
+            _query(f"sum(rate(anomaly_agent_alerts_suppressed_total{{{SEL}}}[{RATE}]))", "suppressed", "C")
+        )
+        .with_target(_query(f"sum(rate(anomaly_agent_alerts_muted_total{{{SEL}}}[{RATE}]))", "muted", "D"))
+        .span(12)
+    )
+
+
+def _alert_groups() -> timeseries.Panel:
+    return (
+        _timeseries(
+            "Grouping state and muted patterns",
+            "Grouping states kept per instance (one per pattern and partition, bounded by "
+            "alerts.max_groups) and patterns muted by operators' feedback.",
+            "short",
+        )
+        .with_target(_query(f"sum by (instance) (anomaly_agent_alert_groups{{{SEL}}})", "{{instance}}", "A"))
+        .with_target(_query(f"max(anomaly_agent_patterns_muted{{{SEL}}})", "muted patterns", "B"))
+        .span(12)
+    )
+
+
 def _kafka_faults() -> timeseries.Panel:
     return (
         _timeseries(
@@ -355,6 +394,7 @@ def build() -> dash.Dashboard:
         ("Kafka", [_kafka_faults()]),
         # New rows go last: panel ids are positions, and Grafana keys links and state on them.
         ("Patterns", [_pattern_hits(), _pattern_table()]),
+        ("Alert grouping", [_alert_grouping(), _alert_groups()]),
     ]
     # Stable ids (1, 2, ...): Grafana keys panel links and per-panel state on them.
     next_id = 1

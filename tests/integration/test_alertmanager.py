@@ -402,3 +402,41 @@ def test_submit_does_not_block_while_the_server_hangs() -> None:
         assert took < 5.0, f"close(1.0) took {took:.2f}s"
         assert dropped(metrics) == 1 + 20 * 50
         assert queued(metrics) == 0
+
+
+@pytest.mark.slow
+def test_the_agent_posts_its_committed_alerts_to_alertmanager(
+    alertmanager_url: str,
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    make_group: Callable[[], str],
+    agent_bundle: Path,
+) -> None:
+    """End to end: events on Kafka → the agent (grouping on) → the alert topic and Alertmanager,
+    one Alertmanager alert per pattern with the configured event field as a label."""
+    from agent_helpers import AgentTopics, pipeline_settings, produce, read_committed
+
+    from agent.pipeline import Pipeline, load_model
+
+    topics = AgentTopics(make_topic(1), make_topic(1), make_topic(1), make_group())
+    texts = [f"WINNER!! You have won a {n} pound prize. Call 0906{n}77 to claim" for n in range(100, 106)]
+    records = [(None, json.dumps({"text": t, "service": "sms-gw"}).encode(), None) for t in texts]
+    produce(kafka_bootstrap, topics.input, records)
+    alertname = unique_alertname()
+    settings = pipeline_settings(
+        kafka_bootstrap, topics, agent_bundle, instance_id="am-agent", batch_size=32,
+        alerts={"group_by": "pattern"},
+        alertmanager={"url": alertmanager_url, "alertname": alertname, "label_fields": ["service"]},
+    )  # fmt: skip
+    metrics = AgentMetrics(batch_max_size=32)
+    with Pipeline(settings, load_model(agent_bundle, intra_op_threads=1), metrics=metrics) as pipeline:
+        pipeline.run(max_messages=len(records), idle_timeout_s=60)
+        wait_for(lambda: len(get_alerts(alertmanager_url, alertname)) == 1, "the alert in Alertmanager")
+    on_kafka = [json.loads(m.value() or b"") for m in read_committed(kafka_bootstrap, topics.alerts)]
+    assert [d["kind"] for d in on_kafka] == ["alert"], "six events of one pattern: one alert"
+    (posted,) = get_alerts(alertmanager_url, alertname)
+    assert posted["labels"]["pattern_id"] == on_kafka[0]["pattern"]["id"]
+    assert posted["labels"]["service"] == "sms-gw" and posted["labels"]["detector"] == "knn"
+    assert posted["annotations"]["alert_id"] == on_kafka[0]["id"]
+    assert sample(metrics, "anomaly_agent_alertmanager_posts_total", result="success") >= 1
+    assert sample(metrics, "anomaly_agent_alertmanager_alerts_dropped_total") == 0

@@ -604,6 +604,88 @@ def test_documented_variants_of_the_acl_set(
     assert f"started delivery={expected} group={n.group}" in log
 
 
+def _grouping(n: Names) -> tuple[str, str]:
+    """The grouping changelog (its default name) and a feedback topic for ``n``."""
+    return f"{n.alerts}.groups", f"{n.input}-verdicts"
+
+
+def grouping_grants(n: Names) -> dict[str, Grant]:
+    """docs/operations.md: alert grouping reads and writes its changelog, feedback reads its topic."""
+    changelog, feedback = _grouping(n)
+    return {
+        "groups-read": Grant(ResourceType.TOPIC, changelog, AclOperation.READ),
+        "groups-write": Grant(ResourceType.TOPIC, changelog, AclOperation.WRITE),
+        "feedback-read": Grant(ResourceType.TOPIC, feedback, AclOperation.READ),
+    }
+
+
+def _grouping_topics(broker: SecuredBroker, n: Names, *, changelog: bool) -> None:
+    changelog_name, feedback = _grouping(n)
+    wanted = {feedback: 1} | ({changelog_name: INPUT_PARTITIONS} if changelog else {})
+    admin = broker.admin()
+    topics = [
+        NewTopic(name, num_partitions=count, config={"cleanup.policy": "compact"})
+        for name, count in wanted.items()
+    ]
+    for future in admin.create_topics(topics, operation_timeout=30).values():
+        future.result(timeout=30)
+    for name, count in wanted.items():
+        wait_for_topic(admin, name, count)
+
+
+@pytest.mark.parametrize("changelog", ["created-by-the-agent", "created-beforehand"])
+def test_grouping_and_feedback_with_their_documented_acls(
+    changelog: str, secured_broker: SecuredBroker, agent_bundle: Path, datasets_dir: Path, tmp_path: Path
+) -> None:
+    """With grouping (the default) and feedback on, the documented extra ACLs suffice: READ and
+    WRITE on the changelog (plus CREATE when the agent is to create it), READ on the feedback topic."""
+    n = Names.fresh()
+    beforehand = changelog == "created-beforehand"
+    _grouping_topics(secured_broker, n, changelog=beforehand)
+    grants = documented_grants(n) | grouping_grants(n)
+    if not beforehand:
+        grants["groups-create"] = Grant(ResourceType.TOPIC, _grouping(n)[0], AclOperation.CREATE)
+    log = _run_to_the_end(
+        secured_broker, list(grants.values()), agent_bundle, datasets_dir, tmp_path, n,
+        alerts__group_by="pattern", topics__feedback=_grouping(n)[1],
+    )  # fmt: skip
+    assert ("created the grouping changelog" in log) is not beforehand, log[-2000:]
+    assert "grouping state restored" in log
+
+
+@pytest.mark.parametrize("missing", ["groups-read", "groups-write", "groups-create", "feedback-read"])
+def test_grouping_without_one_of_its_acls_stops_the_agent_with_a_clear_message(
+    missing: str, secured_broker: SecuredBroker, agent_bundle: Path, datasets_dir: Path, tmp_path: Path
+) -> None:
+    """Exit 77 naming the topic and the operation to grant; ``groups-create``: the changelog does
+    not exist and the agent may not create it."""
+    n = Names.fresh()
+    _grouping_topics(secured_broker, n, changelog=missing != "groups-create")
+    grants = documented_grants(n) | grouping_grants(n)
+    absent = grants.pop(missing) if missing != "groups-create" else None
+    _prepare(secured_broker, n, list(grants.values()), make_events(datasets_dir, normal=8, bgl_alerts=2,
+             foreign=2, seed=3))  # fmt: skip
+    agent = _start_agent(
+        secured_broker,
+        n,
+        agent_bundle,
+        tmp_path,
+        alerts__group_by="pattern",
+        topics__feedback=_grouping(n)[1],
+    )
+    try:
+        code = agent.wait_exit(timeout=REFUSAL_WITHIN_S)
+    finally:
+        if agent.proc.poll() is None:
+            agent.kill()
+    log = agent.log()
+    assert code == EX_NOPERM and "Traceback" not in log, agent.tail()
+    topic = _grouping(n)[0] if absent is None else absent.name
+    operation = "CREATE" if absent is None else absent.operation.name
+    naming = [line for line in _agent_errors(log) if topic in line and re.search(rf"\b{operation}\b", line)]
+    assert naming, f"no ERROR record names {topic} and {operation}:\n{agent.tail()}"
+
+
 # ----------------------------------------------------------------------------- what is refused
 
 
