@@ -5,11 +5,11 @@ produce in the batch's transaction:
 
 1. **muted** patterns are dropped: an operator's latest verdict on the pattern is ``normal``
    (``topics.feedback``, ``agent.verdicts``);
-2. with ``alerts.group_by = "pattern"`` (the default) each event is decided by the ``Grouper``
-   (``agent.grouping``): the first anomalous event of a pattern on an input partition is an
-   **alert** and opens a cooldown window; the next ones inside it are counted; a window that
-   counted any closes with one **summary** (count, window, the highest-scoring suppressed event);
-   with ``"event"`` every anomalous event is an alert, as before;
+2. with ``alerts.group_by = "pattern"`` (the default) each event is decided by its partition's
+   ``Grouper`` (``agent.grouping``): the first anomalous event of a pattern on an input partition
+   is an **alert** and opens a cooldown window; the next ones inside it are counted; a window that
+   counted any closes with one **summary** (count, window, first and last counted event, the
+   highest-scoring one); with ``"event"`` every anomalous event is an alert, as before;
 3. the grouping **changelog** records (``agent.changelog``): every state the batch changed, to the
    changelog partition of the same number as its input partition, in the same transaction — so
    the grouping state a restarted agent reads back is exactly that of its last committed batch.
@@ -19,14 +19,22 @@ committed alerts, only after the commit; an aborted batch's grouping decisions a
 taken again when the batch is redelivered. ``restore`` and ``forget`` follow the consumer's
 assignment between batches.
 
-Summaries fire on time even without traffic: ``Pipeline`` calls ``batch`` with no events while
-idle, and the ended windows come out as a batch of only summaries.
+**Time is the events' time** (their Kafka timestamps; the wall clock for a record without one),
+so a replay decides like live traffic: whether an event opens a window or is counted in one
+depends only on the timestamps and order of its partition's events. A partition's windows close
+as its event time passes their end — checked before each event, so where batches happen to begin
+(which differs after a crash) changes nothing. A partition that gets no records cannot move its
+event time: once its windows have ended by the wall clock and it has been quiet for
+``IDLE_CLOSE_S``, they close on the wall clock (``Pipeline`` calls ``batch`` with no events while
+idle, and the summaries come out as a batch of their own). Only an event arriving out of order
+after such a close is decided differently than it would have been in a replay.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,7 +46,7 @@ from agent.bundle import Bundle
 from agent.config import GroupBy, Settings
 from agent.delivery import OutgoingRecord
 from agent.feedback import Verdicts
-from agent.grouping import Grouper, GroupKey, Summary, decode_key, decode_state, encode_key, encode_state
+from agent.grouping import Grouper, Summary, decode_key, decode_state, encode_key, encode_state
 from agent.patterns import PatternScore
 from agent.source import PartitionKey
 from exporters.alerts import (
@@ -60,6 +68,10 @@ log = logging.getLogger(__name__)
 # ends: its fields are kept only up to this size, so one record with huge fields cannot make the
 # changelog record too large (the summary then says fields_truncated).
 TOP_EVENT_FIELDS_MAX_BYTES = 8_192
+# A partition without records this long (wall clock) has its ended windows closed by the wall clock.
+IDLE_CLOSE_S = 5.0
+# How often the open-window gauge is recomputed (a scan of the grouping states).
+OPEN_WINDOWS_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -97,124 +109,193 @@ class Alerting:
         self._metrics = metrics
         self._verdicts = verdicts
         self._cooldown_s = alerts.cooldown_seconds
-        self._grouper = (
-            Grouper(round(alerts.cooldown_seconds * 1000), alerts.max_groups)
-            if alerts.group_by is GroupBy.PATTERN
-            else None
-        )
+        self._cooldown_ms = round(alerts.cooldown_seconds * 1000)
+        self._grouping = alerts.group_by is GroupBy.PATTERN
+        # One grouper per assigned input partition: its event time, its windows, its bound.
+        self._groupers: dict[PartitionKey, Grouper] = {}
+        self._event_time: dict[PartitionKey, int] = {}
+        self._event_time_undo: dict[PartitionKey, int | None] = {}  # before the open batch
+        self._last_record: dict[PartitionKey, float] = {}  # monotonic time of its last record
+        self._touched: set[PartitionKey] = set()
+        self._open_counted_at = 0.0
         self._changelog = settings.topics.groups_topic()
         self._pending = _Pending()
         self.record_max_bytes: int | None = None
 
     @property
     def grouping(self) -> bool:
-        return self._grouper is not None
+        return self._grouping
+
+    def _grouper(self, partition: PartitionKey) -> Grouper:
+        grouper = self._groupers.get(partition)
+        if grouper is None:
+            grouper = self._groupers[partition] = Grouper(self._cooldown_ms, self._settings.alerts.max_groups)
+        self._touched.add(partition)
+        return grouper
 
     # ----------------------------------------------------------------- a batch
 
     def batch(
         self,
         bundle: Bundle,
-        events: Iterable[Anomalous],
+        records: Iterable[tuple[PartitionKey, int | None, Anomalous | None]],
         now: datetime,
         reject: Callable[[Anomalous, Exception], None],
     ) -> list[OutgoingRecord]:
-        """The records of one batch: due summaries, alerts, summaries, changelog records.
-        ``reject(event, exc)`` dead-letters an event whose alert could not be built."""
-        now_ms = round(now.timestamp() * 1000)
-        records: list[OutgoingRecord] = []
-        grouper = self._grouper
-        if grouper is not None:
-            records += [self._summary(s, now) for s in grouper.due(now_ms)]
-        for event in events:
+        """The records to publish for one batch: alerts, summaries of ended windows, changelog.
+
+        ``records`` are the batch's scored records in offset order per partition: (partition,
+        Kafka timestamp, the ``Anomalous`` event or None for a normal one) — a partition's event
+        time moves with all its records. ``reject(event, exc)`` dead-letters an event whose alert
+        could not be built."""
+        wall_ms = round(now.timestamp() * 1000)
+        out: list[OutgoingRecord] = []
+        seen: set[PartitionKey] = set()
+        for partition, timestamp_ms, event in records:
+            seen.add(partition)
+            at_ms = timestamp_ms if timestamp_ms is not None and timestamp_ms >= 0 else wall_ms
+            if self._grouping:
+                out += self._advance(partition, at_ms, now)
+            if event is None:
+                continue
             pattern = pattern_id(bundle.model_id, event.prepared)
-            if self._verdicts is not None and self._verdicts.is_muted(pattern):
-                self._pending.muted += 1
+            if (self._verdicts is not None and self._verdicts.is_muted(pattern)) or (
+                bundle.normal_patterns is not None and event.prepared in bundle.normal_patterns
+            ):
+                self._pending.muted += 1  # an operator's verdict: live, or folded into the bundle
                 continue
             try:
-                if grouper is None:
-                    records.append(self._alert(bundle, event, pattern, now, first_seen=now, group=None))
-                    continue
-                key: GroupKey = (event.topic, event.partition, pattern)
-                decision = grouper.decide(
-                    key,
-                    now_ms,
-                    event.result.score,
-                    _top_event(bundle, event, self._settings.alerts.text_max_chars),
-                    alert_id=alert_id(event.topic, event.partition, event.offset),
-                )
-                records += [self._summary(s, now) for s in decision.summaries]
-                if not decision.publish:
-                    self._pending.suppressed += 1
-                    continue
-                start = _datetime(decision.window_start_ms)
-                window = GroupInfo(
-                    self._cooldown_s,
-                    start,
-                    start + timedelta(seconds=self._cooldown_s),
-                    0,
-                    event.result.score,
-                )
-                records.append(
-                    self._alert(
-                        bundle,
-                        event,
-                        pattern,
-                        now,
-                        first_seen=_datetime(decision.first_seen_ms),
-                        group=window,
-                    )
-                )
+                if self._grouping:
+                    out += self._grouped(bundle, event, pattern, at_ms, now)
+                else:
+                    out.append(self._alert(bundle, event, pattern, now, first_seen=now, group=None))
             except Exception as exc:  # one event must not stop the batch
                 reject(event, exc)
-        if grouper is not None:
-            for key, state in grouper.changes().items():
+        if self._grouping:
+            out += self._idle(seen, wall_ms, now)
+        for partition in self._touched:
+            for key, state in self._groupers[partition].changes().items():
                 value = None if state is None else encode_state(state)
-                records.append(OutgoingRecord(self._changelog, encode_key(key), value, [], partition=key[1]))
-        return records
+                out.append(OutgoingRecord(self._changelog, encode_key(key), value, [], partition=key[1]))
+        return out
+
+    def _advance(self, partition: PartitionKey, at_ms: int, now: datetime) -> list[OutgoingRecord]:
+        """One record of ``partition`` at ``at_ms``: its event time moves there (never back) and
+        closes the windows it passes."""
+        self._last_record[partition] = time.monotonic()
+        event_time = self._event_time.get(partition)
+        if event_time is not None and at_ms <= event_time:
+            return []
+        self._event_time_undo.setdefault(partition, event_time)
+        self._event_time[partition] = at_ms
+        grouper = self._groupers.get(partition)
+        if grouper is None or not len(grouper):
+            return []
+        due = grouper.due(at_ms)
+        if not due:
+            return []
+        self._touched.add(partition)
+        return [self._summary(s, now) for s in due]
+
+    def _idle(self, seen: set[PartitionKey], wall_ms: int, now: datetime) -> list[OutgoingRecord]:
+        """Partitions quiet for ``IDLE_CLOSE_S``: their windows ended by the wall clock close."""
+        out: list[OutgoingRecord] = []
+        clock = time.monotonic()
+        for partition, grouper in self._groupers.items():
+            if partition in seen or clock - self._last_record.get(partition, clock) < IDLE_CLOSE_S:
+                continue
+            if len(grouper):
+                due = grouper.due(wall_ms)
+                if due:
+                    self._touched.add(partition)
+                    out += [self._summary(s, now) for s in due]
+        return out
+
+    def _grouped(
+        self, bundle: Bundle, event: Anomalous, pattern: str, at_ms: int, now: datetime
+    ) -> list[OutgoingRecord]:
+        grouper = self._grouper((event.topic, event.partition))
+        decision = grouper.decide(
+            (event.topic, event.partition, pattern),
+            at_ms,
+            event.result.score,
+            _top_event(bundle, event, self._settings.alerts.text_max_chars),
+            alert_id=alert_id(event.topic, event.partition, event.offset),
+            position={"offset": event.offset, "timestamp_ms": event.timestamp_ms},
+        )
+        out = [self._summary(s, now) for s in decision.summaries]
+        if not decision.publish:
+            self._pending.suppressed += 1
+            return out
+        start = _datetime(decision.window_start_ms)
+        window = GroupInfo(
+            self._cooldown_s, start, start + timedelta(seconds=self._cooldown_s), 0, event.result.score
+        )
+        first_seen = _datetime(decision.first_seen_ms)
+        out.append(self._alert(bundle, event, pattern, now, first_seen=first_seen, group=window))
+        return out
 
     def committed(self) -> list[dict[str, Any]]:
         """The batch committed: count it; returns the published alert documents (for Alertmanager)."""
         pending, self._pending = self._pending, _Pending()
-        if self._grouper is not None:
-            self._grouper.commit()
-            self._metrics.alert_groups.set(len(self._grouper))
+        for partition in self._touched:
+            self._groupers[partition].commit()
+        self._touched = set()
+        self._event_time_undo = {}
         self._metrics.alerts_published.inc(len(pending.documents))
         self._metrics.alert_summaries.inc(pending.summaries)
         self._metrics.alerts_suppressed.inc(pending.suppressed)
         self._metrics.alerts_muted.inc(pending.muted)
+        self._count_open_windows()
         return pending.documents
 
     def aborted(self) -> None:
-        """The batch was aborted (and will be redelivered): undo its grouping decisions."""
+        """The batch was aborted (and will be redelivered): undo its grouping decisions and the
+        event time its records moved, so the redelivered records are decided exactly alike."""
         self._pending = _Pending()
-        if self._grouper is not None:
-            self._grouper.rollback()
+        for partition in self._touched:
+            self._groupers[partition].rollback()
+        self._touched = set()
+        for partition, before in self._event_time_undo.items():
+            if before is None:
+                self._event_time.pop(partition, None)
+            else:
+                self._event_time[partition] = before
+        self._event_time_undo = {}
+
+    def _count_open_windows(self, force: bool = False) -> None:
+        clock = time.monotonic()
+        if force or clock - self._open_counted_at >= OPEN_WINDOWS_EVERY_S:
+            self._open_counted_at = clock
+            self._metrics.alert_groups_open.set(sum(g.open_windows() for g in self._groupers.values()))
 
     # ----------------------------------------------------------------- assignment
 
     def forget(self, partitions: Iterable[PartitionKey]) -> None:
         """Partitions given up: their grouping state now belongs to their next owner."""
-        if self._grouper is not None:
-            for topic, partition in partitions:
-                self._grouper.drop_partition(topic, partition)
-            self._metrics.alert_groups.set(len(self._grouper))
+        for partition in partitions:
+            self._groupers.pop(partition, None)
+            self._event_time.pop(partition, None)
+            self._last_record.pop(partition, None)
+        self._count_open_windows(force=True)
 
     def restore(self, partitions: set[PartitionKey], read: Callable[[list[int]], Iterator[Message]]) -> int:
         """Load the grouping state of newly assigned ``partitions`` from the changelog (``read``
         yields the changelog partitions' records in order); returns the states restored.
         A changelog record that does not decode is skipped with a warning."""
-        if self._grouper is None or not partitions:
+        if not self._grouping or not partitions:
             return 0
         self.forget(partitions)
+        groupers = {p: Grouper(self._cooldown_ms, self._settings.alerts.max_groups) for p in partitions}
         restored = 0
         for msg in read(sorted({p for _, p in partitions})):
             raw_key, value = msg.key(), msg.value()
             try:
                 key = decode_key(raw_key or b"")
-                if (key[0], key[1]) not in partitions:
+                grouper = groupers.get((key[0], key[1]))
+                if grouper is None:
                     continue  # another input topic with the same partition number, not ours
-                self._grouper.restore(key, None if value is None else decode_state(value))
+                grouper.restore(key, None if value is None else decode_state(value))
                 restored += 1
             except ValueError as exc:
                 log.warning(
@@ -224,7 +305,11 @@ class Alerting:
                     msg.offset(),
                     exc,
                 )
-        self._metrics.alert_groups.set(len(self._grouper))
+        clock = time.monotonic()
+        for partition, grouper in groupers.items():
+            self._groupers[partition] = grouper
+            self._last_record[partition] = clock  # its records may be on their way: not idle yet
+        self._count_open_windows(force=True)
         return restored
 
     # ----------------------------------------------------------------- records
@@ -308,6 +393,8 @@ class Alerting:
                 _datetime(summary.window_end_ms),
                 summary.suppressed,
                 summary.max_score,
+                first=_position(summary.first_suppressed),
+                last=_position(summary.last_suppressed),
             ),
             summary=True,
         )
@@ -351,6 +438,13 @@ def _label(labels: list[str] | None, cluster: int) -> str | None:
 
 def _raw_threshold(distance: float, score: float) -> float | None:
     return distance / score if score > 0 and _finite(score) and _finite(distance) else None
+
+
+def _position(where: dict[str, Any] | None) -> tuple[int, int | None] | None:
+    if where is None:
+        return None
+    timestamp = where.get("timestamp_ms")
+    return int(where["offset"]), None if timestamp is None else int(timestamp)
 
 
 def _datetime(ms: int) -> datetime:

@@ -9,6 +9,7 @@ Layout of a bundle directory (see docs/bundle.md)::
     detector/                 whatever Detector.save wrote (npy/JSON; a pickle for hdbscan)
     training_sample.npy       optional: a small seeded sample of training vectors for report plots
     known_patterns.npy        optional: sorted uint64 hashes of the training patterns (agent/examples.py)
+    normal_patterns.npy       optional: the same for patterns operators marked normal (train --feedback-from)
     examples.npy/.jsonl       optional: distinct training patterns (unit vectors float16 + texts)
 
 Trust model: ``manifest.json`` lists the sha256 of every other file. ``load_bundle`` checks the
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+NORMAL_PATTERNS = "normal_patterns.npy"
 TEXT_PREPARATION = "text_preparation.json"
 EMBEDDER_DIR = "embedder"
 DETECTOR_DIR = "detector"
@@ -86,6 +88,9 @@ class Bundle:
     (trained with ``--no-examples``, or before bundles kept examples)."""
     known_patterns: KnownPatterns | None = None
     """Hashes of the training patterns (known_patterns.npy); None for bundles written without them."""
+    normal_patterns: KnownPatterns | None = None
+    """Patterns operators marked normal, folded in by ``train --feedback-from``
+    (normal_patterns.npy): the agent does not alert them, whatever they score."""
 
     @property
     def detector_name(self) -> str:
@@ -192,6 +197,12 @@ def load_bundle(path: Path) -> Bundle:
     except (OSError, ValueError, KeyError) as exc:
         raise _fail(path, f"detector files could not be read ({exc})") from None
     known_patterns, examples = _load_patterns(path, manifest)
+    normal_patterns = None
+    if NORMAL_PATTERNS in manifest["files"]:
+        try:
+            normal_patterns = KnownPatterns.load(path / NORMAL_PATTERNS)
+        except (OSError, ValueError) as exc:
+            raise _fail(path, f"{NORMAL_PATTERNS} is invalid ({exc})") from None
     return Bundle(
         path=path,
         manifest=manifest,
@@ -202,6 +213,7 @@ def load_bundle(path: Path) -> Bundle:
         embedder_dir=path / EMBEDDER_DIR,
         examples=examples,
         known_patterns=known_patterns,
+        normal_patterns=normal_patterns,
     )
 
 
@@ -251,6 +263,7 @@ def write_bundle(
     training_sample: FloatArray | None = None,
     known_patterns: KnownPatterns | None = None,
     examples: Examples | None = None,
+    normal_patterns: KnownPatterns | None = None,
 ) -> Path:
     """Write a complete bundle to ``out`` atomically (temp dir + rename) and return ``out``.
 
@@ -294,6 +307,8 @@ def write_bundle(
             known_patterns.save(tmp / KNOWN_PATTERNS)
         if examples is not None:
             examples.save(tmp)
+        if normal_patterns is not None:
+            normal_patterns.save(tmp / NORMAL_PATTERNS)
         files = _hash_tree(tmp)
         identity = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         manifest = {

@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most this many distinct training texts kept as examples, most frequent first",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and the detector")
+    p.add_argument(
+        "--feedback-from",
+        type=Path,
+        default=None,
+        help="a dump of the feedback topic (one record value per line): patterns marked normal "
+        "(with their template) are trained as normal",
+    )
 
     p = sub.add_parser("score", help="score records with a bundle; JSONL to stdout in input order")
     p.add_argument("--bundle", type=Path, required=True)
@@ -155,7 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
         "feedback", help="mark a pattern normal (no more alerts) or anomaly (alerts again) for every agent"
     )
     p.add_argument("--pattern", required=True, help="the pattern id (an alert's pattern.id, 32 hex)")
-    p.add_argument("--verdict", required=True, choices=("normal", "anomaly"))
+    verdict = p.add_mutually_exclusive_group(required=True)
+    verdict.add_argument(
+        "--normal", dest="verdict", action="store_const", const="normal", help="stop alerting this pattern"
+    )
+    verdict.add_argument(
+        "--anomaly", dest="verdict", action="store_const", const="anomaly", help="alert it again (un-mark)"
+    )
+    verdict.add_argument("--verdict", choices=("normal", "anomaly"), help="the same as --normal / --anomaly")
+    p.add_argument(
+        "--template",
+        default="",
+        help="the pattern's template (alert pattern.template), for train --feedback-from",
+    )
     p.add_argument("--by", required=True, help="who decides (kept with the verdict)")
     p.add_argument("--reason", default="", help="why (kept with the verdict)")
     p.add_argument(

@@ -7,7 +7,7 @@ normal, and writes one record to the feedback topic (``[topics] feedback``)::
     value = {"pattern_id": "<32 hex>", "verdict": "normal" | "anomaly",
              "by": "<who>", "reason": "<why>", "at": "<RFC 3339>"}
 
-``anomaly-agent feedback --pattern ID --verdict normal --by me --reason '...'`` writes exactly
+``anomaly-agent feedback --pattern ID --normal --by me --reason '...'`` writes exactly
 that (``feedback_record``). The topic is compacted, so it keeps the latest verdict of every
 pattern and every instance, after every restart, reads the same verdicts from its beginning.
 
@@ -75,6 +75,9 @@ class Feedback:
     by: str
     reason: str
     at: str
+    # The pattern's template (the alert's pattern.template), when the writer gave it: what
+    # ``train --feedback-from`` adds to the next bundle's normal data. Optional.
+    template: str = ""
 
 
 def parse_feedback(value: bytes | None) -> Feedback | None:
@@ -105,7 +108,12 @@ def parse_feedback(value: bytes | None) -> Feedback | None:
 
 
 def feedback_record(
-    pattern_id: str, verdict: Verdict | str, by: str, reason: str, at: datetime | None = None
+    pattern_id: str,
+    verdict: Verdict | str,
+    by: str,
+    reason: str,
+    at: datetime | None = None,
+    template: str = "",
 ) -> tuple[bytes, bytes]:
     """The (key, value) of a feedback record, for ``anomaly-agent feedback``: key = the pattern id,
     value = compact JSON with all five fields, ``at`` (default: now) in UTC with milliseconds.
@@ -119,6 +127,8 @@ def feedback_record(
         raise FeedbackError("at must be a timezone-aware datetime")
     stamp = at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     doc = {"pattern_id": pattern_id, "verdict": verdict, "by": by, "reason": reason, "at": stamp}
+    if template:
+        doc["template"] = template
     feedback = _validated(doc)
     value = json.dumps(
         {
@@ -127,6 +137,7 @@ def feedback_record(
             "by": feedback.by,
             "reason": feedback.reason,
             "at": feedback.at,
+            **({"template": feedback.template} if feedback.template else {}),
         },
         ensure_ascii=False,
         separators=(",", ":"),
@@ -148,7 +159,7 @@ def _validated(doc: dict[str, Any]) -> Feedback:
     if not isinstance(raw, str) or raw not in _VERDICTS:
         raise FeedbackError(f'verdict must be "normal" or "anomaly", got {_show(raw)}')
     verdict = Verdict(raw)
-    by, reason, at = (_string(doc, name) for name in ("by", "reason", "at"))
+    by, reason, at, template = (_string(doc, name) for name in ("by", "reason", "at", "template"))
     if at:
         moment = None
         if _RFC3339.fullmatch(at):
@@ -160,7 +171,7 @@ def _validated(doc: dict[str, Any]) -> Feedback:
             raise FeedbackError(
                 f"at must be an RFC 3339 timestamp (2026-11-22T17:49:27.412Z), got {_show(at)}"
             )
-    return Feedback(pattern_id=pattern_id, verdict=verdict, by=by, reason=reason, at=at)
+    return Feedback(pattern_id=pattern_id, verdict=verdict, by=by, reason=reason, at=at, template=template)
 
 
 def _string(doc: dict[str, Any], name: str) -> str:

@@ -31,7 +31,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         print("anomaly-agent: topics.feedback is not set; name the feedback topic first", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        key, value = feedback_record(args.pattern, args.verdict, args.by, args.reason)
+        key, value = feedback_record(args.pattern, args.verdict, args.by, args.reason, template=args.template)
     except FeedbackError as exc:
         print(f"anomaly-agent: {exc}", file=sys.stderr)
         return 64  # EX_USAGE

@@ -53,6 +53,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -92,8 +93,10 @@ class GroupState:
     ``window_start_ms``: time of the alert that opened the current window, None when no window is
     open; ``window_alert_id``: that alert's id. ``suppressed``: events counted, not published, in
     the current window; ``max_score`` and ``top_event``: the highest-scoring of them (the caller's
-    JSON object, stored as its JSON round trip). Invariants: no window → ``suppressed == 0`` and
-    no id / score / top event; ``suppressed > 0`` ⇔ ``max_score`` and ``top_event`` are set.
+    JSON object, stored as its JSON round trip); ``first_suppressed`` / ``last_suppressed``: the
+    caller's ``position`` (e.g. offset and timestamp) of the first and the latest of them.
+    Invariants: no window → ``suppressed == 0`` and no id / score / top event / positions;
+    ``suppressed > 0`` ⇔ ``max_score`` and ``top_event`` are set.
     """
 
     first_seen_ms: int
@@ -103,6 +106,8 @@ class GroupState:
     suppressed: int = 0
     max_score: float | None = None
     top_event: dict[str, Any] | None = None
+    first_suppressed: dict[str, Any] | None = None
+    last_suppressed: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,8 @@ class Summary:
     first_seen_ms: int
     window_alert_id: str
     evicted: bool = False
+    first_suppressed: dict[str, Any] | None = None
+    last_suppressed: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +183,10 @@ class Grouper:
         state = self._states.get(key)
         return replace(state) if state is not None else None
 
+    def open_windows(self) -> int:
+        """Windows open now (a scan: call it now and then, not per event)."""
+        return open_windows(self._states.values())
+
     def snapshot(self) -> dict[GroupKey, GroupState]:
         """Copies of all states (tests, debugging)."""
         return {key: replace(state) for key, state in self._states.items()}
@@ -183,7 +194,14 @@ class Grouper:
     # ----------------------------------------------------------------- a batch
 
     def decide(
-        self, key: GroupKey, now_ms: int, score: float, event: dict[str, Any], *, alert_id: str
+        self,
+        key: GroupKey,
+        now_ms: int,
+        score: float,
+        event: dict[str, Any],
+        *,
+        alert_id: str,
+        position: dict[str, Any] | None = None,
     ) -> Decision:
         """Decide about one anomalous event of ``key`` scored ``score`` at ``now_ms``.
 
@@ -193,7 +211,9 @@ class Grouper:
         round-trip copy of ``event``) if it scores higher than every event suppressed before it,
         do not publish. ``event`` is only used when suppressed; it must be JSON-serialisable
         without NaN or infinities (ValueError otherwise, before anything changes), as must
-        ``score`` not be NaN.
+        ``score`` not be NaN. ``position`` (a small JSON object, e.g. offset and timestamp) of a
+        suppressed event becomes the window's ``last_suppressed``, and its ``first_suppressed``
+        when it is the first.
         """
         if math.isnan(score):
             raise ValueError(f"score of {key!r} is NaN")
@@ -204,8 +224,12 @@ class Grouper:
             and now_ms < state.window_start_ms + self.cooldown_ms
         ):
             top = _json_copy(event) if state.max_score is None or score > state.max_score else None
+            where = None if position is None else _json_copy(position)
             self._remember(key, state)
+            if state.suppressed == 0:
+                state.first_suppressed = where
             state.suppressed += 1
+            state.last_suppressed = where
             if top is not None:
                 state.max_score, state.top_event = float(score), top
             self._touch(key, state, now_ms)
@@ -333,9 +357,12 @@ class Grouper:
                 first_seen_ms=state.first_seen_ms,
                 window_alert_id=state.window_alert_id,
                 evicted=evicted,
+                first_suppressed=state.first_suppressed,
+                last_suppressed=state.last_suppressed,
             )
         state.window_start_ms = state.window_alert_id = None
         state.suppressed, state.max_score, state.top_event = 0, None, None
+        state.first_suppressed = state.last_suppressed = None
         return summary
 
     def _evict(self, now_ms: int, keep: GroupKey) -> list[Summary]:
@@ -439,6 +466,8 @@ def encode_state(state: GroupState) -> bytes:
         "suppressed": state.suppressed,
         "max_score": _encode_score(state.max_score),
         "top_event": state.top_event,
+        "first_suppressed": state.first_suppressed,
+        "last_suppressed": state.last_suppressed,
     }
     try:
         return json.dumps(document, separators=(",", ":"), allow_nan=False).encode("ascii")
@@ -472,6 +501,11 @@ def decode_state(data: bytes) -> GroupState:
     top_event = doc.get("top_event")
     if top_event is not None and not isinstance(top_event, dict):
         raise ValueError(f"{what}: top_event must be an object or null")
+    positions = [doc.get("first_suppressed"), doc.get("last_suppressed")]
+    if any(p is not None and not isinstance(p, dict) for p in positions):
+        raise ValueError(f"{what}: first_suppressed and last_suppressed must be objects or null")
+    if suppressed == 0 and any(p is not None for p in positions):
+        raise ValueError(f"{what}: first_suppressed/last_suppressed set although nothing was suppressed")
     if suppressed < 0:
         raise ValueError(f"{what}: suppressed must be >= 0, got {suppressed}")
     if window_start is None and (suppressed or alert_id is not None):
@@ -488,7 +522,14 @@ def decode_state(data: bytes) -> GroupState:
         suppressed=suppressed,
         max_score=max_score,
         top_event=top_event,
+        first_suppressed=positions[0],
+        last_suppressed=positions[1],
     )
+
+
+def open_windows(states: Iterable[GroupState]) -> int:
+    """How many of ``states`` have a window open."""
+    return sum(1 for state in states if state.window_start_ms is not None)
 
 
 def _loads(data: bytes, what: str) -> Any:

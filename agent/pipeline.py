@@ -441,23 +441,26 @@ class Pipeline:
         scored: list[float] = []
         timestamps: list[int | None] = []
         with self._metrics.timed(Stage.SCORE):
-            anomalous: list[Anomalous] = []
+            # Every scored record in order, the anomalous ones with their event: the grouping's
+            # event time moves with all of a partition's records.
+            in_order: list[tuple[tuple[str, int], int | None, Anomalous | None]] = []
             messages: dict[int, Message] = {}
             for item, outcome in zip(events, results, strict=True):
                 if outcome is None:
                     continue
                 scored.append(outcome.score)
                 timestamps.append(item.event.timestamp_ms)
+                anomaly = None
                 if outcome.score > 1.0:
                     anomaly = _anomalous(item, outcome)
-                    anomalous.append(anomaly)
                     messages[id(anomaly)] = item.msg
+                in_order.append((partition_key(item.msg), item.event.timestamp_ms, anomaly))
 
             def not_built(anomaly: Anomalous, exc: Exception) -> None:
                 detail = _internal("building the alert", exc)
                 reject(messages[id(anomaly)], DeadLetterReason.INTERNAL_ERROR, detail)
 
-            outgoing += self._alerting.batch(model.bundle, anomalous, datetime.now(UTC), not_built)
+            outgoing += self._alerting.batch(model.bundle, in_order, datetime.now(UTC), not_built)
 
         if not batch.messages and not outgoing:
             return  # idle, no window ended: nothing to commit

@@ -74,6 +74,9 @@ class GroupInfo:
     window_end: datetime
     suppressed: int
     max_score: float
+    # A summary's first and last suppressed event: (offset, Kafka timestamp in ms or None).
+    first: tuple[int, int | None] | None = None
+    last: tuple[int, int | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,8 @@ def build_alert(
             "window_end": _iso(group.window_end),
             "suppressed": int(group.suppressed),
             "max_score": _finite(group.max_score),
+            "first": _position(group.first),
+            "last": _position(group.last),
         },
     }
     headers = [
@@ -303,6 +308,19 @@ def _source_json(source: AlertSource) -> dict[str, Any]:
         "timestamp": timestamp,
         "timestamp_ms": source.timestamp_ms if timestamp is not None else None,
     }
+
+
+def _position(where: tuple[int, int | None] | None) -> dict[str, Any] | None:
+    """A suppressed event's place: ``{"offset", "timestamp"}`` (RFC 3339, null when unknown)."""
+    if where is None:
+        return None
+    offset, timestamp_ms = where
+    stamp = (
+        None
+        if timestamp_ms is None or timestamp_ms < 0
+        else _iso(datetime.fromtimestamp(timestamp_ms / 1000, UTC))
+    )
+    return {"offset": offset, "timestamp": stamp}
 
 
 def _ms(moment: datetime) -> int:

@@ -264,9 +264,10 @@ class AgentMetrics:
             "Anomalous events not alerted because an operator marked their pattern normal (feedback).",
             registry=r,
         )
-        self.alert_groups = Gauge(
-            "anomaly_agent_alert_groups",
-            "Grouping states kept now (pattern and partition; open windows and first-seen times).",
+        self.alert_groups_open = Gauge(
+            "anomaly_agent_alert_groups_open",
+            "Cooldown windows open now (one per pattern and input partition that alerted within the "
+            "cooldown); recomputed every few seconds.",
             registry=r,
         )
         self.patterns_muted = Gauge(

@@ -144,17 +144,29 @@ def test_schema_2_pattern_neighbours_and_group(validator: Draft202012Validator) 
         "window_end": "2026-11-22T17:59:27.123Z",
         "suppressed": 0,
         "max_score": 1.84,
+        "first": None,
+        "last": None,
     }
     assert value["kind"] == "alert" and record.document == value
 
 
 def test_a_summary_has_its_own_type_and_an_id_per_window(validator: Draft202012Validator) -> None:
-    group = GroupInfo(600.0, DETECTED, DETECTED + timedelta(minutes=10), 41, 3.5)
+    group = GroupInfo(
+        600.0,
+        DETECTED,
+        DETECTED + timedelta(minutes=10),
+        41,
+        3.5,
+        first=(9042, 1_763_833_768_000),
+        last=(9100, None),
+    )
     pattern = PatternInfo("cd" * 16, "disk <PATH> full", True, DETECTED)
     summary = make(pattern=pattern, group=group, summary=True, score=3.5)
     value = doc(summary)
     validator.validate(value)
     assert value["kind"] == "summary" and value["group"]["suppressed"] == 41
+    assert value["group"]["first"] == {"offset": 9042, "timestamp": "2025-11-22T17:49:28.000Z"}
+    assert value["group"]["last"] == {"offset": 9100, "timestamp": None}
     assert dict(summary.headers)["ce_type"] == SUMMARY_CLOUDEVENTS_TYPE.encode()
     assert summary.id == summary_id("events", 2, "cd" * 16, round(DETECTED.timestamp() * 1000))
     assert summary.id != make(pattern=pattern, group=group).id  # not the alert's id

@@ -15,6 +15,8 @@ import pytest
 from agent.bundle import load_bundle
 from agent.cli import build_parser, main
 from agent.examples import DEFAULT_MAX_EXAMPLES, EXAMPLE_MAX_CHARS, rank_patterns
+from agent.feedback import feedback_record
+from exporters.alerts import pattern_id
 from training.records import InputError, prepared_texts, read_records
 
 N_LINES = 300
@@ -434,3 +436,65 @@ def test_train_example_flags_defaults() -> None:
     assert args.max_examples == DEFAULT_MAX_EXAMPLES
     args = build_parser().parse_args(["train", "--input", "x.log", "--out", "b", "--no-examples"])
     assert args.examples is False
+
+
+def _score(bundle_dir: Path, text: str) -> float:
+    bundle = load_bundle(bundle_dir)
+    vectors = bundle.load_embedder(intra_op_threads=1).embed([bundle.text_prep.prepare(text)])
+    return float(bundle.detector.score(vectors).score[0])
+
+
+@pytest.mark.slow
+def test_feedback_from_folds_normal_verdicts_into_the_next_bundle(
+    trained: dict[str, Any], data: dict[str, Any], embedder_dir: Path, tmp_path: Path
+) -> None:
+    """A pattern operators marked normal (with its template) is normal training data for the next
+    bundle; the latest verdict of a pattern wins; what cannot be folded is counted."""
+    spam = "WINNER!! You have been selected to receive a 900 pound prize. Call 0906123 to claim, code 77"
+    other = "URGENT! Your mobile number 1234 was awarded a 2000 GBP bonus caller prize, call 0906111 now"
+    old = load_bundle(trained["bundle"])
+    assert _score(trained["bundle"], spam) > 1.0 and _score(trained["bundle"], other) > 1.0
+
+    def verdict(text: str, value: str, *, template: bool = True) -> bytes:
+        prepared = old.text_prep.prepare(text)
+        _, record = feedback_record(
+            pattern_id(old.model_id, prepared),
+            value,
+            "oncall",
+            "known",
+            template=prepared if template else "",
+        )
+        return record
+
+    dump = tmp_path / "feedback.jsonl"
+    dump.write_bytes(
+        b"\n".join(
+            [
+                verdict(spam, "normal"),
+                verdict(other, "normal"),
+                verdict(other, "anomaly"),  # un-marked later: the latest verdict wins, not folded
+                verdict("kernel panic 42", "normal", template=False),  # nothing to fold
+                b"{not a verdict",
+            ]
+        )
+        + b"\n"
+    )
+    log = data["dir"] / "bgl.log"
+    out = tmp_path / "next"
+    code, stdout, stderr = run_cli(
+        "train", "--input", log, "--label-field", "1", "--normal-labels=-", "--embedder", embedder_dir,
+        "--feedback-from", dump, "--out", out,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert json.loads(stdout)["training"]["feedback"] == {
+        "file": "feedback.jsonl",
+        "normal_patterns_folded": 1,
+        "normal_without_template": 1,
+        "invalid_lines": 1,
+    }
+    new = load_bundle(out)
+    assert new.normal_patterns is not None and len(new.normal_patterns) == 1
+    assert old.text_prep.prepare(spam) in new.normal_patterns, "the agent does not alert it"
+    assert old.text_prep.prepare(other) not in new.normal_patterns, "un-marked: alerts as before"
+    assert new.known_patterns is not None and old.text_prep.prepare(spam) in new.known_patterns
+    assert _score(out, spam) < _score(trained["bundle"], spam), "trained as normal: it scores lower"

@@ -46,6 +46,7 @@ from agent.embedder import EmbedderError, OnnxEmbedder
 from agent.examples import MAX_KNOWN_PATTERNS, Examples, KnownPatterns, rank_patterns
 from agent.textprep import TextPreparation
 from training.evaluate import detection_metrics
+from training.feedback_fold import normal_templates
 from training.records import (
     InputError,
     detect_format,
@@ -103,6 +104,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     texts = prepared_texts(records, text_prep, args.input)
     labels = labels_of(records, args.label_field, args.input) if args.label_field else None
+    folded = normal_templates(args.feedback_from) if args.feedback_from is not None else None
     normal_labels = (
         parse_normal_labels(args.normal_labels, labels, args.label_field)
         if labels is not None and args.normal_labels is not None
@@ -125,6 +127,15 @@ def _train(args: argparse.Namespace) -> int:
         fit_idx, val_idx = normal_idx[fit_pos], normal_idx[val_pos]
     else:
         fit_idx, val_idx = normal_idx, normal_idx[:0]
+    if folded is not None and folded.templates:
+        # Patterns operators marked normal: fitted as normal records (not validated: they must not
+        # move the threshold), labelled like the most common normal record where there are labels.
+        added = np.arange(len(texts), len(texts) + len(folded.templates))
+        texts += [text_prep.prepare(t) for t in folded.templates]
+        if labels is not None:
+            labels += [Counter(np.asarray(labels)[normal_idx].tolist()).most_common(1)[0][0]] * len(added)
+        fit_idx = np.concatenate([fit_idx, added])
+        normal_idx = np.concatenate([normal_idx, added])
 
     embedder_dir = _embedder_dir(args.embedder)
     embedder = OnnxEmbedder(embedder_dir)
@@ -170,6 +181,13 @@ def _train(args: argparse.Namespace) -> int:
         },
         "seed": args.seed,
     }
+    if folded is not None:
+        training["feedback"] = {
+            "file": Path(args.feedback_from).name,
+            "normal_patterns_folded": len(folded.templates),
+            "normal_without_template": folded.normal_without_template,
+            "invalid_lines": folded.invalid_lines,
+        }
     config = getattr(detector, "config", None)
     params: dict[str, Any] = (
         config() if callable(config) else {"target_fpr": args.target_fpr, "seed": args.seed}
@@ -185,6 +203,11 @@ def _train(args: argparse.Namespace) -> int:
         training_sample=vectors[sample_idx],
         known_patterns=known,
         examples=examples,
+        normal_patterns=(
+            KnownPatterns.from_texts(text_prep.prepare(t) for t in folded.templates)
+            if folded is not None and folded.templates
+            else None
+        ),
     )
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     summary = {

@@ -210,12 +210,14 @@ def _alert_grouping() -> timeseries.Panel:
 def _alert_groups() -> timeseries.Panel:
     return (
         _timeseries(
-            "Grouping state and muted patterns",
-            "Grouping states kept per instance (one per pattern and partition, bounded by "
-            "alerts.max_groups) and patterns muted by operators' feedback.",
+            "Open windows and muted patterns",
+            "Cooldown windows open per instance (a pattern that alerted on a partition within the "
+            "cooldown: its further events are counted for the summary) and patterns muted by feedback.",
             "short",
         )
-        .with_target(_query(f"sum by (instance) (anomaly_agent_alert_groups{{{SEL}}})", "{{instance}}", "A"))
+        .with_target(
+            _query(f"sum by (instance) (anomaly_agent_alert_groups_open{{{SEL}}})", "{{instance}}", "A")
+        )
         .with_target(_query(f"max(anomaly_agent_patterns_muted{{{SEL}}})", "muted patterns", "B"))
         .span(12)
     )

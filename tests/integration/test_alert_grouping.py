@@ -1,9 +1,13 @@
-"""Alerts people can act on, on the real broker: one alert per pattern and cooldown window, a
-summary that carries the count, exact across kill -9; operator feedback mutes a pattern.
+"""Alerts people can act on, on the real broker: one alert per pattern, partition and cooldown
+window of event time, a summary that carries the count, identical whatever happens to the agent
+(kill -9, rebalances); operator feedback mutes a pattern; ``group_by = "event"`` as before.
 
-The storm: two kinds of spam-like messages (certain anomalies for the BGL-trained bundle) with
-their numbers re-drawn on every event, so raw texts never repeat while their patterns do, mixed
-into held-out normal BGL lines.
+The storm: 5,000 anomalous events of three spam-like patterns (certain anomalies for the
+BGL-trained bundle; their numbers re-drawn on every event, so raw texts never repeat while their
+patterns do) and 500 held-out BGL lines, over four partitions, with Kafka timestamps an hour ago
+spanning more than three cooldowns, some out of order. What must come out is computed from the
+records alone by ``grouping_reference.expected`` — the documented rule written plainly — and
+every run, crashed or rebalanced, must publish exactly that.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,157 +25,177 @@ import pytest
 from agent_helpers import (
     AgentProcess,
     AgentTopics,
-    StreamProducer,
     agent_env,
     bgl_lines,
     cli,
     json_records,
+    offline_anomalies,
     pipeline_settings,
     produce,
     read_committed,
     wait_caught_up,
     wait_until,
 )
-from confluent_kafka import Message
+from confluent_kafka import Producer
+from grouping_reference import Published, expected, published
 from kafka_fixtures import GroupFactory, TopicFactory
 
+from agent.bundle import load_bundle
 from agent.config import Settings
-from agent.feedback import Verdict
 from agent.pipeline import Pipeline, load_model
-from agent.textprep import TextPreparation
 from exporters.alerts import pattern_id
 from exporters.metrics import AgentMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-STORM_TEMPLATES = (
+TEMPLATES = (
     "WINNER!! You have been selected to receive a {a} pound prize. Call 0906{b} to claim, code {c}",
     "URGENT! Your mobile number {a} was awarded a {b} GBP bonus caller prize, call 09061{c} now",
+    "ALERT: your account {a} has been suspended. Verify your identity at 0800{b} within {c} hours",
 )
+PARTITIONS = 4
+COOLDOWN_S = 60.0
+STORM_EVENTS = 5_000
+NORMAL_EVENTS = 500
+SPAN_MS = 200_000  # > 3 cooldowns of event time
+COMMITTED = 'anomaly_agent_transactions_total{result="committed"}'
 
 
-def storm_events(datasets_dir: Path, *, storm: int, normal: int, seed: int) -> list[dict[str, Any]]:
-    """``storm`` events of each template (numbers re-drawn) and ``normal`` BGL lines, shuffled."""
+@dataclass(frozen=True)
+class Storm:
+    """The produced records and what must be published for them."""
+
+    topics: AgentTopics
+    expected: list[Published]
+    anomalous: int
+
+
+def spam(rng: random.Random, template: str) -> str:
+    return template.format(
+        a=rng.randint(100, 99_999), b=rng.randint(1_000, 999_999), c=rng.randint(10, 9_999)
+    )
+
+
+def make_storm(
+    bootstrap: str, topics: AgentTopics, bundle: Path, datasets_dir: Path, work: Path, *, seed: int
+) -> Storm:
+    """Produce the storm with explicit partitions and timestamps; compute what it must publish."""
     rng = random.Random(seed)
-    normal_lines, _ = bgl_lines(datasets_dir)
-    texts = [
-        t.format(a=rng.randint(100, 99_999), b=rng.randint(1_000, 999_999), c=rng.randint(10, 9_999))
-        for t in STORM_TEMPLATES
-        for _ in range(storm)
-    ]
-    texts += rng.sample(normal_lines[600:], normal)
+    normal, _ = bgl_lines(datasets_dir)
+    texts = [spam(rng, rng.choice(TEMPLATES)) for _ in range(STORM_EVENTS)]
+    texts += rng.sample(normal[600:], NORMAL_EVENTS)
     rng.shuffle(texts)
-    return [{"text": text, "host": f"node-{i % 3}", "seq": i} for i, text in enumerate(texts)]
+    events = [{"text": t, "service": "sms-gw", "seq": i} for i, t in enumerate(texts)]
+    flagged = offline_anomalies(bundle, events, work)  # what scores anomalous, normal lines included
+    prepare = load_bundle(bundle).text_prep.prepare
+    base = int(time.time() * 1000) - 3_600_000
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    rows: list[tuple[int, int, str | None, int]] = []
+    next_offset = [0] * PARTITIONS
+    for i, event in enumerate(events):
+        partition = rng.randrange(PARTITIONS)
+        ts = base + i * SPAN_MS // len(events) - (rng.randint(0, 20_000) if rng.random() < 0.05 else 0)
+        producer.produce(topics.input, json.dumps(event).encode(), partition=partition, timestamp=ts)
+        producer.poll(0)
+        template = prepare(event["text"]) if flagged[i] else None
+        rows.append((partition, ts, template, next_offset[partition]))
+        next_offset[partition] += 1
+    assert producer.flush(60) == 0
+    return Storm(topics, expected(rows, int(COOLDOWN_S * 1000)), sum(flagged))
 
 
-def templates(events: list[dict[str, Any]]) -> dict[int, str]:
-    prep = TextPreparation()
-    return {e["seq"]: prep.prepare(e["text"]) for e in events if e["text"].startswith(("WINNER", "URGENT"))}
+def storm_topics(make_topic: TopicFactory, make_group: GroupFactory) -> AgentTopics:
+    return AgentTopics(make_topic(PARTITIONS), make_topic(1), make_topic(1), make_group())
 
 
-def documents(messages: list[Message]) -> list[dict[str, Any]]:
-    return [json.loads(m.value() or b"") for m in messages]
+def documents(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    return [json.loads(m.value() or b"") for m in read_committed(bootstrap, topic, quiet_s=0.5)]
+
+
+def wait_published(
+    bootstrap: str, storm: Storm, *, timeout: float, tick: Callable[[], None] | None = None
+) -> None:
+    """Until the alert topic holds exactly what the storm must publish (then a last look: no more)."""
+    deadline = time.monotonic() + timeout
+    got: list[Published] = []
+    while time.monotonic() < deadline:
+        if tick is not None:
+            tick()
+        got = published(documents(bootstrap, storm.topics.alerts))
+        if len(got) >= len(storm.expected):
+            break
+        time.sleep(1.0)
+    assert got == storm.expected, _difference(got, storm.expected)
+    docs = documents(bootstrap, storm.topics.alerts)
+    assert len({d["id"] for d in docs}) == len(docs), "a record published twice"
+    counted = sum(1 if d["kind"] == "alert" else d["group"]["suppressed"] for d in docs)
+    assert counted == storm.anomalous, "every anomalous event is an alert or counted in a summary"
+
+
+def _difference(got: list[Published], want: list[Published]) -> str:
+    missing = Counter(want) - Counter(got)
+    extra = Counter(got) - Counter(want)
+    return f"{len(got)} published, {len(want)} expected; missing {list(missing)[:5]}, extra {list(extra)[:5]}"
 
 
 def grouped(bootstrap: str, agent_topics: AgentTopics, bundle: Path, **sections: Any) -> Settings:
     """In-process settings with alert grouping on (the helpers' default is one alert per event)."""
-    alerts = {"group_by": "pattern", **sections.pop("alerts", {})}
+    alerts = {"group_by": "pattern", "cooldown_seconds": COOLDOWN_S, **sections.pop("alerts", {})}
     return pipeline_settings(
         bootstrap,
         agent_topics,
         bundle,
         instance_id="grouping-agent",
-        batch_size=32,
+        batch_size=64,
         alerts=alerts,
         **sections,
     )
 
 
-def test_a_storm_is_one_alert_per_pattern_and_partition_then_one_summary(
+def grouped_env(storm: Storm, bootstrap: str, bundle: Path, instance: str, batch: int) -> dict[str, str]:
+    return agent_env(
+        bootstrap, storm.topics, bundle, instance_id=instance, batch__max_size=str(batch),
+        alerts__group_by="pattern", alerts__cooldown_seconds=str(COOLDOWN_S),
+    )  # fmt: skip
+
+
+def test_a_storm_is_one_alert_per_pattern_partition_and_window(
     kafka_bootstrap: str,
     make_topic: TopicFactory,
     make_group: GroupFactory,
     agent_bundle: Path,
     datasets_dir: Path,
+    tmp_path: Path,
 ) -> None:
-    topics = AgentTopics(make_topic(2), make_topic(1), make_topic(1), make_group())
-    events = storm_events(datasets_dir, storm=30, normal=60, seed=3)
-    storm = templates(events)
-    positions = produce(kafka_bootstrap, topics.input, json_records(events))
-    seq_at = {position: i for i, position in enumerate(positions)}
-    expected = Counter((positions[seq][0], template) for seq, template in storm.items())
-    assert len(expected) == 4, "both patterns on both partitions"
-
-    cooldown = 4.0
-    settings = grouped(kafka_bootstrap, topics, agent_bundle, alerts={"cooldown_seconds": cooldown})
-    model = load_model(agent_bundle, intra_op_threads=1)
-    metrics = AgentMetrics(batch_max_size=32)
-    with Pipeline(settings, model, metrics=metrics) as pipeline:
-        pipeline.run(max_messages=len(events), idle_timeout_s=60)
-        first = documents(read_committed(kafka_bootstrap, topics.alerts, quiet_s=0.5))
-        # No traffic now: the windows end and their summaries come out of the idle loop.
-        pipeline.run(idle_timeout_s=cooldown + 3)
-
-    published = documents(read_committed(kafka_bootstrap, topics.alerts))
-    # Some held-out normal lines score anomalous too (their own patterns); the storm is checked.
-    kinds = set(storm.values())
-    alerts = [d for d in published if d["kind"] == "alert" and d["pattern"]["template"] in kinds]
-    summaries = [d for d in published if d["kind"] == "summary" and d["pattern"]["template"] in kinds]
-    first_storm = [d["kind"] for d in first if d["pattern"]["template"] in kinds]
-    assert first_storm == ["alert"] * 4, "one alert per (partition, pattern), at once"
-    assert len(alerts) == 4 and len(summaries) == 4, [(d["kind"], d["source"]) for d in alerts + summaries]
-
-    model_id = model.bundle.model_id
-    for alert in alerts:
-        key = (alert["source"]["partition"], alert["pattern"]["template"])
-        seqs = [s for s, t in storm.items() if (positions[s][0], t) == key]
-        assert seq_at[(alert["source"]["partition"], alert["source"]["offset"])] == min(
-            seqs, key=lambda s: positions[s][1]
-        ), "the alert is the pattern's first event on the partition"
-        assert alert["pattern"]["id"] == pattern_id(model_id, alert["pattern"]["template"])
-        assert alert["pattern"]["known"] is False and alert["group"]["suppressed"] == 0
-        assert alert["group"]["cooldown_seconds"] == cooldown
-        assert len(alert["neighbours"]) == 3, "the nearest normal training patterns"
-        assert all(n["similarity"] < 0.9 for n in alert["neighbours"])
-        assert alert["neighbours"] == sorted(alert["neighbours"], key=lambda n: -n["similarity"])
-    counted = Counter()
-    for summary in summaries:
-        key = (summary["source"]["partition"], summary["pattern"]["template"])
-        counted[key] = 1 + summary["group"]["suppressed"]
-        assert summary["group"]["window_start"] < summary["group"]["window_end"]
-        assert summary["score"] == summary["group"]["max_score"] > 1.0
-        assert seq_at[(summary["source"]["partition"], summary["source"]["offset"])] in storm
-    assert counted == expected, "alert + summary.suppressed = every anomalous event of the window"
-    assert len({d["id"] for d in published}) == len(published)
-
-    sample = metrics.registry.get_sample_value
-    every_summary = [d for d in published if d["kind"] == "summary"]
-    assert sample("anomaly_agent_alerts_suppressed_total") == sum(
-        d["group"]["suppressed"] for d in every_summary
+    storm = make_storm(
+        kafka_bootstrap, storm_topics(make_topic, make_group), agent_bundle, datasets_dir, tmp_path, seed=3
     )
-    assert sample("anomaly_agent_alert_summaries_published_total") == len(every_summary)
-    assert sample("anomaly_agent_alerts_published_total") == len(published)
+    alerts = sum(1 for e in storm.expected if e[0] == "alert")
+    summaries = [e for e in storm.expected if e[0] == "summary"]
+    assert alerts < storm.anomalous / 50 and len(summaries) >= 3 * PARTITIONS * len(TEMPLATES)
+    metrics = AgentMetrics(batch_max_size=64)
+    with Pipeline(
+        grouped(kafka_bootstrap, storm.topics, agent_bundle), load_model(agent_bundle), metrics=metrics
+    ) as pipeline:
+        pipeline.run(max_messages=STORM_EVENTS + NORMAL_EVENTS, idle_timeout_s=60)
+        # The stream ended an hour ago: the last windows close on the wall clock once the
+        # partitions have been quiet for a few seconds.
+        wait_published(kafka_bootstrap, storm, timeout=60, tick=lambda: pipeline.run(idle_timeout_s=1.0))
+
+    docs = documents(kafka_bootstrap, storm.topics.alerts)
+    for d in docs:
+        assert d["pattern"]["id"] == pattern_id(load_bundle(agent_bundle).model_id, d["pattern"]["template"])
+        assert d["group"]["cooldown_seconds"] == COOLDOWN_S
+    spam_alert = next(d for d in docs if d["kind"] == "alert" and d["text"].startswith("WINNER"))
+    assert spam_alert["pattern"]["known"] is False and len(spam_alert["neighbours"]) == 3
+    assert all(n["similarity"] < 0.9 for n in spam_alert["neighbours"])
+    sample = metrics.registry.get_sample_value
+    assert sample("anomaly_agent_alerts_published_total") == len(storm.expected)
+    assert sample("anomaly_agent_alert_summaries_published_total") == len(summaries)
+    assert sample("anomaly_agent_alerts_suppressed_total") == sum(e[4] for e in summaries)
 
 
-def test_group_by_event_alerts_every_anomalous_event(
-    kafka_bootstrap: str,
-    make_topic: TopicFactory,
-    make_group: GroupFactory,
-    agent_bundle: Path,
-    datasets_dir: Path,
-) -> None:
-    topics = AgentTopics(make_topic(1), make_topic(1), make_topic(1), make_group())
-    events = storm_events(datasets_dir, storm=5, normal=0, seed=4)
-    produce(kafka_bootstrap, topics.input, json_records(events))
-    settings = grouped(kafka_bootstrap, topics, agent_bundle, alerts={"group_by": "event"})
-    with Pipeline(settings, load_model(agent_bundle, intra_op_threads=1)) as pipeline:
-        pipeline.run(max_messages=len(events), idle_timeout_s=60)
-    published = documents(read_committed(kafka_bootstrap, topics.alerts))
-    assert len(published) == 10 and {d["kind"] for d in published} == {"alert"}
-    assert all(d["group"] is None for d in published)
-
-
-def test_grouping_is_exact_across_kill_9(
+def test_kill_9_mid_storm_five_times_publishes_the_same(
     kafka_bootstrap: str,
     make_topic: TopicFactory,
     make_group: GroupFactory,
@@ -178,115 +204,141 @@ def test_grouping_is_exact_across_kill_9(
     datasets_dir: Path,
     tmp_path: Path,
 ) -> None:
-    """kill -9 mid-storm, three times: the restarted agent restores the windows from the changelog,
-    so there is exactly one alert per (partition, pattern) and the summaries' counts add up to
-    every anomalous event — no second "first" alert, no lost count."""
-    topics = AgentTopics(make_topic(2), make_topic(1), make_topic(1), make_group())
-    events = storm_events(datasets_dir, storm=60, normal=60, seed=5)
-    storm = templates(events)
-    cooldown = 40.0
-    env = agent_env(
-        kafka_bootstrap,
-        topics,
-        agent_bundle,
-        instance_id="grouping-crash",
-        batch__max_size="8",
-        alerts__group_by="pattern",
-        alerts__cooldown_seconds=str(cooldown),
+    """The restarted agent restores the windows from the changelog: no second "first" alert of a
+    window, no count lost or doubled — the output is what an uninterrupted run publishes."""
+    storm = make_storm(
+        kafka_bootstrap, storm_topics(make_topic, make_group), agent_bundle, datasets_dir, tmp_path, seed=5
     )
-    stream = StreamProducer(kafka_bootstrap, topics.input, json_records(events), rate=12.0)
+    env = grouped_env(storm, kafka_bootstrap, agent_bundle, "grouping-crash", batch=8)
     rng = random.Random(9)
-    for life in range(3):
+    for life in range(5):
         agent = AgentProcess(env, tmp_path / f"agent-{life}.log")
         agent_processes.append(agent)
-        wait_until(
-            lambda a=agent: a.metric('anomaly_agent_transactions_total{result="committed"}') >= 2,
-            timeout=90,
-            what="the agent's first commits",
-        )
-        time.sleep(rng.uniform(0.5, 2.0))
+        wait_until(lambda a=agent: a.metric(COMMITTED) >= 1, timeout=90, what="the agent's first commit")
+        time.sleep(rng.uniform(0.2, 1.5))
         agent.kill()
     final = AgentProcess(env, tmp_path / "agent-final.log")
     agent_processes.append(final)
-    positions = stream.join(timeout=120)
-    wait_caught_up(kafka_bootstrap, topics.group, topics.input, timeout=120)
-    expected = Counter((positions[seq][0], template) for seq, template in storm.items())
-    kinds = set(storm.values())
-
-    def storm_summaries() -> int:
-        messages = read_committed(kafka_bootstrap, topics.alerts, quiet_s=0.5)
-        return sum(
-            1 for d in documents(messages) if d["kind"] == "summary" and d["pattern"]["template"] in kinds
-        )
-
-    wait_until(
-        lambda: storm_summaries() >= len(expected), timeout=cooldown + 60, interval=2, what="the summaries"
-    )
+    wait_caught_up(kafka_bootstrap, storm.topics.group, storm.topics.input, timeout=180)
+    wait_published(kafka_bootstrap, storm, timeout=60)
     assert final.terminate() == 0, final.tail()
 
-    published = documents(read_committed(kafka_bootstrap, topics.alerts))
-    published = [d for d in published if d["pattern"]["template"] in kinds]
-    alerts = Counter(
-        (d["source"]["partition"], d["pattern"]["template"]) for d in published if d["kind"] == "alert"
-    )
-    assert alerts == Counter(dict.fromkeys(expected, 1)), "exactly one alert per (partition, pattern)"
-    counted: Counter[tuple[int, str]] = Counter()
-    for d in published:
-        if d["kind"] == "summary":
-            counted[(d["source"]["partition"], d["pattern"]["template"])] += d["group"]["suppressed"]
-    assert {k: counted[k] + 1 for k in expected} == dict(expected), "no count lost or doubled"
-    assert len({d["id"] for d in published}) == len(published), "no record published twice"
 
-
-def test_a_pattern_marked_normal_stops_alerting_until_unmarked(
+def test_a_member_leaving_and_rejoining_mid_storm_publishes_the_same(
     kafka_bootstrap: str,
     make_topic: TopicFactory,
     make_group: GroupFactory,
     agent_bundle: Path,
+    agent_processes: list[AgentProcess],
     datasets_dir: Path,
+    tmp_path: Path,
 ) -> None:
-    """``anomaly-agent feedback`` marks a pattern normal: an agent started afterwards reads the
-    verdict before its first batch and does not alert the pattern (counted as muted); un-marking
-    reaches the running agent and the pattern alerts again."""
+    """Two agents; the second joins mid-storm (partitions move to it with their windows), leaves
+    (SIGTERM) and joins again: the partitions' grouping state follows them each time."""
+    storm = make_storm(
+        kafka_bootstrap, storm_topics(make_topic, make_group), agent_bundle, datasets_dir, tmp_path, seed=7
+    )
+    first = AgentProcess(
+        grouped_env(storm, kafka_bootstrap, agent_bundle, "grouping-a", 4), tmp_path / "a.log"
+    )
+    agent_processes.append(first)
+    wait_until(lambda: first.metric(COMMITTED) >= 5, timeout=90, what="the first agent's commits")
+    second_env = grouped_env(storm, kafka_bootstrap, agent_bundle, "grouping-b", 4)
+    for life in range(2):
+        second = AgentProcess(second_env, tmp_path / f"b-{life}.log")
+        agent_processes.append(second)
+        wait_until(lambda s=second: s.metric(COMMITTED) >= 3, timeout=90, what="the second agent's commits")
+        if life == 0:
+            assert second.terminate() == 0, second.tail()
+    wait_caught_up(kafka_bootstrap, storm.topics.group, storm.topics.input, timeout=180)
+    wait_published(kafka_bootstrap, storm, timeout=60)
+    restored = first.log().count("grouping state restored") + sum(
+        p.log().count("grouping state restored") for p in agent_processes[1:]
+    )
+    assert restored >= 3, "partitions moved between the agents with their state"
+
+
+def test_group_by_event_alerts_every_anomalous_event(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    make_group: GroupFactory,
+    agent_bundle: Path,
+) -> None:
+    topics = AgentTopics(make_topic(1), make_topic(1), make_topic(1), make_group())
+    rng = random.Random(4)
+    events = [{"text": spam(rng, t), "seq": i} for i, t in enumerate(TEMPLATES * 4)]
+    produce(kafka_bootstrap, topics.input, json_records(events))
+    settings = grouped(kafka_bootstrap, topics, agent_bundle, alerts={"group_by": "event"})
+    with Pipeline(settings, load_model(agent_bundle, intra_op_threads=1)) as pipeline:
+        pipeline.run(max_messages=len(events), idle_timeout_s=60)
+    docs = documents(kafka_bootstrap, topics.alerts)
+    assert sorted(d["source"]["offset"] for d in docs) == list(range(len(events)))
+    assert {d["kind"] for d in docs} == {"alert"} and all(d["group"] is None for d in docs)
+
+
+def test_a_pattern_marked_normal_mid_stream_stops_alerting_until_unmarked(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    make_group: GroupFactory,
+    agent_bundle: Path,
+) -> None:
+    """``anomaly-agent feedback --normal`` while the agent runs: once the agent has read the
+    verdict, the pattern's events alert no more (counted as muted); a restarted agent reads the
+    verdict before its first batch; ``--anomaly`` un-marks it and the pattern alerts again."""
     topics = AgentTopics(make_topic(1), make_topic(1), make_topic(1), make_group())
     feedback = make_topic(1)
     model = load_model(agent_bundle, intra_op_threads=1)
-    prep = TextPreparation()
-    winner, urgent = (prep.prepare(t.format(a=1, b=2, c=3)) for t in STORM_TEMPLATES)
-    muted = pattern_id(model.bundle.model_id, winner)
-
-    def verdict(value: Verdict) -> None:
-        env = agent_env(kafka_bootstrap, topics, agent_bundle, instance_id="cli", topics__feedback=feedback)
-        result = cli(
-            "feedback", "--pattern", muted, "--verdict", value.value, "--by", "oncall", "--reason", "spam",
-            env=env,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        assert f"pattern {muted} marked {value.value} on {feedback}" in result.stdout
-
-    verdict(Verdict.NORMAL)
-    events = storm_events(datasets_dir, storm=6, normal=0, seed=6)
-    produce(kafka_bootstrap, topics.input, json_records(events))
+    prepare = model.bundle.text_prep.prepare
+    rng = random.Random(6)
+    muted = pattern_id(model.bundle.model_id, prepare(spam(rng, TEMPLATES[0])))
     settings = grouped(
         kafka_bootstrap, topics, agent_bundle, topics={"feedback": feedback}, alerts={"group_by": "event"}
     )
-    metrics = AgentMetrics(batch_max_size=32)
+
+    def verdict(flag: str) -> None:
+        env = agent_env(kafka_bootstrap, topics, agent_bundle, instance_id="cli", topics__feedback=feedback)
+        result = cli("feedback", "--pattern", muted, flag, "--by", "oncall", "--reason", "spam", env=env)
+        assert result.returncode == 0, result.stderr
+        assert f"pattern {muted} marked {flag.strip('-')} on {feedback}" in result.stdout
+
+    def send(template: str, n: int) -> None:
+        produce(
+            kafka_bootstrap,
+            topics.input,
+            json_records([{"text": spam(rng, template), "seq": i} for i in range(n)]),
+        )
+
+    def alerted(pattern: str) -> int:
+        return sum(1 for d in documents(kafka_bootstrap, topics.alerts) if d["pattern"]["id"] == pattern)
+
+    metrics = AgentMetrics(batch_max_size=64)
     sample = metrics.registry.get_sample_value
     with Pipeline(settings, model, metrics=metrics) as pipeline:
-        pipeline.run(max_messages=len(events), idle_timeout_s=60)
-        published = documents(read_committed(kafka_bootstrap, topics.alerts))
-        assert {d["pattern"]["template"] for d in published} == {urgent}, "only the unmuted pattern alerts"
-        assert len(published) == 6
-        assert sample("anomaly_agent_alerts_muted_total") == 6
-        assert sample("anomaly_agent_patterns_muted") == 1
+        send(TEMPLATES[0], 3)
+        pipeline.run(max_messages=3, idle_timeout_s=60)
+        assert alerted(muted) == 3
+        verdict("--normal")  # mid-stream: the running agent follows the feedback topic
+        deadline = time.monotonic() + 30
+        while sample("anomaly_agent_patterns_muted") != 1:
+            assert time.monotonic() < deadline, "the verdict did not reach the running agent"
+            pipeline.run(idle_timeout_s=0.3)
+        send(TEMPLATES[0], 4)
+        send(TEMPLATES[1], 2)
+        pipeline.run(max_messages=6, idle_timeout_s=60)
+        assert alerted(muted) == 3, "no alert for the pattern after the verdict"
+        assert sample("anomaly_agent_alerts_muted_total") == 4
 
-        verdict(Verdict.ANOMALY)  # un-mark: the running agent follows the topic
+    send(TEMPLATES[0], 2)
+    metrics = AgentMetrics(batch_max_size=64)
+    sample = metrics.registry.get_sample_value
+    with Pipeline(settings, model, metrics=metrics) as pipeline:  # a restart reads the verdict first
+        pipeline.run(max_messages=2, idle_timeout_s=60)
+        assert alerted(muted) == 3 and sample("anomaly_agent_alerts_muted_total") == 2
+        verdict("--anomaly")
         deadline = time.monotonic() + 30
         while sample("anomaly_agent_patterns_muted") != 0:
             assert time.monotonic() < deadline, "the un-mark did not reach the running agent"
             pipeline.run(idle_timeout_s=0.3)
-        again = [e for e in events if e["text"].startswith("WINNER")][:1]
-        produce(kafka_bootstrap, topics.input, json_records(again))
+        send(TEMPLATES[0], 1)
         pipeline.run(max_messages=1, idle_timeout_s=30)
-    after = documents(read_committed(kafka_bootstrap, topics.alerts))
-    assert len(after) == 7 and after[-1]["pattern"]["id"] == muted
+    assert alerted(muted) == 4, "un-marked: the pattern alerts again"
