@@ -174,8 +174,8 @@ class AlertSettings(_Section):
     # A pattern's first anomalous event on a partition alerts; the next ones within this many
     # seconds are counted and published as one summary when the window ends.
     cooldown_seconds: float = Field(default=600.0, gt=0)
-    # Grouping windows kept (least recently seen evicted first; an evicted window's count is
-    # published as an early summary, never lost).
+    # Grouping states kept per input partition (least recently seen evicted first; an evicted
+    # window's count is published as an early summary, never lost).
     max_groups: int = Field(default=100_000, ge=1)
     # Nearest training patterns in each alert (the bundle's examples; 0 = none).
     neighbours: int = Field(default=3, ge=0, le=10)

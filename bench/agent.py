@@ -296,6 +296,8 @@ text_field = "text"
 [batch]
 max_size = {args.batch_size}
 max_wait_ms = {args.max_wait_ms}
+[alerts]
+group_by = "{args.group_by}"
 [metrics]
 port = {metrics_port}
 [health]
@@ -436,6 +438,8 @@ def train_bundle(train_texts: list[str], work: Path, detector: str) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from agent.config import BatchSettings
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument(
         "--events", type=int, default=None, help="events for (a) and (b) (default 2000, quick 600)"
@@ -445,9 +449,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime intra-op threads, both sides"
     )
     p.add_argument(
-        "--batch-size", type=int, default=64, help="the agent's batch.max_size, and (a)'s slice size"
+        "--batch-size",
+        type=int,
+        default=BatchSettings().max_size,
+        help="the agent's batch.max_size, and (a)'s slice size (default: the agent's)",
     )
-    p.add_argument("--max-wait-ms", type=int, default=200, help="the agent's batch.max_wait_ms")
+    p.add_argument(
+        "--max-wait-ms", type=int, default=BatchSettings().max_wait_ms, help="the agent's batch.max_wait_ms"
+    )
+    p.add_argument(
+        "--group-by",
+        choices=("pattern", "event"),
+        default="pattern",
+        help="alerts.group_by (the agent's default: pattern); (c) times alerts, so with pattern it has few",
+    )
     p.add_argument(
         "--anomalous-share", type=float, default=0.1, help="share of BGL (anomalous) lines in the stream"
     )
@@ -556,6 +571,7 @@ def run(args: argparse.Namespace, work: Path, train_texts: list[str], stream: li
             "batch_max_size": args.batch_size,
             "batch_max_wait_ms": args.max_wait_ms,
             "delivery": "exactly_once",
+            "group_by": args.group_by,
             "detector": bundle.detector_name,
             "model_id": bundle.model_id,
             "texts": "thunderbird_2k + hdfs_2k lines, BGL lines as the anomalous share",
@@ -573,6 +589,9 @@ def run(args: argparse.Namespace, work: Path, train_texts: list[str], stream: li
             "events_per_s": round(e2e_rate, 1),
             "seconds": round(e2e_seconds, 2),
             "alerts": int(alerts_b),
+            "alerts_per_1000_events": round(1000 * alerts_b / args.events, 1),
+            "summaries": int(scrape_after.get("anomaly_agent_alert_summaries_published_total", 0.0)),
+            "suppressed": int(scrape_after.get("anomaly_agent_alerts_suppressed_total", 0.0)),
             "stage_seconds": stages,
             "agent_cpu_seconds_until_done": None
             if agent_cpu is None or agent_cpu_0 is None
