@@ -60,8 +60,11 @@ class Mask:
 
     ``required``: a substring every match contains at least ``required_count`` times; a text with
     fewer is left alone without running the pattern (most log lines have no ``@`` or ``://``, few
-    have the five colons of a MAC address). ``accept`` sees the whole match; a match it refuses is
-    kept as it was, which lets a pattern consume text it does not mask (see ``_linear``).
+    have the five colons of a MAC address). ``precheck``: a pattern every match contains; a text
+    it is not found in is left alone (one fast search instead of a ``sub`` trying every position).
+    Both are pure speed-ups: they only skip texts the pattern cannot match. ``accept`` sees the
+    whole match; a match it refuses is kept as it was, which lets a pattern consume text it does
+    not mask (see ``_linear``).
     """
 
     name: str
@@ -70,6 +73,7 @@ class Mask:
     accept: Callable[[re.Match[str]], bool] | None = None
     required: str | None = None
     required_count: int = 1
+    precheck: re.Pattern[str] | None = None
 
     def apply(self, text: str) -> str:
         if self.required is not None and (
@@ -77,6 +81,8 @@ class Mask:
             if self.required_count == 1
             else text.count(self.required) < self.required_count
         ):
+            return text
+        if self.precheck is not None and self.precheck.search(text) is None:
             return text
         if self.accept is None:
             return self.pattern.sub(self.placeholder, text)
@@ -86,6 +92,11 @@ class Mask:
 
 def _is_ipv6(match: re.Match[str]) -> bool:
     candidate = match.group(0)
+    colons = candidate.count(":")
+    # Without "::" an address has all 8 groups (7 colons), or 6 and a dotted IPv4 tail: anything
+    # else (a time of day, "a:b:c") is refused here without the cost of ipaddress's exception.
+    if "::" not in candidate and colons != 7 and not (colons == 6 and "." in candidate):
+        return False
     try:
         ipaddress.IPv6Address(candidate)
     except ValueError:
@@ -138,6 +149,7 @@ MASKS: tuple[Mask, ...] = (
         "<EMAIL>",
         _has_tail,
         "@",
+        precheck=re.compile(r"@[A-Za-z0-9-]+\.[A-Za-z0-9-]"),  # the tail's shape
     ),
     Mask(
         "uuid",
@@ -150,14 +162,21 @@ MASKS: tuple[Mask, ...] = (
     Mask(
         "ipv6",
         re.compile(
-            r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?(?![\w:])"
+            r"(?=[0-9A-Fa-f:])(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?(?![\w:])"
         ),
         "<IP>",
         _is_ipv6,
         ":",
         2,
     ),
-    Mask("timestamp", re.compile(rf"\b(?:{_TIMESTAMP})\b"), "<TS>"),
+    # Every alternative holds a time (d:dd) or a date (dddd-dd, dddd.dd, dddd/dd).
+    Mask(
+        "timestamp",
+        # Every alternative starts with a digit or a month's initial: the lookahead fails every
+        # other word start at once instead of trying five alternatives there.
+        re.compile(rf"\b(?=[0-9JFMASOND])(?:{_TIMESTAMP})\b"),
+        "<TS>",
+    ),
     # Blue Gene/L locations: R02-M1-N0-C:J12-U11, R23-M0-NE-C:J05-U01, R02-M1-N0-I:J18-U01, R02-M1-N0
     Mask(
         "bgl_node",
@@ -168,13 +187,15 @@ MASKS: tuple[Mask, ...] = (
     # IPv4 with an optional port: 10.251.73.220:50010
     Mask(
         "ipv4",
-        re.compile(rf"\b{_OCTET}(?:\.{_OCTET}){{3}}(?::\d{{1,5}})?\b"),
+        re.compile(rf"\b(?=\d){_OCTET}(?:\.{_OCTET}){{3}}(?::\d{{1,5}})?\b"),
         "<IP>",
         required=".",
         required_count=3,
     ),
     # Absolute or ./ ../ ~/ relative paths with at least one segment; "and/or" or "dn228/dn228" stay.
-    Mask("path", re.compile(r"(?<![\w.~/])(?:~|\.{1,2})?(?:/[\w.@%+=,-]+)+/?"), "<PATH>", required="/"),
+    Mask(
+        "path", re.compile(r"(?=[~./])(?<![\w.~/])(?:~|\.{1,2})?(?:/[\w.@%+=,-]+)+/?"), "<PATH>", required="/"
+    ),
     Mask(
         "mac",
         re.compile(r"\b[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}\b"),
