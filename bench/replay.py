@@ -22,7 +22,9 @@ Prints one JSON object (and writes it to ``--out``). One run, one machine, side 
     - ``latency``: after one event of each of the stream's patterns (a warm table: the steady
       state), a producer at half the measured maximum rate for ``--latency-seconds``, events
       stamped with ``sent_at``; alerts read ``read_committed`` as they arrive: p50/p99
-      event→alert;
+      event→alert. This phase runs with ``alerts.group_by = "event"`` (every anomalous event
+      alerts, so every one is a latency sample, and each costs an alert record); the throughput
+      figures use the default grouping;
     - ``agent_peak_rss_mib`` (VmHWM) and ``broker_cpu_share`` (broker CPU seconds / wall seconds
       during the end-to-end run; 1.0 = one core).
 
@@ -222,6 +224,9 @@ class Run:
             raise SystemExit("replay: could not deliver the backlog")
 
     def agent(self, topics: AgentTopics, bundle: Path, name: str, **extra: str) -> AgentProcess:
+        """The agent with the product's alert grouping (``alerts.group_by = "pattern"``) unless
+        ``extra`` says otherwise (the latency phase times every alert: one per event)."""
+        extra = {"alerts__group_by": "pattern", **extra}
         env = agent_env(
             self.broker.bootstrap, topics, bundle, instance_id=name,
             model__intra_op_threads=str(self.args.threads),
@@ -310,7 +315,7 @@ def raw_embedder(bundle: Path, texts: list[str], threads: int, batch_size: int) 
 def latency(run: Run, bundle: Path, texts: list[str], rate: float, seconds: float) -> dict[str, Any]:
     """p50/p99 event→alert at ``rate`` events/s: alerts carry the event's ``sent_at`` field."""
     topics = run.topics("latency")
-    agent = run.agent(topics, bundle, "latency-agent")
+    agent = run.agent(topics, bundle, "latency-agent", alerts__group_by="event")
     samples: list[float] = []
     stop = threading.Event()
 

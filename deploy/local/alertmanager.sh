@@ -16,6 +16,8 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=deploy/local/service-lib.sh
+source "$SCRIPT_DIR/service-lib.sh"
 REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 
 ALERTMANAGER_BIN=${ALERTMANAGER_BIN:-/usr/bin/prometheus-alertmanager}
@@ -39,12 +41,6 @@ usage() {
 
 # --- helpers -----------------------------------------------------------------------------------
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # 0 when GET /-/ready answers 200 (bash's /dev/tcp, so neither curl nor wget is needed).
 ready() {
 	local port=$1 status
@@ -57,17 +53,7 @@ ready() {
 	[[ $status == "HTTP/1."?" 200"* ]]
 }
 
-# Prints the server pid when the pid file names a live Alertmanager running *this* state dir's
-# config, so a recycled pid is never mistaken for (or killed as) ours.
-running_pid() {
-	local pid
-	[[ -f $PID_FILE ]] || return 1
-	pid=$(<"$PID_FILE")
-	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	kill -0 "$pid" 2>/dev/null || return 1
-	ps -ww -p "$pid" -o args= 2>/dev/null | grep -qF -- "--config.file=$CONF_FILE" || return 1
-	printf '%s\n' "$pid"
-}
+running_pid() { pid_running "$PID_FILE" "--config.file=$CONF_FILE"; }
 
 # The binary, installed from Debian's archive when missing and we are root. policy-rc.d 101 keeps
 # the package's own service (on :9093, with its own storage) from ever starting: this script runs
@@ -124,20 +110,6 @@ show_log_tail() {
 	tail -n 20 "$STATE_DIR/alertmanager.log" >&2 2>/dev/null || true
 }
 
-terminate() {
-	local pid=$1 waited=0
-	kill -TERM "$pid" 2>/dev/null || return 0
-	while kill -0 "$pid" 2>/dev/null; do
-		if ((waited >= STOP_TIMEOUT * 5)); then
-			log "pid $pid still alive after ${STOP_TIMEOUT}s; sending SIGKILL"
-			kill -KILL "$pid" 2>/dev/null || true
-			return 1
-		fi
-		sleep 0.2
-		waited=$((waited + 1))
-	done
-}
-
 # Launches the server and waits until /-/ready answers 200. Returns 0 when ready, 2 when the port
 # was taken (the caller may retry with a fresh one), dies otherwise.
 launch() {
@@ -175,19 +147,7 @@ launch() {
 		sleep 0.1
 	done
 	if [[ -n $OWNER_PID ]]; then
-		# Watchdog: stop the server (through this script's own stop) once the owning process,
-		# e.g. a pytest session, is gone, even if it was killed before it could run its teardown.
-		# When the server itself is gone first (stopped, or killed by a test), the watchdog just
-		# ends: running stop then would stop the *next* server started in the same state dir.
-		set -m
-		# shellcheck disable=SC2016  # $1..$4 are expanded by the watchdog's own bash
-		nohup bash -c '
-			while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done
-			kill -0 "$2" 2>/dev/null || exit 0
-			exec "$3" stop --dir "$4"
-		' alertmanager-watchdog "$OWNER_PID" "$pid" "$SCRIPT_DIR/alertmanager.sh" "$STATE_DIR" \
-			</dev/null >>"$STATE_DIR/watchdog.log" 2>&1 &
-		set +m
+		start_watchdog alertmanager "$OWNER_PID" "$pid" "$SCRIPT_DIR/alertmanager.sh" "$STATE_DIR"
 	fi
 	return 0
 }

@@ -19,6 +19,8 @@
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=deploy/local/service-lib.sh
+source "$SCRIPT_DIR/service-lib.sh"
 REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 
 KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
@@ -58,12 +60,6 @@ usage() {
 
 # --- helpers -----------------------------------------------------------------------------------
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # A free port other than the ones given (the ports of one start must differ from each other).
 free_port_except() {
 	local port
@@ -82,17 +78,7 @@ random_secret() {
 	printf '%s\n' "${secret:0:32}"
 }
 
-# Prints the broker pid when the pid file names a live JVM running *this* state dir's broker, so a
-# recycled pid is never mistaken for (or killed as) ours.
-running_pid() {
-	local pid
-	[[ -f $PID_FILE ]] || return 1
-	pid=$(<"$PID_FILE")
-	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	kill -0 "$pid" 2>/dev/null || return 1
-	ps -ww -p "$pid" -o args= 2>/dev/null | grep -qF -- "kafka.Kafka $CONF_FILE" || return 1
-	printf '%s\n' "$pid"
-}
+running_pid() { pid_running "$PID_FILE" "kafka.Kafka $CONF_FILE"; }
 
 require_tools() {
 	command -v "$JAVA" >/dev/null || die "java not found; install a JDK 17+ (apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
@@ -309,20 +295,6 @@ show_log_tail() {
 	tail -n 30 "$STATE_DIR/kafka.log" >&2 2>/dev/null || true
 }
 
-terminate() {
-	local pid=$1 waited=0
-	kill -TERM "$pid" 2>/dev/null || return 0
-	while kill -0 "$pid" 2>/dev/null; do
-		if ((waited >= STOP_TIMEOUT * 5)); then
-			log "pid $pid still alive after ${STOP_TIMEOUT}s; sending SIGKILL"
-			kill -KILL "$pid" 2>/dev/null || true
-			return 1
-		fi
-		sleep 0.2
-		waited=$((waited + 1))
-	done
-}
-
 # After the broker exited: keep the CDS archive it dumped if it exited cleanly, else drop it.
 settle_cds() {
 	local clean=$1 tmp final
@@ -391,18 +363,7 @@ launch() {
 		sleep 0.2
 	done
 	if [[ -n $OWNER_PID ]]; then
-		# Watchdog: stop the broker (through this script's own stop) once the owning process,
-		# e.g. a pytest session, is gone, even if it was killed before it could run its teardown.
-		# When the broker itself is gone first (stopped, or killed by a test), the watchdog just
-		# ends: running stop then would stop the *next* broker started in the same state dir.
-		set -m
-		# shellcheck disable=SC2016  # $1..$4 are expanded by the watchdog's own bash
-		nohup bash -c '
-			while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 2; done
-			kill -0 "$2" 2>/dev/null || exit 0
-			exec "$3" stop --dir "$4"
-		' kafka-watchdog "$OWNER_PID" "$pid" "$SCRIPT_DIR/kafka.sh" "$STATE_DIR" </dev/null >>"$STATE_DIR/watchdog.log" 2>&1 &
-		set +m
+		start_watchdog kafka "$OWNER_PID" "$pid" "$SCRIPT_DIR/kafka.sh" "$STATE_DIR"
 	fi
 	return 0
 }
