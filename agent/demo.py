@@ -513,7 +513,11 @@ class Readers:
             if alert.get("kind") == "summary":
                 counted = int(alert["group"]["suppressed"])
                 self.tally.summaries.append(counted)
-                kind, text = "SUMMARY", f"{counted} more like the alert above within the cooldown: {text}"
+                cooldown = float(alert["group"]["cooldown_seconds"])
+                kind, text = (
+                    "SUMMARY",
+                    f"{counted} more of this pattern within {cooldown:g} s of its alert: {text}",
+                )
             else:
                 self.tally.alerts[offset] = float(alert["score"])
                 self.tally.alerted_patterns.add(str(alert.get("pattern", {}).get("template", "")))

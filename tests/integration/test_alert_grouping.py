@@ -130,6 +130,13 @@ def wait_published(
     assert len({d["id"] for d in docs}) == len(docs), "a record published twice"
     counted = sum(1 if d["kind"] == "alert" else d["group"]["suppressed"] for d in docs)
     assert counted == storm.anomalous, "every anomalous event is an alert or counted in a summary"
+    kinds = Counter(d["kind"] for d in docs)
+    print(
+        "grouping:",
+        json.dumps(
+            {"anomalous_events": storm.anomalous, "alerts": kinds["alert"], "summaries": kinds["summary"]}
+        ),
+    )
 
 
 def _difference(got: list[Published], want: list[Published]) -> str:
