@@ -16,7 +16,8 @@ Two such topics:
 
 ``ensure_changelog_topic`` creates the grouping changelog when it is missing (compacted, one
 partition per input partition, the broker's default replication) — an agent whose principal may
-not create topics gets one message saying what to create or grant. ``read_partitions`` reads
+not create topics gets one message saying what to create or grant — and refuses an existing one
+that is not compacted or has fewer partitions than an input topic. ``read_partitions`` reads
 partitions from the beginning to their end as a ``read_committed`` reader sees it (the last
 stable offset: a transaction still open elsewhere is not part of the state).
 """
@@ -81,7 +82,7 @@ def ensure_changelog_topic(
                     f"fewer than input topic {widest} ({needed}): add partitions to it "
                     f"(kafka-topics.sh --alter --topic {name} --partitions {needed}) or name another"
                 )
-            _warn_unless_compacted(admin, name)
+            _require_compaction(admin, name)
             return count
         _create(admin, name, needed, settings)
         log.info("created the grouping changelog %s (compacted, %d partitions)", name, needed)
@@ -112,22 +113,27 @@ def _create(admin: AdminClient, name: str, partitions: int, settings: Settings) 
         raise ConfigError(f"cannot create the grouping changelog {name}: {error or exc}") from None
 
 
-def _warn_unless_compacted(admin: AdminClient, name: str) -> None:
+def _require_compaction(admin: AdminClient, name: str) -> None:
+    """ConfigError when the changelog's ``cleanup.policy`` is readable and not compacting: with
+    plain retention the state of a quiet pattern would expire, and a restart would forget its
+    window. Unreadable (no DescribeConfigs): logged, not refused."""
     resource = ConfigResource(ResourceType.TOPIC, name)
     try:
         entries = admin.describe_configs([resource], request_timeout=CALL_TIMEOUT_S)[resource].result(
             timeout=CALL_TIMEOUT_S + DEADLINE_MARGIN_S
         )
-        policy = entries["cleanup.policy"].value
+        policy = str(entries["cleanup.policy"].value)
     except (KafkaException, TimeoutError, KeyError) as exc:
-        log.debug("cannot read cleanup.policy of %s: %s", name, exc)
-        return
-    if "compact" not in str(policy):
         log.warning(
-            "topic %s (the grouping changelog) has cleanup.policy=%s: without compaction its state "
-            "expires with retention and restores slow down as it grows; set cleanup.policy=compact",
-            name,
-            policy,
+            "cannot read cleanup.policy of %s (%s); make sure it is compact", name, kafka_error(exc) or exc
+        )
+        return
+    if "compact" not in policy:
+        raise ConfigError(
+            f"topic {name} (the grouping changelog, topics.groups) has cleanup.policy={policy}: its "
+            "records are the grouping state and must not expire; set cleanup.policy=compact "
+            f"(kafka-configs.sh --alter --entity-type topics --entity-name {name} "
+            "--add-config cleanup.policy=compact) or name another topic"
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,11 +38,12 @@ from agent_helpers import (
     wait_until,
 )
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from grouping_reference import Published, expected, published
 from kafka_fixtures import GroupFactory, TopicFactory
 
 from agent.bundle import load_bundle
-from agent.config import Settings
+from agent.config import ConfigError, Settings
 from agent.pipeline import Pipeline, load_model
 from exporters.alerts import pattern_id
 from exporters.metrics import AgentMetrics
@@ -349,3 +351,48 @@ def test_a_pattern_marked_normal_mid_stream_stops_alerting_until_unmarked(
         send(TEMPLATES[0], 1)
         pipeline.run(max_messages=1, idle_timeout_s=30)
     assert alerted(muted) == 4, "un-marked: the pattern alerts again"
+
+
+@pytest.mark.parametrize(
+    ("partitions", "config", "message"),
+    [
+        (2, {"cleanup.policy": "compact"}, "has 2 partition(s), fewer than input topic"),
+        (PARTITIONS, {"cleanup.policy": "delete"}, "has cleanup.policy=delete"),
+    ],
+    ids=["too-few-partitions", "not-compacted"],
+)
+def test_a_changelog_that_cannot_hold_the_state_stops_start_up(
+    partitions: int,
+    config: dict[str, str],
+    message: str,
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    make_group: GroupFactory,
+    agent_bundle: Path,
+) -> None:
+    topics = storm_topics(make_topic, make_group)
+    make_topic(partitions, name=f"{topics.alerts}.groups", config=config)
+    pipeline = Pipeline(grouped(kafka_bootstrap, topics, agent_bundle), load_model(agent_bundle))
+    with pipeline, pytest.raises(ConfigError, match=re.escape(message)):
+        pipeline.start()
+
+
+def test_a_missing_changelog_is_created_compacted_with_a_partition_per_input_partition(
+    kafka_bootstrap: str,
+    kafka_admin: AdminClient,
+    make_topic: TopicFactory,
+    make_group: GroupFactory,
+    agent_bundle: Path,
+) -> None:
+    topics = storm_topics(make_topic, make_group)
+    with Pipeline(grouped(kafka_bootstrap, topics, agent_bundle), load_model(agent_bundle)) as pipeline:
+        pipeline.start()
+    changelog = f"{topics.alerts}.groups"
+    try:
+        metadata = kafka_admin.list_topics(changelog, timeout=10)
+        assert len(metadata.topics[changelog].partitions) == PARTITIONS
+        resource = ConfigResource(ResourceType.TOPIC, changelog)
+        entries = kafka_admin.describe_configs([resource])[resource].result(timeout=10)
+        assert entries["cleanup.policy"].value == "compact"
+    finally:
+        kafka_admin.delete_topics([changelog])
