@@ -44,6 +44,10 @@ DEFAULT_STATISTICS_INTERVAL_MS = 5_000
 # minute of work at the agent's rate, so the fetcher never starves the loop.
 DEFAULT_QUEUED_MIN_MESSAGES = 10_000
 DEFAULT_QUEUED_MAX_MESSAGES_KBYTES = 4_096
+# How long a partition's next fetch waits once its queue is over those bounds: librdkafka's
+# 1,000 ms let a fast loop (patterns: ~12,000 events/s) drain the queue and wait for data while
+# the fetcher slept.
+DEFAULT_FETCH_QUEUE_BACKOFF_MS = 20
 
 # Reconnect back-off. librdkafka's default grows to 10 s between attempts, so a broker that is
 # back after a restart may wait that long for the agent's next attempt; the broker restart tests
@@ -104,6 +108,7 @@ def consumer_config(
     conf.setdefault("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS)
     conf.setdefault("queued.min.messages", DEFAULT_QUEUED_MIN_MESSAGES)
     conf.setdefault("queued.max.messages.kbytes", DEFAULT_QUEUED_MAX_MESSAGES_KBYTES)
+    conf.setdefault("fetch.queue.backoff.ms", DEFAULT_FETCH_QUEUE_BACKOFF_MS)
     conf.update(_consumer_fixed(settings))
     conf.update({"error_cb": error_cb, "stats_cb": stats_cb, "logger": logger})
     return conf
