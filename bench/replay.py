@@ -421,7 +421,7 @@ def logs_mode(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     report["agent_one_alert_per_event"] = end_to_end(
         run, bundle, stream, "logs-agent-event", alerts__group_by="event"
     )
-    rate = report["agent_one_alert_per_event"]["events_per_s"] / 2
+    rate = args.latency_rate or report["agent_one_alert_per_event"]["events_per_s"] / 2
     report["latency"] = latency(run, bundle, stream, rate, args.latency_seconds)
     return report
 
@@ -484,6 +484,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline-events", type=int, default=2_000, help="events of the table-off run")
     parser.add_argument("--unique-events", type=int, default=2_000)
     parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="events/s of the latency phase (default: half the maximum)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     parser.add_argument("--batch-size", type=int, default=None, help="batch.max_size (default: the agent's)")
     parser.add_argument(
