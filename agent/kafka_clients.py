@@ -40,8 +40,8 @@ from agent.config import Delivery, Settings
 DEFAULT_STATISTICS_INTERVAL_MS = 5_000
 # Prefetch bounds. librdkafka's defaults (100,000 messages per partition, 64 MiB) let a consumer
 # that starts behind a backlog buffer ~54 MiB of 200-byte events it will need minutes to embed;
-# measured: +54 MiB RSS with the defaults, +13 MiB with these. 10,000 events are still over a
-# minute of work at the agent's rate, so the fetcher never starves the loop.
+# measured: +54 MiB RSS with the defaults, +13 MiB with these. With patterns 10,000 events are
+# under a second of work, so the fetcher must refill quickly (DEFAULT_FETCH_QUEUE_BACKOFF_MS).
 DEFAULT_QUEUED_MIN_MESSAGES = 10_000
 DEFAULT_QUEUED_MAX_MESSAGES_KBYTES = 4_096
 # How long a partition's next fetch waits once its queue is over those bounds: librdkafka's

@@ -99,3 +99,18 @@ def test_producer_limits_fit_the_largest_accepted_record_and_the_smallest_topic(
     assert producer_config(big, error_cb=_ignore_error, logger=LOG)["message.max.bytes"] == 1_048_576 + 16_384
     assert "batch.size" not in producer_config(big, error_cb=_ignore_error, logger=LOG)
     assert producer_config(default, error_cb=_ignore_error, logger=LOG)["reconnect.backoff.max.ms"] == 1_000
+
+
+def test_the_fetcher_keeps_a_fast_loop_fed_unless_told_otherwise() -> None:
+    """A partition over its prefetch bounds is fetched again after 20 ms, not librdkafka's 1 s
+    (the loop drains 10,000 queued records in under a second with patterns)."""
+    default = consumer_config(load_settings(), error_cb=_ignore_error, stats_cb=_ignore_stats, logger=LOG)
+    assert default["fetch.queue.backoff.ms"] == 20
+    assert default["queued.min.messages"] == 10_000 and default["queued.max.messages.kbytes"] == 4_096
+    tuned = load_settings(kafka={"librdkafka": {"fetch.queue.backoff.ms": 500}})
+    assert (
+        consumer_config(tuned, error_cb=_ignore_error, stats_cb=_ignore_stats, logger=LOG)[
+            "fetch.queue.backoff.ms"
+        ]
+        == 500
+    )
