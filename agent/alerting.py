@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -172,6 +173,8 @@ class Alerting:
             except Exception as exc:  # one event must not stop the batch
                 reject(event, exc)
         if self._grouping:
+            clock = time.monotonic()
+            self._last_record.update(dict.fromkeys(seen, clock))
             out += self._idle(seen, wall_ms, now)
         for partition in self._touched:
             for key, state in self._groupers[partition].changes().items():
@@ -182,7 +185,6 @@ class Alerting:
     def _advance(self, partition: PartitionKey, at_ms: int, now: datetime) -> list[OutgoingRecord]:
         """One record of ``partition`` at ``at_ms``: its event time moves there (never back) and
         closes the windows it passes."""
-        self._last_record[partition] = time.monotonic()
         event_time = self._event_time.get(partition)
         if event_time is not None and at_ms <= event_time:
             return []
@@ -417,7 +419,7 @@ def _top_event(bundle: Bundle, event: Anomalous, text_max_chars: int) -> dict[st
         "prepared": event.prepared[:text_max_chars],
         "fields": {} if truncated else fields,
         "fields_truncated": truncated,
-        "distance": result.distance if _finite(result.distance) else 0.0,
+        "distance": result.distance if math.isfinite(result.distance) else 0.0,
         "cluster": result.cluster,
         "cluster_label": _label(bundle.detector.cluster_labels, result.cluster),
         "known": result.known,
@@ -428,16 +430,12 @@ def _top_event(bundle: Bundle, event: Anomalous, text_max_chars: int) -> dict[st
     }
 
 
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")
-
-
 def _label(labels: list[str] | None, cluster: int) -> str | None:
     return labels[cluster] if labels is not None and 0 <= cluster < len(labels) else None
 
 
 def _raw_threshold(distance: float, score: float) -> float | None:
-    return distance / score if score > 0 and _finite(score) and _finite(distance) else None
+    return distance / score if score > 0 and math.isfinite(score) and math.isfinite(distance) else None
 
 
 def _position(where: dict[str, Any] | None) -> tuple[int, int | None] | None:

@@ -36,6 +36,7 @@ from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from agent.config import ConfigError, Settings
+from agent.delivery import retry_startup
 from agent.kafka_calls import CALL_TIMEOUT_S, DEADLINE_MARGIN_S, ClientCalls, kafka_error
 from agent.outage import BrokerWatch
 from agent.permissions import KafkaPermissionError
@@ -65,7 +66,9 @@ def ensure_changelog_topic(
     admin = AdminClient(conf)
     calls = ClientCalls("admin")
     try:
-        metadata = _answered(calls, lambda: admin.list_topics(timeout=CALL_TIMEOUT_S), tick)
+        metadata = retry_startup(
+            calls, "list_topics", lambda: admin.list_topics(timeout=CALL_TIMEOUT_S), tick, admin.poll
+        )
         inputs = {
             topic: len(metadata.topics[topic].partitions)
             for topic in settings.topics.input
@@ -135,19 +138,6 @@ def _require_compaction(admin: AdminClient, name: str) -> None:
             f"(kafka-configs.sh --alter --entity-type topics --entity-name {name} "
             "--add-config cleanup.policy=compact) or name another topic"
         )
-
-
-def _answered(calls: ClientCalls, call: Callable[[], T], tick: Tick) -> T:
-    """``call`` until the broker answers (a retriable error or a timeout is retried)."""
-    while True:
-        try:
-            return calls.call("list_topics", call, timeout_s=CALL_TIMEOUT_S, tick=tick)
-        except KafkaException as exc:
-            error = kafka_error(exc)
-            if error is None or not error.retriable():
-                raise
-            log.warning("list_topics: %s; retrying", error)
-            tick()
 
 
 def read_partitions(

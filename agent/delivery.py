@@ -113,7 +113,7 @@ def inspect_output_topics(
     try:
         missing: list[str] = []
         for name in names:
-            metadata = _retry_startup(
+            metadata = retry_startup(
                 calls,
                 "list_topics",
                 lambda n=name: admin.list_topics(topic=n, timeout=CALL_TIMEOUT_S),  # type: ignore[misc]
@@ -192,7 +192,7 @@ def _check_authorized(admin: AdminClient, settings: Settings, watch: BrokerWatch
                 )
 
 
-def _retry_startup(
+def retry_startup(
     calls: ClientCalls, what: str, call: Callable[[], T], tick: Tick, serve: Callable[[float], object]
 ) -> T:
     """``call`` until the broker answers; ``serve(0)`` runs the client's callbacks in between (its
