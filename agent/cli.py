@@ -16,6 +16,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import EXIT_CONFIG, ConfigError, load_settings, masked_dump
+from agent.defaults import CALIBRATION_SPLITS, DEFAULT_CALIBRATION_SPLIT, DEFAULT_DETECTOR
 
 # subcommand -> "module:function"; the function takes the parsed namespace and returns an exit code.
 _HANDLERS: dict[str, str] = {
@@ -84,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--detector",
-        default="knn",
-        help="detector to fit: kmeans, class-centroid, hdbscan, knn, ... (validated against the registry)",
+        default=DEFAULT_DETECTOR,
+        help=f"detector to fit (default {DEFAULT_DETECTOR}; kmeans, knn, class-centroid, ...:"
+        " docs/detectors.md, validated against the registry)",
     )
     p.add_argument(
         "--target-fpr", type=float, default=0.01, help="false-positive rate the threshold is calibrated to"
@@ -97,8 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mask",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="replace variable tokens (numbers, ids, IPs, timestamps, paths) with placeholders",
+        default=None,
+        help="replace variable tokens (numbers, ids, IPs, timestamps, paths) with placeholders"
+        " (default: when that merges >= 10%% of the distinct training texts, as in logs)",
+    )
+    p.add_argument(
+        "--calibration-split",
+        choices=CALIBRATION_SPLITS,
+        default=DEFAULT_CALIBRATION_SPLIT,
+        help="which normal records calibrate the threshold and measure validation FPR: a seeded"
+        " random share, or the last share of the input (input order = time)",
     )
     p.add_argument(
         "--max-chars", type=int, default=2048, help="truncate prepared texts to this many characters"

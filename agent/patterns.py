@@ -167,7 +167,7 @@ def _score(
     texts: list[str], embedder: Embedder, detector: Detector, context: AlertContext | None
 ) -> list[PatternScore]:
     vectors = embedder.embed(texts)
-    scores = detector.score(vectors)
+    scores = detector.score(vectors, texts)
     rows = zip(scores.score.tolist(), scores.distance.tolist(), scores.cluster.tolist(), strict=True)
     results = [PatternScore(float(s), float(d), int(c)) for s, d, c in rows]
     if context is None:

@@ -117,8 +117,9 @@ def load_model(path: Path, *, intra_op_threads: int = 0) -> ActiveModel:
 
 def _probe(model: ActiveModel) -> None:
     """Score ``PROBE_TEXT``; ValueError when the detector does not fit the embedder."""
-    vectors = model.embedder.embed([model.bundle.text_prep.prepare(PROBE_TEXT)])
-    scores = model.bundle.detector.score(vectors)
+    probe = [model.bundle.text_prep.prepare(PROBE_TEXT)]
+    vectors = model.embedder.embed(probe)
+    scores = model.bundle.detector.score(vectors, probe)
     if (
         vectors.shape != (1, model.embedder.dim)
         or scores.score.shape != (1,)

@@ -155,7 +155,8 @@ def test_score_keeps_input_order_and_agrees_across_formats(
     # Each row's score is its own record's: recompute a few directly with the bundle's parts.
     loaded = load_bundle(bundle)
     picks = [0, data["labels"].index("KERNDTLB"), N_LINES - 1]
-    direct = loaded.detector.score(loaded.load_embedder().embed([rows[i]["text"] for i in picks]))
+    picked = [rows[i]["text"] for i in picks]
+    direct = loaded.detector.score(loaded.load_embedder().embed(picked), picked)
     np.testing.assert_allclose([rows[i]["score"] for i in picks], direct.score, rtol=1e-5)
     assert len({rows[i]["score"] for i in picks}) == len(picks)
     assert not rows[0]["text"].startswith("- ")  # the label column never reaches the model
@@ -440,8 +441,9 @@ def test_train_example_flags_defaults() -> None:
 
 def _score(bundle_dir: Path, text: str) -> float:
     bundle = load_bundle(bundle_dir)
-    vectors = bundle.load_embedder(intra_op_threads=1).embed([bundle.text_prep.prepare(text)])
-    return float(bundle.detector.score(vectors).score[0])
+    prepared = [bundle.text_prep.prepare(text)]
+    vectors = bundle.load_embedder(intra_op_threads=1).embed(prepared)
+    return float(bundle.detector.score(vectors, prepared).score[0])
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """One contract suite over every registered detector (like River's estimator checks).
 
 Synthetic, seeded data: three well-separated Gaussian blobs of unit vectors (the normal classes)
-and planted outliers in directions no blob occupies. Every detector in ``DETECTORS`` must satisfy
+and planted outliers in directions no blob occupies, each vector with a prepared text (words of its
+class's vocabulary; outliers: words no class uses) for the detectors that read texts (``uses_texts``)
+and passed to all of them, as the agent does. Every detector in ``DETECTORS`` must satisfy
 the same promises the runtime, the bundle and alert consumers rely on; a new detector gets these
 checks by registering itself. One check at the end uses real embeddings of real text.
 """
@@ -46,6 +48,22 @@ def normal_sample(n: int, seed: int) -> tuple[npt.NDArray[np.float32], npt.NDArr
     return _unit(_CENTRES[classes] + noise), CLASSES[classes]
 
 
+def normal_texts(n: int, seed: int) -> list[str]:
+    """The texts of ``normal_sample(n, seed)``: words of each row's class vocabulary and a number."""
+    classes = np.random.default_rng(seed).integers(0, 3, size=n)
+    rng = np.random.default_rng(seed + 10_000)
+    return [
+        " ".join(f"{CLASSES[c]}{w}" for w in rng.integers(0, 40, size=5)) + f" {rng.integers(0, 99)}"
+        for c in classes
+    ]
+
+
+def outlier_texts(n: int, seed: int) -> list[str]:
+    """Texts of outliers: words from a vocabulary no normal class uses."""
+    rng = np.random.default_rng(seed + 20_000)
+    return [" ".join(f"zq{w}x" for w in rng.integers(0, 40, size=5)) for _ in range(n)]
+
+
 def outlier_sample(n: int, seed: int) -> npt.NDArray[np.float32]:
     rng = np.random.default_rng(seed)
     x = np.zeros((n, DIM))
@@ -54,9 +72,12 @@ def outlier_sample(n: int, seed: int) -> npt.NDArray[np.float32]:
     return _unit(x)
 
 
+TrainData = tuple[npt.NDArray[np.float32], npt.NDArray[np.str_], list[str]]
+
+
 @pytest.fixture(scope="module")
-def train_data() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.str_]]:
-    return normal_sample(3000, seed=0)
+def train_data() -> TrainData:
+    return (*normal_sample(3000, seed=0), normal_texts(3000, seed=0))
 
 
 _FITTED: dict[str, Detector] = {}
@@ -64,13 +85,13 @@ _FITTED: dict[str, Detector] = {}
 
 @pytest.fixture
 def fitted(
-    request: pytest.FixtureRequest, train_data: tuple[npt.NDArray[np.float32], npt.NDArray[np.str_]]
+    request: pytest.FixtureRequest, train_data: TrainData
 ) -> Detector:
     """Each detector fitted once per module (with labels) at the suite's target FPR."""
     name: str = request.param
     if name not in _FITTED:
         detector = create_detector(name, target_fpr=TARGET_FPR, seed=0)
-        detector.fit(*train_data)
+        detector.fit(*train_data)  # vectors, labels, texts
         _FITTED[name] = detector
     return _FITTED[name]
 
@@ -81,7 +102,7 @@ per_detector = pytest.mark.parametrize("fitted", NAMES, indirect=True)
 @per_detector
 def test_scores_have_contract_shapes_and_dtypes(fitted: Detector) -> None:
     vectors, _ = normal_sample(50, seed=7)
-    scores = fitted.score(vectors)
+    scores = fitted.score(vectors, normal_texts(50, seed=7))
     assert isinstance(scores, Scores)
     for array, dtype in (
         (scores.score, np.float64),
@@ -105,7 +126,8 @@ def test_scores_have_contract_shapes_and_dtypes(fitted: Detector) -> None:
 def test_planted_outliers_score_higher(fitted: Detector) -> None:
     normal, _ = normal_sample(1000, seed=11)
     outliers = outlier_sample(200, seed=12)
-    s_normal, s_out = fitted.score(normal).score, fitted.score(outliers).score
+    s_normal = fitted.score(normal, normal_texts(1000, seed=11)).score
+    s_out = fitted.score(outliers, outlier_texts(200, seed=12)).score
     truth = np.r_[np.zeros(len(normal)), np.ones(len(outliers))]
     assert roc_auc_score(truth, np.r_[s_normal, s_out]) > 0.99
     assert np.mean(s_out > 1.0) > 0.95
@@ -114,7 +136,7 @@ def test_planted_outliers_score_higher(fitted: Detector) -> None:
 @per_detector
 def test_calibrated_fpr_on_fresh_normal_data_is_near_target(fitted: Detector) -> None:
     fresh, _ = normal_sample(20000, seed=99)
-    fpr = float(np.mean(fitted.score(fresh).is_anomaly))
+    fpr = float(np.mean(fitted.score(fresh, normal_texts(20000, seed=99)).is_anomaly))
     # 20 % of 3,000 held out -> the 95th percentile from ~600 points: sd of the FPR ~0.009
     assert 0.5 * TARGET_FPR <= fpr <= 2.0 * TARGET_FPR, fpr
 
@@ -127,7 +149,8 @@ def test_save_load_round_trip_gives_identical_scores(fitted: Detector, tmp_path:
     loaded = load_detector(fitted.name, tmp_path / "model")
     assert type(loaded) is type(fitted)
     batch = np.r_[normal_sample(300, seed=5)[0], outlier_sample(30, seed=6)]
-    before, after = fitted.score(batch), loaded.score(batch)
+    texts = normal_texts(300, seed=5) + outlier_texts(30, seed=6)
+    before, after = fitted.score(batch, texts), loaded.score(batch, texts)
     assert np.array_equal(before.score, after.score)
     assert np.array_equal(before.cluster, after.cluster)
     assert np.array_equal(before.distance, after.distance)
@@ -148,60 +171,85 @@ def test_saved_parameters_are_npy_and_json_only(fitted: Detector, tmp_path: Path
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fit_is_deterministic_for_a_seed(
-    name: str, train_data: tuple[npt.NDArray[np.float32], npt.NDArray[np.str_]]
+    name: str, train_data: TrainData
 ) -> None:
-    vectors, labels = train_data[0][:900], train_data[1][:900]
+    vectors, labels, texts = train_data[0][:900], train_data[1][:900], train_data[2][:900]
     batch = np.r_[normal_sample(200, seed=3)[0], outlier_sample(20, seed=4)]
+    batch_texts = normal_texts(200, seed=3) + outlier_texts(20, seed=4)
     results = []
     for _ in range(2):
         detector = create_detector(name, seed=7)
-        detector.fit(vectors, labels)
-        results.append(detector.score(batch))
+        detector.fit(vectors, labels, texts)
+        results.append(detector.score(batch, batch_texts))
     assert np.array_equal(results[0].score, results[1].score)
     assert np.array_equal(results[0].cluster, results[1].cluster)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_labels_required_or_optional(
-    name: str, train_data: tuple[npt.NDArray[np.float32], npt.NDArray[np.str_]]
+    name: str, train_data: TrainData
 ) -> None:
-    vectors = train_data[0][:900]
+    vectors, texts = train_data[0][:900], train_data[2][:900]
     detector = create_detector(name)
     if name in LABELS_REQUIRED:
         with pytest.raises(ValueError, match="label"):
-            detector.fit(vectors)
+            detector.fit(vectors, texts=texts)
     else:
-        detector.fit(vectors)
-        scores = detector.score(outlier_sample(50, seed=8))
+        detector.fit(vectors, texts=texts)
+        scores = detector.score(outlier_sample(50, seed=8), outlier_texts(50, seed=8))
         assert np.mean(scores.is_anomaly) > 0.9
     with pytest.raises(ValueError, match="one entry per vector"):
-        create_detector(name).fit(vectors, train_data[1][:10])
+        create_detector(name).fit(vectors, train_data[1][:10], texts)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_texts_required_or_ignored(name: str, train_data: TrainData) -> None:
+    """A text-aware detector refuses to fit or score without texts (or with the wrong number);
+    any other ignores them: its scores are the same whatever the texts say."""
+    vectors, labels, texts = train_data[0][:900], train_data[1][:900], train_data[2][:900]
+    batch, batch_texts = outlier_sample(20, seed=9), outlier_texts(20, seed=9)
+    detector = create_detector(name)
+    if DETECTORS[name].uses_texts:
+        with pytest.raises(ValueError, match="texts"):
+            detector.fit(vectors, labels)
+        with pytest.raises(ValueError, match="one per vector"):
+            detector.fit(vectors, labels, texts[:10])
+        detector.fit(vectors, labels, texts)
+        with pytest.raises(ValueError, match="texts"):
+            detector.score(batch)
+        return
+    detector.fit(vectors, labels)
+    other = create_detector(name)
+    other.fit(vectors, labels, ["unrelated"] * len(vectors))
+    assert np.array_equal(detector.score(batch).score, other.score(batch, batch_texts).score)
 
 
 @per_detector
 def test_empty_batch_gives_empty_scores(fitted: Detector) -> None:
-    scores = fitted.score(np.empty((0, DIM), dtype=np.float32))
+    scores = fitted.score(np.empty((0, DIM), dtype=np.float32), [])
     assert scores.score.shape == scores.cluster.shape == scores.distance.shape == (0,)
     assert scores.score.dtype == np.float64 and scores.cluster.dtype == np.int64
 
 
 @per_detector
 def test_bad_batches_raise_clear_errors(fitted: Detector) -> None:
+    two = normal_texts(2, seed=1)
     with pytest.raises(ValueError, match="dimension"):
-        fitted.score(np.ones((2, DIM + 1), dtype=np.float32))
+        fitted.score(np.ones((2, DIM + 1), dtype=np.float32), two)
     with pytest.raises(ValueError, match="2-D"):
-        fitted.score(np.ones(DIM, dtype=np.float32))
+        fitted.score(np.ones(DIM, dtype=np.float32), two)
     bad = normal_sample(2, seed=1)[0]
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        fitted.score(bad)
+        fitted.score(bad, two)
 
 
 @per_detector
 def test_scoring_does_not_depend_on_batch_composition(fitted: Detector) -> None:
     batch = np.r_[normal_sample(100, seed=21)[0], outlier_sample(10, seed=22)]
-    whole = fitted.score(batch)
-    pieces = [fitted.score(batch[i : i + 7]) for i in range(0, len(batch), 7)]
+    texts = normal_texts(100, seed=21) + outlier_texts(10, seed=22)
+    whole = fitted.score(batch, texts)
+    pieces = [fitted.score(batch[i : i + 7], texts[i : i + 7]) for i in range(0, len(batch), 7)]
     # Within float rounding: detectors that take float32 dot products (knn) get them from BLAS
     # kernels chosen by the batch's shape, which round differently (measured: up to 1.6e-5
     # relative on this machine's OpenBLAS, 0 on others); 1e-4 is far below any threshold decision.
@@ -212,7 +260,7 @@ def test_scoring_does_not_depend_on_batch_composition(fitted: Detector) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_unfitted_detector_refuses_to_score(name: str) -> None:
     with pytest.raises(RuntimeError, match="not fitted"):
-        create_detector(name).score(normal_sample(2, seed=0)[0])
+        create_detector(name).score(normal_sample(2, seed=0)[0], normal_texts(2, seed=0))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -227,7 +275,7 @@ def test_unknown_detector_name_lists_the_choices() -> None:
         create_detector("isolation-forest-9000")
 
 
-RealSplit = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]
+RealSplit = tuple[npt.NDArray[np.float32], list[str], npt.NDArray[np.float32], list[str], npt.NDArray[np.bool_]]
 
 
 @pytest.fixture(scope="module")
@@ -240,24 +288,30 @@ def bgl_embeddings(datasets_dir: Path, embedder_dir: Path) -> RealSplit:
     split = load_bgl(datasets_dir)
     prep = TextPreparation(fields=split.text_fields, mask=True)
     embedder = OnnxEmbedder(embedder_dir, intra_op_threads=1)
-    train = embedder.embed([prep.prepare(prep.extract(r)) for r in split.train_records])
-    test = embedder.embed([prep.prepare(prep.extract(r)) for r in split.test_records])
-    return train, test, split.test_is_anomaly
+    train_texts = [prep.prepare(prep.extract(r)) for r in split.train_records]
+    test_texts = [prep.prepare(prep.extract(r)) for r in split.test_records]
+    return (
+        embedder.embed(train_texts),
+        train_texts,
+        embedder.embed(test_texts),
+        test_texts,
+        split.test_is_anomaly,
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_real_embeddings_alerts_score_above_normal_log_lines(name: str, bgl_embeddings: RealSplit) -> None:
     """Real log lines, real embedder: BGL alerts of the second half rank above its normal lines."""
-    train, test, anomalous = bgl_embeddings
+    train, train_texts, test, test_texts, anomalous = bgl_embeddings
     detector = create_detector(name, seed=0)
     try:
-        detector.fit(train, np.array(["-"] * len(train)))
+        detector.fit(train, np.array(["-"] * len(train)), train_texts)
     except ValueError as exc:
         # BGL has one normal class; a detector built on votes between classes must say so.
         assert name == "knn-vote" and "two normal classes" in str(exc)
         return
-    assert roc_auc_score(anomalous, detector.score(test).score) > 0.7
+    assert roc_auc_score(anomalous, detector.score(test, test_texts).score) > 0.7
 
 
 class _VectorsByText:
@@ -280,7 +334,7 @@ def test_pattern_table_hits_equal_direct_scoring(fitted: Detector) -> None:
     vector directly gives (float rounding of batch composition aside), and each distinct text is
     embedded exactly once."""
     vectors = np.r_[normal_sample(40, seed=31)[0], outlier_sample(10, seed=32)]
-    texts = [f"pattern {i}" for i in range(len(vectors))]
+    texts = [f"{t} #{i}" for i, t in enumerate(normal_texts(40, seed=31) + outlier_texts(10, seed=32))]
     embedder = _VectorsByText(dict(zip(texts, vectors, strict=True)))
     rng = np.random.default_rng(5)
     events = [texts[i] for i in rng.integers(0, len(texts), size=600)]
@@ -290,7 +344,7 @@ def test_pattern_table_hits_equal_direct_scoring(fitted: Detector) -> None:
     for size in (1, 7, 64, 128, 400):
         got += score_patterns(events[start : start + size], embedder=embedder, detector=fitted, table=table)
         start += size
-    direct = fitted.score(np.stack([embedder._vectors[t] for t in events]))
+    direct = fitted.score(np.stack([embedder._vectors[t] for t in events]), events)
     assert all(g is not None for g in got)
     np.testing.assert_allclose([g.score for g in got if g], direct.score, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose([g.distance for g in got if g], direct.distance, rtol=1e-4, atol=1e-6)

@@ -11,6 +11,16 @@ Each split is fixed by the issue so quality numbers are comparable across detect
 - ``sms``: the UCI SMS Spam Collection; the ham messages are shuffled with
   ``numpy.random.default_rng(0)`` and split 80/20; train on the 80 % ham, test on the 20 % ham plus
   every spam message.
+- ``clinc150``: the out-of-scope benchmark of CLINC150: train on the *train* split's 150 in-scope
+  intents, test on the whole *test* split, where ``oos`` requests are the anomalies.
+- ``clinc150-domains``: topic novelty: three of the ten domains (``domains.json``, sorted, the
+  three picked by ``numpy.random.default_rng(0)``) are held out; train on the other seven domains'
+  in-scope *train* requests, test on every in-scope *test* request, where the held-out domains are
+  the anomalies (``oos`` is left out: it is neither).
+- ``logs``: cross-system novelty: Thunderbird and HDFS lines are normal; train on the first half of
+  each file (file order = time; the two interleaved line by line), test on the second halves plus
+  BGL's lines 1,001-2,000, which are the anomalies (another system's lines). The text is the
+  whole line without BGL/Thunderbird's label field.
 
 Records are plain dicts of string fields so the project's ``TextPreparation.extract`` (dotted
 field paths) turns them into the text that is embedded, exactly as ``train`` would from JSONL.
@@ -44,7 +54,7 @@ BGL_FIELDS = (
     "message",
 )
 
-DATASET_NAMES = ("emotion", "bgl", "sms")
+DATASET_NAMES = ("emotion", "bgl", "sms", "clinc150", "clinc150-domains", "logs")
 
 
 @dataclass(frozen=True)
@@ -143,9 +153,93 @@ def load_sms(datasets_dir: Path, *, seed: int = 0, train_fraction: float = 0.8) 
     )
 
 
+def load_clinc150(datasets_dir: Path) -> DevSplit:
+    train = [r for r in _read_jsonl(datasets_dir / "clinc150" / "train.jsonl") if r["label"] != "oos"]
+    test = _read_jsonl(datasets_dir / "clinc150" / "test.jsonl")
+    return DevSplit(
+        name="clinc150",
+        train_records=[{"text": r["text"]} for r in train],
+        train_labels=[r["label"] for r in train],
+        test_records=[{"text": r["text"]} for r in test],
+        test_labels=[r["label"] for r in test],
+        normal_labels=tuple(sorted({r["label"] for r in train})),
+        text_fields=("text",),
+    )
+
+
+def held_out_clinc_domains(datasets_dir: Path, n: int = 3) -> tuple[str, ...]:
+    """The ``n`` CLINC150 domains ``clinc150-domains`` treats as novel (seeded, reproducible)."""
+    domains = sorted(json.loads((datasets_dir / "clinc150" / "domains.json").read_text(encoding="utf-8")))
+    order = np.random.default_rng(0).permutation(len(domains))
+    return tuple(sorted(domains[i] for i in order[:n]))
+
+
+def load_clinc150_domains(datasets_dir: Path) -> DevSplit:
+    domains: dict[str, list[str]] = json.loads(
+        (datasets_dir / "clinc150" / "domains.json").read_text(encoding="utf-8")
+    )
+    novel = set(held_out_clinc_domains(datasets_dir))
+    domain_of = {intent: d for d, intents in domains.items() for intent in intents}
+    normal = tuple(sorted(i for i, d in domain_of.items() if d not in novel))
+    train = [r for r in _read_jsonl(datasets_dir / "clinc150" / "train.jsonl") if r["label"] in normal]
+    test = [r for r in _read_jsonl(datasets_dir / "clinc150" / "test.jsonl") if r["label"] != "oos"]
+    return DevSplit(
+        name="clinc150-domains",
+        train_records=[{"text": r["text"]} for r in train],
+        train_labels=[r["label"] for r in train],
+        test_records=[{"text": r["text"]} for r in test],
+        test_labels=[r["label"] for r in test],
+        normal_labels=normal,
+        text_fields=("text",),
+    )
+
+
+def _log_lines(path: Path, *, labelled: bool) -> list[str]:
+    """Non-empty lines of a loghub sample, without the label field where the format has one."""
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        lines = [line.rstrip("\n") for line in fh if line.strip()]
+    return [line.split(maxsplit=1)[1] if labelled else line for line in lines]
+
+
+def _interleave(a: list[tuple[str, str]], b: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    out = [x for pair in zip(a, b, strict=False) for x in pair]
+    return out + a[len(b) :] + b[len(a) :]
+
+
+def load_logs(datasets_dir: Path) -> DevSplit:
+    thunderbird = _log_lines(datasets_dir / "thunderbird_2k" / "Thunderbird_2k.log", labelled=True)
+    hdfs = _log_lines(datasets_dir / "hdfs_2k" / "HDFS_2k.log", labelled=False)
+    bgl = _log_lines(datasets_dir / "bgl_2k" / "BGL_2k.log", labelled=True)
+    # The two systems' halves are interleaved line by line, as one stream of both would arrive.
+    t_half, h_half = len(thunderbird) // 2, len(hdfs) // 2
+    train = _interleave(
+        [(line, "thunderbird") for line in thunderbird[:t_half]], [(line, "hdfs") for line in hdfs[:h_half]]
+    )
+    test = _interleave(
+        [(line, "thunderbird") for line in thunderbird[t_half:]], [(line, "hdfs") for line in hdfs[h_half:]]
+    )
+    test += [(line, "bgl") for line in bgl[len(bgl) // 2 :]]
+    return DevSplit(
+        name="logs",
+        train_records=[{"line": line} for line, _ in train],
+        train_labels=[system for _, system in train],
+        test_records=[{"line": line} for line, _ in test],
+        test_labels=[system for _, system in test],
+        normal_labels=("hdfs", "thunderbird"),
+        text_fields=("line",),
+    )
+
+
 def load(name: str, datasets_dir: Path) -> DevSplit:
     """Load one dev split by name (one of ``DATASET_NAMES``)."""
-    loaders = {"emotion": load_emotion, "bgl": load_bgl, "sms": load_sms}
+    loaders = {
+        "emotion": load_emotion,
+        "bgl": load_bgl,
+        "sms": load_sms,
+        "clinc150": load_clinc150,
+        "clinc150-domains": load_clinc150_domains,
+        "logs": load_logs,
+    }
     if name not in loaders:
         raise ValueError(f"unknown dev dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     return loaders[name](datasets_dir)

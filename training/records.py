@@ -198,10 +198,15 @@ def text_prep_for_input(path: Path, text_field: str | None, base: TextPreparatio
 
 def prepared_texts(records: Iterable[Record], text_prep: TextPreparation, path: Path) -> list[str]:
     """``text_prep(record)`` for each record; a missing/empty text field is an InputError naming the line."""
+    return [text_prep.prepare(text) for text in extracted_texts(records, text_prep, path)]
+
+
+def extracted_texts(records: Iterable[Record], text_prep: TextPreparation, path: Path) -> list[str]:
+    """``text_prep.extract(record)`` (not yet prepared) for each record; InputError naming the line."""
     texts: list[str] = []
     for record in records:
         try:
-            texts.append(text_prep(record.data))
+            texts.append(text_prep.extract(record.data))
         except MissingTextError as exc:
             raise InputError(f"{path} line {record.line}: {exc}") from None
     return texts

@@ -53,14 +53,15 @@ _PLOTS = (
 
 def _centres(bundle: Bundle, sample: FloatArray | None) -> tuple[FloatArray, str] | None:
     """The detector's ``centers`` if it exposes them (k-means), else per-cluster means of the
-    training sample where the detector assigns two or more clusters (classes); else None."""
+    training sample where the detector assigns two or more clusters (classes) from vectors alone;
+    else None."""
     centres = getattr(bundle.detector, "centers", None)
     if centres is not None:
         array = np.asarray(centres, dtype=np.float32)
         if array.ndim == 2 and len(array):
             return array, f"cluster centres ({len(array)})"
-    if sample is None or not len(sample):
-        return None
+    if sample is None or not len(sample) or bundle.detector.uses_texts:
+        return None  # the training sample keeps vectors only; a text-aware detector cannot score them
     cluster = bundle.detector.score(sample).cluster
     ids = sorted(int(c) for c in set(cluster.tolist()) if c >= 0)
     if len(ids) < 2:

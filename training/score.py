@@ -87,7 +87,7 @@ def score_texts(
                 scored = score_patterns(part, embedder=embedder, detector=bundle.detector, table=table)
                 out += [s for s in scored if s is not None]
             else:
-                scores = bundle.detector.score(embedder.embed(part))
+                scores = bundle.detector.score(embedder.embed(part), part)
                 rows = zip(
                     scores.score.tolist(), scores.distance.tolist(), scores.cluster.tolist(), strict=True
                 )

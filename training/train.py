@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,13 @@ from agent.examples import MAX_KNOWN_PATTERNS, Examples, KnownPatterns, rank_pat
 from agent.textprep import TextPreparation
 from training.evaluate import detection_metrics
 from training.feedback_fold import normal_templates
+from training.masking import decide_mask
 from training.records import (
     InputError,
     detect_format,
+    extracted_texts,
     labels_of,
     parse_normal_labels,
-    prepared_texts,
     read_records,
     text_prep_for_input,
 )
@@ -89,7 +91,12 @@ def _train(args: argparse.Namespace) -> int:
             f"--max-examples must be at least 1, got {args.max_examples} (to keep none: --no-examples)"
         )
     try:
-        detector = create_detector(args.detector, target_fpr=args.target_fpr, seed=args.seed)
+        detector = create_detector(
+            args.detector,
+            target_fpr=args.target_fpr,
+            calibration_split=args.calibration_split,
+            seed=args.seed,
+        )
     except ValueError as exc:
         raise InputError(f"--detector {args.detector}: {exc}") from None
 
@@ -99,10 +106,8 @@ def _train(args: argparse.Namespace) -> int:
             " give --label-field (and --normal-labels to pick the normal classes)"
         )
     records = read_records(args.input, label_field=args.label_field)
-    text_prep = text_prep_for_input(
-        args.input, args.text_field, TextPreparation(mask=args.mask, max_chars=args.max_chars)
-    )
-    texts = prepared_texts(records, text_prep, args.input)
+    base_prep = text_prep_for_input(args.input, args.text_field, TextPreparation(max_chars=args.max_chars))
+    extracted = extracted_texts(records, base_prep, args.input)
     labels = labels_of(records, args.label_field, args.input) if args.label_field else None
     folded = normal_templates(args.feedback_from) if args.feedback_from is not None else None
     normal_labels = (
@@ -118,11 +123,18 @@ def _train(args: argparse.Namespace) -> int:
     anomalous_idx = np.flatnonzero(~is_normal)
     if len(normal_idx) < 3:
         raise InputError(f"{args.input}: {len(normal_idx)} normal records; training needs at least 3")
+    masking = decide_mask([extracted[i] for i in normal_idx], base_prep, args.mask)
+    text_prep = replace(base_prep, mask=masking.mask)
+    texts = [text_prep.prepare(t) for t in extracted]
 
     if args.validation_fraction > 0:
         strata = None if labels is None else np.asarray(labels)[normal_idx]
         fit_pos, val_pos = holdout_split(
-            len(normal_idx), fraction=args.validation_fraction, seed=args.seed, strata=strata
+            len(normal_idx),
+            fraction=args.validation_fraction,
+            seed=args.seed,
+            strata=strata,
+            order=args.calibration_split,
         )
         fit_idx, val_idx = normal_idx[fit_pos], normal_idx[val_pos]
     else:
@@ -145,11 +157,11 @@ def _train(args: argparse.Namespace) -> int:
 
     fit_labels = None if labels is None else np.asarray(labels)[fit_idx]
     try:
-        detector.fit(vectors[fit_idx], fit_labels)
+        detector.fit(vectors[fit_idx], fit_labels, [texts[i] for i in fit_idx])
     except ValueError as exc:
         raise InputError(f"--detector {args.detector}: {exc}") from None
 
-    evaluation = _evaluation(detector, vectors, val_idx, anomalous_idx, args.target_fpr)
+    evaluation = _evaluation(detector, vectors, texts, val_idx, anomalous_idx, args.target_fpr)
     rng = np.random.default_rng(args.seed)
     sample_idx = np.sort(rng.permutation(fit_idx)[:TRAINING_SAMPLE_SIZE])
     # The training patterns: distinct prepared texts of the normal records (fitted and validation),
@@ -165,6 +177,8 @@ def _train(args: argparse.Namespace) -> int:
         "format": detect_format(Path(args.input)),
         "records": len(records),
         "distinct_texts": len(set(texts)),
+        "masking": masking.to_dict(),
+        "calibration_split": args.calibration_split,
         "label_field": args.label_field,
         "normal_labels": normal_labels,
         "label_counts": dict(Counter(labels).most_common()) if labels is not None else None,
@@ -223,7 +237,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluation(
-    detector: Detector, vectors: FloatArray, val_idx: IntArray, anomalous_idx: IntArray, target_fpr: float
+    detector: Detector,
+    vectors: FloatArray,
+    texts: list[str],
+    val_idx: IntArray,
+    anomalous_idx: IntArray,
+    target_fpr: float,
 ) -> dict[str, Any]:
     """Validation FPR on held-back normals and, where the input has anomalies, detection metrics."""
     evaluation: dict[str, Any] = {
@@ -232,11 +251,12 @@ def _evaluation(
         "validation_records": len(val_idx),
     }
     if len(val_idx):
-        evaluation["validation_fpr"] = float(np.mean(detector.score(vectors[val_idx]).score > 1.0))
+        scores = detector.score(vectors[val_idx], [texts[i] for i in val_idx]).score
+        evaluation["validation_fpr"] = float(np.mean(scores > 1.0))
     if len(anomalous_idx):
         idx = np.concatenate([val_idx, anomalous_idx])
         truth = np.concatenate([np.zeros(len(val_idx), bool), np.ones(len(anomalous_idx), bool)])
-        metrics = detection_metrics(detector.score(vectors[idx]).score, truth)
+        metrics = detection_metrics(detector.score(vectors[idx], [texts[i] for i in idx]).score, truth)
         evaluation["anomalies"] = {
             k: metrics[k] for k in ("auroc", "average_precision", "recall", "precision")
         }

@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.detectors.base import Detector, Scores
 from agent.detectors.class_centroid import ClassCentroidDetector
+from agent.detectors.fused import FusedDetector
 from agent.detectors.hdbscan_detector import HdbscanDetector
 from agent.detectors.kmeans import KMeansDetector
 from agent.detectors.knn import KnnDetector
@@ -25,6 +26,7 @@ DETECTORS: dict[str, type[Detector]] = {
     KnnDetector.name: KnnDetector,
     KnnVoteDetector.name: KnnVoteDetector,
     MahalanobisDetector.name: MahalanobisDetector,
+    FusedDetector.name: FusedDetector,
 }
 
 

@@ -22,12 +22,14 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import numpy.typing as npt
 
+from agent.defaults import DEFAULT_CALIBRATION_SPLIT
 from agent.detectors.base import Detector, FloatArray, Scores
 from agent.detectors.calibration import (
     DEFAULT_FLOOR,
     DEFAULT_HOLDOUT_FRACTION,
     Thresholds,
     calibrate,
+    check_calibration_split,
     check_target_fpr,
     holdout_split,
 )
@@ -38,6 +40,7 @@ FORMAT_VERSION = 1
 Float64Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 LabelArray = npt.NDArray[np.str_]
+Texts = Sequence[str]
 
 
 def as_vectors(vectors: npt.ArrayLike, dim: int | None = None) -> FloatArray:
@@ -55,6 +58,18 @@ def as_vectors(vectors: npt.ArrayLike, dim: int | None = None) -> FloatArray:
     return array
 
 
+def as_texts(texts: Sequence[str] | None, n: int, *, required: bool, name: str) -> list[str] | None:
+    """Prepared texts as a list of n strings; ValueError if ``required`` and missing, or mis-sized."""
+    if texts is None:
+        if required:
+            raise ValueError(f"the {name} detector reads the prepared texts: pass texts= with the vectors")
+        return None
+    out = list(texts)
+    if len(out) != n or not all(isinstance(t, str) for t in out):
+        raise ValueError(f"texts must be {n} strings, one per vector, got {len(out)} items")
+    return out
+
+
 def as_labels(labels: npt.ArrayLike | None, n: int) -> LabelArray | None:
     """Labels as a (n,) str array, or None."""
     if labels is None:
@@ -70,7 +85,8 @@ class CalibratedDetector(Detector):
 
     Constructor arguments common to all: ``target_fpr`` (false-positive rate the thresholds are
     calibrated to), ``holdout_fraction`` (share of the normal vectors held out for calibration),
-    ``seed`` (every random choice: split, k-means init, subsampling).
+    ``calibration_split`` (``"random"`` share or the input's ``"tail"``, see
+    ``calibration.holdout_split``), ``seed`` (every random choice: split, k-means init, subsampling).
     """
 
     #: whether ``fit`` needs labels (ValueError without them).
@@ -79,12 +95,18 @@ class CalibratedDetector(Detector):
     threshold_floor: ClassVar[float] = DEFAULT_FLOOR
 
     def __init__(
-        self, *, target_fpr: float = 0.01, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION, seed: int = 0
+        self,
+        *,
+        target_fpr: float = 0.01,
+        holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
+        calibration_split: str = DEFAULT_CALIBRATION_SPLIT,
+        seed: int = 0,
     ) -> None:
         self.target_fpr = check_target_fpr(target_fpr)
         if not 0.0 < holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be between 0 and 1 (exclusive), got {holdout_fraction}")
         self.holdout_fraction = float(holdout_fraction)
+        self.calibration_split = check_calibration_split(calibration_split)
         self.seed = int(seed)
         self._dim: int | None = None
         self._thresholds: Thresholds | None = None
@@ -92,11 +114,11 @@ class CalibratedDetector(Detector):
     # -- subclass interface -------------------------------------------------------------------
 
     @abstractmethod
-    def _fit(self, vectors: FloatArray, labels: LabelArray | None) -> None:
-        """Fit the raw measure on the fit part of the normal vectors."""
+    def _fit(self, vectors: FloatArray, labels: LabelArray | None, texts: Texts | None) -> None:
+        """Fit the raw measure on the fit part of the normal vectors (and their texts, if given)."""
 
     @abstractmethod
-    def _raw(self, vectors: FloatArray) -> tuple[Float64Array, IntArray]:
+    def _raw(self, vectors: FloatArray, texts: Texts | None) -> tuple[Float64Array, IntArray]:
         """Raw outlier measure (higher = more anomalous, >= 0) and cluster id (-1: none) per vector."""
 
     @property
@@ -121,6 +143,24 @@ class CalibratedDetector(Detector):
     def _meta(self) -> dict[str, Any]:
         """Extra JSON metadata to save (default none)."""
         return {}
+
+    def _held_out_raw(self, vectors: FloatArray, texts: Texts | None) -> tuple[Float64Array, IntArray]:
+        """The raw measure of the held-out part, which the thresholds are calibrated on (default: ``_raw``).
+
+        A detector that also learns from the held-out part (fused: each measure's distribution)
+        does so here and returns each point's raw measure as if that point had not been seen,
+        so the threshold is not set on optimistic scores.
+        """
+        return self._raw(vectors, texts)
+
+    def calibration_config(self) -> dict[str, Any]:
+        """The constructor keywords every calibrated detector shares (part of each ``config()``)."""
+        return {
+            "target_fpr": self.target_fpr,
+            "holdout_fraction": self.holdout_fraction,
+            "calibration_split": self.calibration_split,
+            "seed": self.seed,
+        }
 
     def _save_extra(self, directory: Path) -> list[Path]:
         """Files other than npy/JSON (only hdbscan's pickled clusterer)."""
@@ -153,10 +193,14 @@ class CalibratedDetector(Detector):
         return self._thresholds
 
     def fit(
-        self, normal_vectors: FloatArray, labels: npt.NDArray[np.str_] | Sequence[str] | None = None
+        self,
+        normal_vectors: FloatArray,
+        labels: npt.NDArray[np.str_] | Sequence[str] | None = None,
+        texts: Texts | None = None,
     ) -> None:
         vectors = as_vectors(normal_vectors)
         label_array = as_labels(labels, len(vectors))
+        text_list = as_texts(texts, len(vectors), required=self.uses_texts, name=self.name)
         if self.requires_labels and label_array is None:
             raise ValueError(
                 f"the {self.name} detector needs the normal class of every training vector "
@@ -167,10 +211,13 @@ class CalibratedDetector(Detector):
             fraction=self.holdout_fraction,
             seed=self.seed,
             strata=self._strata(vectors, label_array),
+            order=self.calibration_split,
         )
         self._dim = int(vectors.shape[1])
-        self._fit(vectors[fit_idx], None if label_array is None else label_array[fit_idx])
-        raw, cluster = self._raw(vectors[held_idx])
+        fit_texts = None if text_list is None else [text_list[i] for i in fit_idx]
+        held_texts = None if text_list is None else [text_list[i] for i in held_idx]
+        self._fit(vectors[fit_idx], None if label_array is None else label_array[fit_idx], fit_texts)
+        raw, cluster = self._held_out_raw(vectors[held_idx], held_texts)
         self._thresholds = calibrate(
             raw,
             self.target_fpr,
@@ -180,12 +227,13 @@ class CalibratedDetector(Detector):
             floor=self.threshold_floor,
         )
 
-    def score(self, vectors: FloatArray) -> Scores:
+    def score(self, vectors: FloatArray, texts: Texts | None = None) -> Scores:
         thresholds = self.thresholds
         batch = as_vectors(vectors, self.dim)
+        text_list = as_texts(texts, len(batch), required=self.uses_texts, name=self.name)
         if len(batch) == 0:
             return Scores(np.empty(0, np.float64), np.empty(0, np.int64), np.empty(0, np.float64))
-        raw, cluster = self._raw(batch)
+        raw, cluster = self._raw(batch, text_list)
         return Scores(score=raw / thresholds.for_clusters(cluster), cluster=cluster, distance=raw)
 
     def save(self, directory: Path) -> list[Path]:

@@ -7,11 +7,18 @@ for it is calibrated afterwards on a held-out split of the normal data to a targ
 rate, per cluster where the detector has clusters. The published ``score`` is the raw measure
 divided by its threshold, so **higher = more anomalous and score > 1.0 = beyond the calibrated
 threshold** for every detector alike; alert consumers and dashboards rely on that.
+
+Texts beside the vectors: ``fit`` and ``score`` also take the *prepared* texts the vectors were
+embedded from (one per row). Detectors that read them (``uses_texts``: lexical signals such as
+tokens never seen in training) raise ValueError without them; the others ignore them. Because a
+score is a function of the prepared text alone (its vector is too), the agent's pattern table,
+keyed on the prepared text, stays exact for every detector.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -44,18 +51,26 @@ class Detector(ABC):
     """Fit on normal vectors, score new ones. Implementations live one per module next to this."""
 
     name: ClassVar[str]
+    #: whether ``fit`` and ``score`` need the prepared texts (ValueError without them).
+    uses_texts: ClassVar[bool] = False
 
     @abstractmethod
-    def fit(self, normal_vectors: FloatArray, labels: npt.NDArray[np.str_] | None = None) -> None:
+    def fit(
+        self,
+        normal_vectors: FloatArray,
+        labels: npt.NDArray[np.str_] | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> None:
         """Fit on normal vectors (n, dim), holding out part of them to calibrate thresholds.
 
         ``labels`` (n,) are the normal classes where known; detectors that need them
         (class-centroid) raise ValueError without them, others may use or ignore them.
+        ``texts`` (n,) are the prepared texts of the rows (see the module doc).
         """
 
     @abstractmethod
-    def score(self, vectors: FloatArray) -> Scores:
-        """Score a batch (n, dim); pure, thread-compatible, no state change."""
+    def score(self, vectors: FloatArray, texts: Sequence[str] | None = None) -> Scores:
+        """Score a batch (n, dim) and its prepared texts; pure, thread-compatible, no state change."""
 
     @property
     @abstractmethod

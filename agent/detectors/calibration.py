@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.defaults import CALIBRATION_SPLITS
+
 IntArray = npt.NDArray[np.int64]
 Float64Array = npt.NDArray[np.float64]
 
@@ -52,21 +54,36 @@ def check_target_fpr(target_fpr: float) -> float:
     return float(target_fpr)
 
 
+# How the held-out part is chosen: a seeded random share, or the *last* share in input order
+# (for logs input order is time, so the threshold is set on the latest traffic the model saw).
+
+
+def check_calibration_split(split: str) -> str:
+    """Validate a calibration split name (one of ``CALIBRATION_SPLITS``)."""
+    if split not in CALIBRATION_SPLITS:
+        raise ValueError(f"calibration split must be one of {', '.join(CALIBRATION_SPLITS)}, got {split!r}")
+    return split
+
+
 def holdout_split(
     n: int,
     *,
     fraction: float = DEFAULT_HOLDOUT_FRACTION,
     seed: int = 0,
     strata: npt.ArrayLike | None = None,
+    order: str = "random",
 ) -> tuple[IntArray, IntArray]:
-    """Seeded split of ``range(n)`` into (fit indices, held-out indices), both sorted.
+    """Split of ``range(n)`` into (fit indices, held-out indices), both sorted.
 
+    ``order="random"``: a seeded random share; ``"tail"``: the last share in index (input) order.
     With ``strata`` (one label per point) every stratum is split in the same proportion, so each
-    class / cluster is represented in calibration; a stratum of one point stays in the fit part.
-    At least one point always lands on each side (ValueError for n < 2).
+    class / cluster is represented in calibration (with ``"tail"``: each stratum's last share); a
+    stratum of one point stays in the fit part. At least one point always lands on each side
+    (ValueError for n < 2).
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"holdout fraction must be between 0 and 1 (exclusive), got {fraction}")
+    check_calibration_split(order)
     if n < 2:
         raise ValueError(f"need at least 2 normal vectors to fit and calibrate, got {n}")
     rng = np.random.default_rng(seed)
@@ -75,10 +92,11 @@ def holdout_split(
     for members in groups:
         m = len(members)
         take = round(fraction * m) if m > 1 else 0
-        held.append(rng.permutation(members)[:take].astype(np.int64))
+        chosen = members[m - take :] if order == "tail" else rng.permutation(members)[:take]
+        held.append(chosen.astype(np.int64))
     held_idx = np.sort(np.concatenate(held)) if held else np.empty(0, np.int64)
     if len(held_idx) == 0:
-        held_idx = np.array([rng.integers(n)], dtype=np.int64)
+        held_idx = np.array([n - 1 if order == "tail" else rng.integers(n)], dtype=np.int64)
     if len(held_idx) == n:
         held_idx = held_idx[1:]
     mask = np.ones(n, dtype=bool)

@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.defaults import DEFAULT_CALIBRATION_SPLIT
 from agent.detectors._common import (
     CalibratedDetector,
     Float64Array,
     IntArray,
     LabelArray,
+    Texts,
     nearest_euclidean,
 )
 from agent.detectors.base import FloatArray
@@ -31,13 +33,25 @@ class ClassCentroidDetector(CalibratedDetector):
     name = "class-centroid"
     requires_labels = True
 
-    def __init__(self, *, target_fpr: float = 0.01, holdout_fraction: float = 0.2, seed: int = 0) -> None:
-        super().__init__(target_fpr=target_fpr, holdout_fraction=holdout_fraction, seed=seed)
+    def __init__(
+        self,
+        *,
+        target_fpr: float = 0.01,
+        holdout_fraction: float = 0.2,
+        calibration_split: str = DEFAULT_CALIBRATION_SPLIT,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            target_fpr=target_fpr,
+            holdout_fraction=holdout_fraction,
+            calibration_split=calibration_split,
+            seed=seed,
+        )
         self._centers: Float64Array | None = None
         self._classes: list[str] | None = None
 
     def config(self) -> dict[str, Any]:
-        return {"target_fpr": self.target_fpr, "holdout_fraction": self.holdout_fraction, "seed": self.seed}
+        return self.calibration_config()
 
     @property
     def n_clusters(self) -> int:
@@ -47,13 +61,13 @@ class ClassCentroidDetector(CalibratedDetector):
     def cluster_labels(self) -> list[str] | None:
         return None if self._classes is None else list(self._classes)
 
-    def _fit(self, vectors: FloatArray, labels: LabelArray | None) -> None:
+    def _fit(self, vectors: FloatArray, labels: LabelArray | None, texts: Texts | None) -> None:
         assert labels is not None  # guaranteed by requires_labels
         classes = np.unique(labels)
         self._centers = np.stack([vectors[labels == c].astype(np.float64).mean(axis=0) for c in classes])
         self._classes = [str(c) for c in classes]
 
-    def _raw(self, vectors: FloatArray) -> tuple[Float64Array, IntArray]:
+    def _raw(self, vectors: FloatArray, texts: Texts | None) -> tuple[Float64Array, IntArray]:
         if self._centers is None:
             raise RuntimeError("class-centroid detector is not fitted")
         return nearest_euclidean(vectors, self._centers)

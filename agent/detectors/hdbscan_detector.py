@@ -37,7 +37,8 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.decomposition import PCA
 
-from agent.detectors._common import CalibratedDetector, Float64Array, IntArray, LabelArray
+from agent.defaults import DEFAULT_CALIBRATION_SPLIT
+from agent.detectors._common import CalibratedDetector, Float64Array, IntArray, LabelArray, Texts
 from agent.detectors.base import FloatArray
 
 CLUSTERER_FILE = "clusterer.pkl"
@@ -56,9 +57,15 @@ class HdbscanDetector(CalibratedDetector):
         min_samples: int | None = 5,
         target_fpr: float = 0.01,
         holdout_fraction: float = 0.2,
+        calibration_split: str = DEFAULT_CALIBRATION_SPLIT,
         seed: int = 0,
     ) -> None:
-        super().__init__(target_fpr=target_fpr, holdout_fraction=holdout_fraction, seed=seed)
+        super().__init__(
+            target_fpr=target_fpr,
+            holdout_fraction=holdout_fraction,
+            calibration_split=calibration_split,
+            seed=seed,
+        )
         if n_components < 1:
             raise ValueError(f"n_components must be >= 1, got {n_components}")
         if min_cluster_size is not None and min_cluster_size < 2:
@@ -78,10 +85,7 @@ class HdbscanDetector(CalibratedDetector):
             "n_components": self.n_components,
             "min_cluster_size": self.min_cluster_size,
             "min_samples": self.min_samples,
-            "target_fpr": self.target_fpr,
-            "holdout_fraction": self.holdout_fraction,
-            "seed": self.seed,
-        }
+        } | self.calibration_config()
 
     @property
     def n_clusters(self) -> int:
@@ -114,7 +118,7 @@ class HdbscanDetector(CalibratedDetector):
         residual = np.linalg.norm(centred - coords @ self._components, axis=1)
         return np.concatenate([coords, residual[:, None]], axis=1)
 
-    def _fit(self, vectors: FloatArray, labels: LabelArray | None) -> None:
+    def _fit(self, vectors: FloatArray, labels: LabelArray | None, texts: Texts | None) -> None:
         n_components = min(self.n_components, vectors.shape[1], len(vectors))
         pca = PCA(n_components=n_components, svd_solver="full").fit(vectors.astype(np.float64))
         self._mean = np.asarray(pca.mean_, dtype=np.float64)
@@ -135,7 +139,7 @@ class HdbscanDetector(CalibratedDetector):
         self._clusterer = clusterer
         self._n_found = n_found
 
-    def _raw(self, vectors: FloatArray) -> tuple[Float64Array, IntArray]:
+    def _raw(self, vectors: FloatArray, texts: Texts | None) -> tuple[Float64Array, IntArray]:
         if self._clusterer is None:
             raise RuntimeError("hdbscan detector is not fitted")
         projected = self._project(vectors)

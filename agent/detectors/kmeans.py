@@ -29,11 +29,13 @@ import numpy.typing as npt
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
+from agent.defaults import DEFAULT_CALIBRATION_SPLIT
 from agent.detectors._common import (
     CalibratedDetector,
     Float64Array,
     IntArray,
     LabelArray,
+    Texts,
     nearest_euclidean,
 )
 from agent.detectors.base import FloatArray
@@ -55,9 +57,15 @@ class KMeansDetector(CalibratedDetector):
         n_init: int = 4,
         target_fpr: float = 0.01,
         holdout_fraction: float = 0.2,
+        calibration_split: str = DEFAULT_CALIBRATION_SPLIT,
         seed: int = 0,
     ) -> None:
-        super().__init__(target_fpr=target_fpr, holdout_fraction=holdout_fraction, seed=seed)
+        super().__init__(
+            target_fpr=target_fpr,
+            holdout_fraction=holdout_fraction,
+            calibration_split=calibration_split,
+            seed=seed,
+        )
         if n_clusters is not None and n_clusters < 1:
             raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
         if max_auto_clusters < 2:
@@ -78,10 +86,7 @@ class KMeansDetector(CalibratedDetector):
             "max_auto_clusters": self.max_auto_clusters,
             "radius_percentile": self.radius_percentile,
             "n_init": self.n_init,
-            "target_fpr": self.target_fpr,
-            "holdout_fraction": self.holdout_fraction,
-            "seed": self.seed,
-        }
+        } | self.calibration_config()
 
     @property
     def n_clusters(self) -> int:
@@ -122,7 +127,7 @@ class KMeansDetector(CalibratedDetector):
                 best_k, best_score = k, score
         return best_k
 
-    def _fit(self, vectors: FloatArray, labels: LabelArray | None) -> None:
+    def _fit(self, vectors: FloatArray, labels: LabelArray | None, texts: Texts | None) -> None:
         k = self._choose_k(vectors, labels)
         model = KMeans(k, n_init=self.n_init, random_state=self.seed).fit(vectors.astype(np.float64))
         centers = np.asarray(model.cluster_centers_, dtype=np.float64)
@@ -136,7 +141,7 @@ class KMeansDetector(CalibratedDetector):
         self._radius = np.where(np.isfinite(radius), radius, global_radius)
         self._fit_scale = global_radius
 
-    def _raw(self, vectors: FloatArray) -> tuple[Float64Array, IntArray]:
+    def _raw(self, vectors: FloatArray, texts: Texts | None) -> tuple[Float64Array, IntArray]:
         return nearest_euclidean(vectors, self.centers)
 
     def _threshold_prior(self, raw: Float64Array, cluster: IntArray) -> Float64Array | None:

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.detectors._common import CalibratedDetector, Float64Array, IntArray, LabelArray
+from agent.defaults import DEFAULT_CALIBRATION_SPLIT
+from agent.detectors._common import CalibratedDetector, Float64Array, IntArray, LabelArray, Texts
 from agent.detectors.base import FloatArray
 
 _AGGREGATES = ("mean", "kth")
@@ -46,9 +47,15 @@ class KnnDetector(CalibratedDetector):
         block_size: int = 1024,
         target_fpr: float = 0.01,
         holdout_fraction: float = 0.2,
+        calibration_split: str = DEFAULT_CALIBRATION_SPLIT,
         seed: int = 0,
     ) -> None:
-        super().__init__(target_fpr=target_fpr, holdout_fraction=holdout_fraction, seed=seed)
+        super().__init__(
+            target_fpr=target_fpr,
+            holdout_fraction=holdout_fraction,
+            calibration_split=calibration_split,
+            seed=seed,
+        )
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if aggregate not in _AGGREGATES:
@@ -69,10 +76,7 @@ class KnnDetector(CalibratedDetector):
             "aggregate": self.aggregate,
             "max_reference": self.max_reference,
             "block_size": self.block_size,
-            "target_fpr": self.target_fpr,
-            "holdout_fraction": self.holdout_fraction,
-            "seed": self.seed,
-        }
+        } | self.calibration_config()
 
     @property
     def n_clusters(self) -> int:
@@ -86,7 +90,7 @@ class KnnDetector(CalibratedDetector):
     def reference_size(self) -> int:
         return 0 if self._reference is None else len(self._reference)
 
-    def _fit(self, vectors: FloatArray, labels: LabelArray | None) -> None:
+    def _fit(self, vectors: FloatArray, labels: LabelArray | None, texts: Texts | None) -> None:
         keep = np.arange(len(vectors))
         if len(keep) > self.max_reference:
             rng = np.random.default_rng(self.seed)
@@ -103,7 +107,7 @@ class KnnDetector(CalibratedDetector):
         """How many nearest reference vectors ``_from_neighbours`` needs."""
         return self.k
 
-    def _raw(self, vectors: FloatArray) -> tuple[Float64Array, IntArray]:
+    def _raw(self, vectors: FloatArray, texts: Texts | None) -> tuple[Float64Array, IntArray]:
         if self._reference is None:
             raise RuntimeError(f"{self.name} detector is not fitted")
         reference = self._reference

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.detectors._common import Float64Array, IntArray, LabelArray
+from agent.defaults import DEFAULT_CALIBRATION_SPLIT
+from agent.detectors._common import Float64Array, IntArray, LabelArray, Texts
 from agent.detectors.base import FloatArray
 from agent.detectors.knn import KnnDetector
 
@@ -47,6 +48,7 @@ class KnnVoteDetector(KnnDetector):
         block_size: int = 1024,
         target_fpr: float = 0.01,
         holdout_fraction: float = 0.2,
+        calibration_split: str = DEFAULT_CALIBRATION_SPLIT,
         seed: int = 0,
     ) -> None:
         super().__init__(
@@ -56,6 +58,7 @@ class KnnVoteDetector(KnnDetector):
             block_size=block_size,
             target_fpr=target_fpr,
             holdout_fraction=holdout_fraction,
+            calibration_split=calibration_split,
             seed=seed,
         )
         if vote_k < 1 or temperature <= 0 or weight < 0:
@@ -71,13 +74,13 @@ class KnnVoteDetector(KnnDetector):
             "weight": self.weight,
         }
 
-    def _fit(self, vectors: FloatArray, labels: LabelArray | None) -> None:
+    def _fit(self, vectors: FloatArray, labels: LabelArray | None, texts: Texts | None) -> None:
         if labels is None or len(np.unique(labels)) < 2:
             raise ValueError(
                 "the knn-vote detector needs at least two normal classes (--label-field and "
                 "--normal-labels naming two or more); with one class use knn"
             )
-        super()._fit(vectors, labels)
+        super()._fit(vectors, labels, texts)
 
     def _n_neighbours(self) -> int:
         return max(self.k, self.vote_k)

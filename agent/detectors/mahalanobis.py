@@ -26,11 +26,13 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.covariance import LedoitWolf
 
+from agent.defaults import DEFAULT_CALIBRATION_SPLIT
 from agent.detectors._common import (
     CalibratedDetector,
     Float64Array,
     IntArray,
     LabelArray,
+    Texts,
     nearest_euclidean,
 )
 from agent.detectors.base import FloatArray
@@ -43,15 +45,27 @@ class MahalanobisDetector(CalibratedDetector):
 
     name = "mahalanobis"
 
-    def __init__(self, *, target_fpr: float = 0.01, holdout_fraction: float = 0.2, seed: int = 0) -> None:
-        super().__init__(target_fpr=target_fpr, holdout_fraction=holdout_fraction, seed=seed)
+    def __init__(
+        self,
+        *,
+        target_fpr: float = 0.01,
+        holdout_fraction: float = 0.2,
+        calibration_split: str = DEFAULT_CALIBRATION_SPLIT,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            target_fpr=target_fpr,
+            holdout_fraction=holdout_fraction,
+            calibration_split=calibration_split,
+            seed=seed,
+        )
         self._whitening: Float64Array | None = None
         self._white_means: Float64Array | None = None
         self._classes: list[str] | None = None
         self._labelled = False
 
     def config(self) -> dict[str, Any]:
-        return {"target_fpr": self.target_fpr, "holdout_fraction": self.holdout_fraction, "seed": self.seed}
+        return self.calibration_config()
 
     @property
     def n_clusters(self) -> int:
@@ -61,7 +75,7 @@ class MahalanobisDetector(CalibratedDetector):
     def cluster_labels(self) -> list[str] | None:
         return list(self._classes) if self._labelled and self._classes is not None else None
 
-    def _fit(self, vectors: FloatArray, labels: LabelArray | None) -> None:
+    def _fit(self, vectors: FloatArray, labels: LabelArray | None, texts: Texts | None) -> None:
         x = vectors.astype(np.float64)
         self._labelled = labels is not None
         groups = np.full(len(x), _SINGLE_CLASS) if labels is None else labels
@@ -75,7 +89,7 @@ class MahalanobisDetector(CalibratedDetector):
         self._white_means = means @ whitening
         self._classes = [str(c) for c in classes]
 
-    def _raw(self, vectors: FloatArray) -> tuple[Float64Array, IntArray]:
+    def _raw(self, vectors: FloatArray, texts: Texts | None) -> tuple[Float64Array, IntArray]:
         if self._whitening is None or self._white_means is None:
             raise RuntimeError("mahalanobis detector is not fitted")
         return nearest_euclidean(vectors.astype(np.float64) @ self._whitening, self._white_means)

@@ -1,0 +1,13 @@
+"""Detection defaults, in a module light enough for ``anomaly-agent --help`` (no numpy/sklearn).
+
+``DEFAULT_DETECTOR`` is what ``train`` fits without ``--detector``: the candidate with the best
+worst case over every labelled dev set (bench/quality.py, table in docs/detectors.md).
+``CALIBRATION_SPLITS`` are the ways a detector's held-out calibration part is chosen; the default
+is the one measured to keep the false-positive rate nearest its target (docs/detectors.md).
+"""
+
+from __future__ import annotations
+
+DEFAULT_DETECTOR = "fused"
+CALIBRATION_SPLITS = ("random", "tail")
+DEFAULT_CALIBRATION_SPLIT = "random"
