@@ -1,22 +1,28 @@
-"""Detection quality of every registered detector on the three dev sets; prints one JSON object.
+"""Detection quality of every detector on every labelled dev set, chosen by the worst case; one JSON object.
 
-What ships is what is measured: texts go through ``agent.textprep.TextPreparation`` (extract +
-prepare) and the fp32 ONNX embedder the agent runs (``OnnxEmbedder`` on
-``training.export.cached_export()``); detectors come from ``agent.detectors.create_detector`` with
-their default parameters and ``--target-fpr``; metrics are ``training.evaluate.detection_metrics``
-(AUROC, average precision, and precision / recall / F1 / FPR of ``score > 1.0``).
+What ships is what is measured: texts go through ``agent.textprep.TextPreparation`` with the
+masking ``train`` would choose (``training.masking.decide_mask``) and the fp32 ONNX embedder the
+agent runs; detectors come from ``agent.detectors.create_detector`` with their default parameters
+and ``--target-fpr``; they are fitted *without* labels, as ``train --input normal.jsonl
+--text-field text`` fits them (detectors that need labels get them, in rows marked so); metrics
+are ``training.evaluate.detection_metrics`` (AUROC, average precision, FPR of ``score > 1.0`` on
+the test normals).
 
-Splits are ``training.devdata``'s (emotion: train joy/sadness/anger -> test; BGL: first half's
-normal lines -> second half; SMS: seeded 80/20 ham split -> held-out ham + all spam). Each dataset
-runs under a few text preparations (see ``VARIANTS``) so the effect of fields and masking is
-visible next to the detector choice; the first variant of each dataset is the recommended one.
-Normal labels are passed to ``fit`` (as ``train --label-field`` would), which only matters where
-there are several normal classes (emotion).
+Splits are ``training.devdata``'s (emotion by class, BGL by time, SMS ham vs spam, CLINC150
+out-of-scope, CLINC150 novel domains, Thunderbird/HDFS vs BGL lines). Besides the registered
+detectors the bench measures ablations of ``fused`` (``VARIANTS``), both masking views for
+``knn`` and ``fused`` (so the rule's effect is visible) and the default detector with
+``calibration_split="tail"``.
+
+The summary ranks candidates by their worst case: for each set the gap to the best candidate on
+that set, and the largest gap over all sets (``worst_gap``); ``vs_seeds`` is the smallest margin
+over the seeds' method (``kmeans``) on any set. The default of ``train`` must be the unlabelled
+candidate with the smallest ``worst_gap`` (tests/test_quality_defaults.py reads docs/detectors.md).
 
 Embeddings are cached per (embedder, texts) under ``<cache root>/quality/`` because embedding
-~20k texts takes minutes on two cores; delete the folder to recompute.
+~50k texts takes minutes on two cores; delete the folder to recompute.
 
-    .venv/bin/python bench/quality.py [--datasets emotion,bgl,sms] [--detectors knn,kmeans]
+    .venv/bin/python bench/quality.py [--datasets emotion,bgl,...] [--detectors knn,fused,...]
         [--target-fpr 0.01] [--threads 2] [--int8]
 
 ``--int8`` runs everything with the fp32 and the int8 export side by side and reports, per cell,
@@ -31,6 +37,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,27 +48,23 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent.cache import default_cache_root  # noqa: E402
+from agent.defaults import DEFAULT_DETECTOR  # noqa: E402
 from agent.detectors import DETECTORS, create_detector  # noqa: E402
 from agent.embedder import OnnxEmbedder  # noqa: E402
 from agent.textprep import TextPreparation  # noqa: E402
 from training import devdata  # noqa: E402
 from training.evaluate import detection_metrics  # noqa: E402
 from training.export import cached_export  # noqa: E402
+from training.masking import decide_mask  # noqa: E402
 
-#: text preparations per dataset, recommended first. BGL's "message" variants are the seeds' input.
-VARIANTS: dict[str, list[TextPreparation]] = {
-    "emotion": [TextPreparation(fields=("text",), mask=False)],
-    "bgl": [
-        TextPreparation(fields=("component", "level", "message"), mask=True),
-        TextPreparation(fields=("component", "level", "message"), mask=False),
-        TextPreparation(fields=("message",), mask=True),
-        TextPreparation(fields=("message",), mask=False),
-    ],
-    "sms": [
-        TextPreparation(fields=("text",), mask=False),
-        TextPreparation(fields=("text",), mask=True),
-    ],
-}
+#: ablations of the fused detector: (candidate name, constructor keywords).
+VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("fused[knn+kmeans]", {"components": ["knn", "kmeans"]}),
+    ("fused[knn+tfidf+unseen]", {"components": ["knn", "tfidf", "unseen"]}),
+    ("fused[tfidf+unseen]", {"components": ["tfidf", "unseen"]}),
+)
+#: the seeds' method every default is compared with.
+SEEDS_METHOD = "kmeans"
 
 
 def embed_cached(
@@ -93,59 +96,134 @@ def run(args: argparse.Namespace, embedder_dir: Path | None = None) -> dict[str,
     embedder = OnnxEmbedder(embedder_dir, intra_op_threads=args.threads)
     cache = args.cache_dir or default_cache_root() / "quality"
     results: list[dict[str, Any]] = []
+    masking: dict[str, Any] = {}
     for name in args.datasets:
         split = devdata.load(name, args.datasets_dir)
         truth = split.test_is_anomaly
-        train_labels = np.asarray(split.train_labels)
-        for variant, prep in enumerate(VARIANTS[name]):
-            train_x = embed_cached(embedder, embedder_dir, prepared(prep, split.train_records), cache)
-            test_x = embed_cached(embedder, embedder_dir, prepared(prep, split.test_records), cache)
-            for detector_name in args.detectors:
-                detector = create_detector(detector_name, target_fpr=args.target_fpr, seed=args.seed)
-                started = time.perf_counter()
-                try:
-                    detector.fit(train_x, train_labels)
-                except ValueError as exc:  # e.g. hdbscan finding no cluster: a result, not a crash
-                    results.append(
-                        {
-                            "dataset": name,
-                            "text_prep": _prep(prep),
-                            "detector": detector_name,
-                            "error": str(exc),
-                        }
-                    )
-                    print(f"{name} {detector_name}: {exc}", file=sys.stderr, flush=True)
-                    continue
-                fit_s = time.perf_counter() - started
-                started = time.perf_counter()
-                scores = detector.score(test_x).score
-                score_s = time.perf_counter() - started
-                metrics = detection_metrics(scores, truth)
-                results.append(
-                    {
-                        "dataset": name,
-                        "text_prep": _prep(prep),
-                        "recommended_prep": variant == 0,
-                        "detector": detector_name,
-                        **{k: _round(v) for k, v in metrics.items() if k != "counts"},
-                        "counts": metrics["counts"],
-                        "fit_seconds": round(fit_s, 3),
-                        "score_us_per_event": round(1e6 * score_s / max(1, len(test_x)), 2),
-                    }
-                )
-                print(_line(results[-1]), file=sys.stderr, flush=True)
+        base = TextPreparation(fields=split.text_fields)
+        extracted = [base.extract(r) for r in split.train_records]
+        decision = decide_mask(extracted, base, None)
+        masking[name] = decision.to_dict()
+        views = {}
+        for mask in (decision.mask, not decision.mask):
+            prep = replace(base, mask=mask)
+            train_t, test_t = prepared(prep, split.train_records), prepared(prep, split.test_records)
+            views[mask] = (
+                prep,
+                train_t,
+                test_t,
+                embed_cached(embedder, embedder_dir, train_t, cache),
+                embed_cached(embedder, embedder_dir, test_t, cache),
+            )
+        several_classes = len(set(split.train_labels)) > 1
+        for candidate, detector_name, params, mask, labelled in _cells(args, decision.mask, several_classes):
+            prep, train_t, test_t, train_x, test_x = views[mask]
+            row: dict[str, Any] = {
+                "dataset": name,
+                "candidate": candidate,
+                "detector": detector_name,
+                "text_prep": _prep(prep),
+                "mask_by_rule": mask == decision.mask,
+                "labels": labelled,
+                "params": params,
+            }
+            detector = create_detector(detector_name, target_fpr=args.target_fpr, seed=args.seed, **params)
+            started = time.perf_counter()
+            try:
+                detector.fit(train_x, np.asarray(split.train_labels) if labelled else None, train_t)
+            except ValueError as exc:  # e.g. hdbscan finding no cluster: a result, not a crash
+                results.append(row | {"error": str(exc)})
+                print(f"{name} {candidate}: {exc}", file=sys.stderr, flush=True)
+                continue
+            fit_s = time.perf_counter() - started
+            started = time.perf_counter()
+            scores = detector.score(test_x, test_t).score
+            score_s = time.perf_counter() - started
+            metrics = detection_metrics(scores, truth)
+            results.append(
+                row
+                | {k: _round(v) for k, v in metrics.items() if k != "counts"}
+                | {
+                    "test_normal_fpr": _round(float(np.mean(scores[~truth] > 1.0))),
+                    "counts": metrics["counts"],
+                    "fit_seconds": round(fit_s, 3),
+                    "score_us_per_event": round(1e6 * score_s / max(1, len(test_x)), 2),
+                }
+            )
+            print(_line(results[-1]), file=sys.stderr, flush=True)
     return {
         "embedder": json.loads((embedder_dir / "embedder.json").read_text(encoding="utf-8")).get("model_id"),
         "quantization": "int8" if _is_int8(embedder_dir) else "fp32",
         "target_fpr": args.target_fpr,
         "seed": args.seed,
-        "splits": {
-            "emotion": "train split joy/sadness/anger -> test split (fear/love/surprise anomalous)",
-            "bgl": "normal lines of lines 1-1000 -> lines 1001-2000 (alert tag anomalous)",
-            "sms": "ham shuffled with default_rng(0), 80 % train -> 20 % ham + all spam",
-        },
+        "default_detector": DEFAULT_DETECTOR,
+        "splits": {name: _split_doc(name) for name in args.datasets},
+        "masking": masking,
+        "summary": summarize(results, args.datasets),
         "results": results,
     }
+
+
+def _cells(
+    args: argparse.Namespace, mask: bool, several_classes: bool
+) -> list[tuple[str, str, dict[str, Any], bool, bool]]:
+    """(candidate, detector, params, mask, labelled) for one dataset, in the order they run."""
+    cells: list[tuple[str, str, dict[str, Any], bool, bool]] = []
+    for name in args.detectors:
+        if getattr(DETECTORS[name], "requires_labels", False):
+            if several_classes:
+                cells.append((f"{name} (labels)", name, {}, mask, True))
+            continue
+        cells.append((name, name, {}, mask, False))
+    if not args.variants:
+        return cells
+    cells += [(candidate, "fused", params, mask, False) for candidate, params in VARIANTS]
+    cells += [(f"{name} (other masking)", name, {}, not mask, False) for name in ("knn", DEFAULT_DETECTOR)]
+    cells.append(
+        (
+            f"{DEFAULT_DETECTOR} (tail calibration)",
+            DEFAULT_DETECTOR,
+            {"calibration_split": "tail"},
+            mask,
+            False,
+        )
+    )
+    return cells
+
+
+def summarize(results: list[dict[str, Any]], datasets: Sequence[str]) -> dict[str, Any]:
+    """Per unlabelled candidate on the rule's masking: AUROC per set, gap to the best, worst case."""
+    cells = [r for r in results if r.get("auroc") is not None and r["mask_by_rule"] and not r["labels"]]
+    best = {d: max((r["auroc"] for r in cells if r["dataset"] == d), default=None) for d in datasets}
+    seeds = {r["dataset"]: r["auroc"] for r in cells if r["candidate"] == SEEDS_METHOD}
+    table: dict[str, Any] = {}
+    for candidate in dict.fromkeys(r["candidate"] for r in cells):
+        mine = {r["dataset"]: r for r in cells if r["candidate"] == candidate}
+        if set(mine) != set(datasets):
+            continue
+        gaps = {d: round(best[d] - mine[d]["auroc"], 4) for d in datasets if best[d] is not None}
+        table[candidate] = {
+            "auroc": {d: mine[d]["auroc"] for d in datasets},
+            "test_normal_fpr": {d: mine[d]["test_normal_fpr"] for d in datasets},
+            "gap_to_best": gaps,
+            "worst_gap": max(gaps.values()),
+            "worst_set": max(gaps, key=lambda d: gaps[d]),
+            "vs_seeds": round(min(mine[d]["auroc"] - seeds[d] for d in datasets), 4)
+            if set(seeds) == set(datasets)
+            else None,
+        }
+    ranked = sorted(table, key=lambda c: table[c]["worst_gap"])
+    return {"best_per_set": best, "candidates": table, "by_worst_case": ranked}
+
+
+def _split_doc(name: str) -> str:
+    """The first line of the split's description in training.devdata's module docstring."""
+    doc = devdata.__doc__ or ""
+    marker = f"- ``{name}``:"
+    if marker not in doc:
+        return name
+    text = doc.split(marker, 1)[1].split("\n- ``", 1)[0]
+    return " ".join(text.split())
 
 
 def _is_int8(embedder_dir: Path) -> bool:
@@ -159,7 +237,7 @@ def int8_beside_fp32(args: argparse.Namespace) -> dict[str, Any]:
     int8 = run(args, cached_export(int8=True))
 
     def key(r: dict[str, Any]) -> tuple[str, str, str]:
-        return r["dataset"], json.dumps(r["text_prep"], sort_keys=True), r["detector"]
+        return r["dataset"], json.dumps(r["text_prep"], sort_keys=True), r["candidate"]
 
     by_key = {key(r): r for r in int8["results"]}
     deltas = []
@@ -171,8 +249,8 @@ def int8_beside_fp32(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "dataset": r["dataset"],
                 "text_prep": r["text_prep"],
-                "recommended_prep": r.get("recommended_prep"),
-                "detector": r["detector"],
+                "mask_by_rule": r["mask_by_rule"],
+                "candidate": r["candidate"],
                 "auroc_fp32": r["auroc"],
                 "auroc_int8": other["auroc"],
                 "auroc_loss": _round(r["auroc"] - other["auroc"]),
@@ -195,9 +273,9 @@ def _round(value: Any) -> Any:
 
 
 def _line(r: dict[str, Any]) -> str:
-    prep = "+".join(r["text_prep"]["fields"]) + (" masked" if r["text_prep"]["mask"] else "")
-    metrics = f"AUROC {r['auroc']} AP {r['average_precision']} F1 {r['f1']}"
-    return f"{r['dataset']:8s} {prep:32s} {r['detector']:15s} {metrics}"
+    prep = "masked" if r["text_prep"]["mask"] else "unmasked"
+    metrics = f"AUROC {r['auroc']} AP {r['average_precision']} FPR {r['test_normal_fpr']}"
+    return f"{r['dataset']:17s} {prep:9s} {r['candidate']:32s} {metrics} ({r['fit_seconds']} s fit)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,6 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--datasets", type=_csv, default=list(devdata.DATASET_NAMES))
     parser.add_argument("--detectors", type=_csv, default=sorted(DETECTORS))
     parser.add_argument("--target-fpr", type=float, default=0.01)
+    parser.add_argument(
+        "--no-variants",
+        dest="variants",
+        action="store_false",
+        help="only the registered detectors (no fused ablations, other masking, tail calibration)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     parser.add_argument(
