@@ -466,7 +466,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--anomalous-share", type=float, default=0.1, help="share of BGL (anomalous) lines in the stream"
     )
-    p.add_argument("--detector", default="knn", help="detector of the bench bundle (train's default: knn)")
+    p.add_argument(
+        "--detector",
+        default="knn",
+        help="detector of the bench bundle (knn: the throughput reference; train's default is fused)",
+    )
     p.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), help="use this broker")
     p.add_argument("--seed", type=int, default=7)

@@ -84,9 +84,7 @@ _FITTED: dict[str, Detector] = {}
 
 
 @pytest.fixture
-def fitted(
-    request: pytest.FixtureRequest, train_data: TrainData
-) -> Detector:
+def fitted(request: pytest.FixtureRequest, train_data: TrainData) -> Detector:
     """Each detector fitted once per module (with labels) at the suite's target FPR."""
     name: str = request.param
     if name not in _FITTED:
@@ -170,9 +168,7 @@ def test_saved_parameters_are_npy_and_json_only(fitted: Detector, tmp_path: Path
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fit_is_deterministic_for_a_seed(
-    name: str, train_data: TrainData
-) -> None:
+def test_fit_is_deterministic_for_a_seed(name: str, train_data: TrainData) -> None:
     vectors, labels, texts = train_data[0][:900], train_data[1][:900], train_data[2][:900]
     batch = np.r_[normal_sample(200, seed=3)[0], outlier_sample(20, seed=4)]
     batch_texts = normal_texts(200, seed=3) + outlier_texts(20, seed=4)
@@ -186,9 +182,7 @@ def test_fit_is_deterministic_for_a_seed(
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_labels_required_or_optional(
-    name: str, train_data: TrainData
-) -> None:
+def test_labels_required_or_optional(name: str, train_data: TrainData) -> None:
     vectors, texts = train_data[0][:900], train_data[2][:900]
     detector = create_detector(name)
     if name in LABELS_REQUIRED:
@@ -275,7 +269,9 @@ def test_unknown_detector_name_lists_the_choices() -> None:
         create_detector("isolation-forest-9000")
 
 
-RealSplit = tuple[npt.NDArray[np.float32], list[str], npt.NDArray[np.float32], list[str], npt.NDArray[np.bool_]]
+RealSplit = tuple[
+    npt.NDArray[np.float32], list[str], npt.NDArray[np.float32], list[str], npt.NDArray[np.bool_]
+]
 
 
 @pytest.fixture(scope="module")

@@ -223,3 +223,11 @@ def test_load_refuses_another_detectors_files_and_unknown_formats(tmp_path: Path
         KnnDetector.load(tmp_path)
     with pytest.raises(ValueError, match="missing"):
         KnnDetector.load(tmp_path / "nowhere")
+
+
+def test_tail_holdout_takes_the_last_share_per_stratum() -> None:
+    fit, held = holdout_split(10, fraction=0.3, order="tail")
+    assert held.tolist() == [7, 8, 9] and fit.tolist() == list(range(7))
+    strata = np.array(["a"] * 5 + ["b"] * 5)
+    _, held = holdout_split(10, fraction=0.4, strata=strata, order="tail")
+    assert held.tolist() == [3, 4, 8, 9]

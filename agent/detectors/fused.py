@@ -80,9 +80,10 @@ def held_out_evidence(null: Float64Array) -> Float64Array:
     at_least_others = (m - np.searchsorted(null, null, side="left") - 1).astype(np.float64)
     evidence = -np.log((at_least_others + 1.0) / m)
     second = float(null[-2])
-    if null[-1] > second:
+    if null[-1] > second:  # past the others' maximum: the same decay and ratio as tail_evidence
         ratio = null[-1] / second if second > 0 else 1.0 + null[-1] / _ZERO_SCALE
-        evidence[-1] += np.log(ratio)
+        ties = float(np.sum(null[:-1] == second))
+        evidence[-1] = -np.log((1.0 + ties / ratio) / m) + np.log(ratio)
     return np.asarray(evidence, dtype=np.float64)
 
 

@@ -1,0 +1,37 @@
+"""train's masking rule: mask when it merges >= 10 % of the distinct training texts; overrides win."""
+
+from __future__ import annotations
+
+from agent.textprep import TextPreparation
+from training.masking import MERGE_SHARE, decide_mask
+
+LOG_LINES = [f"connection from 10.0.{i % 7}.{i} closed after {i * 3} ms" for i in range(200)]
+PROSE = [
+    f"i feel {w} today because of the {x}" for w in ("happy", "sad", "tired") for x in ("rain", "sun", "news")
+]
+
+
+def test_logs_are_masked_and_prose_is_not() -> None:
+    logs = decide_mask(LOG_LINES, TextPreparation(), None)
+    assert logs.mask and logs.distinct_unmasked == 200 and logs.distinct_masked == 1
+    assert logs.merged_share >= MERGE_SHARE
+    prose = decide_mask(PROSE, TextPreparation(), None)
+    assert not prose.mask and prose.merged_share == 0.0
+    assert prose.to_dict()["rule"].startswith("auto")
+
+
+def test_the_cut_off_is_the_stated_share() -> None:
+    """90 distinct words plus n texts that masking merges into one: 9 % merged is not enough."""
+    words = [f"word{chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(90)]
+    nine = decide_mask(words + [f"count {n}" for n in range(10)], TextPreparation(), None)
+    assert (nine.distinct_unmasked, nine.distinct_masked, nine.mask) == (100, 91, False)
+    eleven = decide_mask(words + [f"count {n}" for n in range(12)], TextPreparation(), None)
+    assert (eleven.distinct_unmasked, eleven.distinct_masked, eleven.mask) == (102, 91, True)
+    assert nine.merged_share < MERGE_SHARE <= eleven.merged_share
+
+
+def test_overrides_win_and_are_recorded() -> None:
+    forced = decide_mask(PROSE, TextPreparation(), True)
+    assert forced.mask and forced.rule == "--mask"
+    off = decide_mask(LOG_LINES, TextPreparation(), False)
+    assert not off.mask and off.rule == "--no-mask"
