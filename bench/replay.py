@@ -26,6 +26,8 @@ Prints one JSON object (and writes it to ``--out``). One run, one machine, side 
       alerts, so every one is a latency sample, and each costs an alert record), at half the
       maximum of that configuration (``agent_one_alert_per_event``, measured like ``agent``);
       the other throughput figures use the default grouping;
+    - ``agent_fused``: the same backlog with a bundle of train's default detector (``fused``,
+      which reads the texts too) instead of ``knn``, and ``ratio_fused_vs_knn``;
     - ``agent_peak_rss_mib`` (VmHWM) and ``broker_cpu_share`` (broker CPU seconds / wall seconds
       during the end-to-end run; 1.0 = one core).
 
@@ -36,7 +38,8 @@ Prints one JSON object (and writes it to ``--out``). One run, one machine, side 
 
 ``unique`` mode (``--mode unique``)
     Texts that do not repeat (emotion tweets and SMS messages): end to end vs the raw embedder
-    on the same texts and threads, for the fp32 and the int8 embedder.
+    on the same texts and threads, for the fp32 and the int8 embedder (``knn`` bundles), and
+    ``fp32_fused``: the fp32 agent with a ``fused`` bundle (train's default), ``ratio_fused_vs_knn``.
 
 The machine's load average is recorded before and after every figure.
 """
@@ -237,11 +240,11 @@ class Run:
         return AgentProcess(env, self.work / f"{name}.log")
 
 
-def train(run: Run, texts: list[str], name: str, embedder: Path) -> Path:
+def train(run: Run, texts: list[str], name: str, embedder: Path, detector: str = "knn") -> Path:
     path = run.work / f"{name}-train.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     out = run.work / f"{name}-bundle"
-    result = cli("train", "--input", str(path), "--text-field", "text", "--detector", "knn",
+    result = cli("train", "--input", str(path), "--text-field", "text", "--detector", detector,
                  "--embedder", str(embedder), "--out", str(out))  # fmt: skip
     if result.returncode != 0:
         raise SystemExit(f"replay: train failed:\n{result.stderr}")
@@ -407,6 +410,11 @@ def logs_mode(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         "redraw_kept_original": kept,
     }
     report["agent"] = end_to_end(run, bundle, stream, "logs-agent")
+    fused = train(run, train_texts, "logs-fused", cached_export(), detector="fused")
+    report["agent_fused"] = end_to_end(run, fused, stream, "logs-agent-fused")
+    report["ratio_fused_vs_knn"] = round(
+        report["agent_fused"]["events_per_s"] / report["agent"]["events_per_s"], 3
+    )
     baseline = stream[: args.baseline_events]
     report["agent_table_off"] = end_to_end(run, bundle, baseline, "logs-agent-off", patterns__enabled="false")
     report["ratio_table_on_vs_off"] = round(
@@ -442,6 +450,14 @@ def unique_mode(run: Run, args: argparse.Namespace) -> dict[str, Any]:
             "ratio_end_to_end_vs_raw": round(agent["events_per_s"] / raw["events_per_s"], 3),
             "latency": latency(run, bundle, stream, rate, args.latency_seconds),
         }
+    # train's default detector reads the texts too (lexical measures): what it costs per event
+    # where nothing repeats, beside knn on the same fp32 embedder.
+    bundle = train(run, train_texts, "unique-fused", cached_export(), detector="fused")
+    fused = end_to_end(run, bundle, stream, "unique-fused-agent")
+    report["fp32_fused"] = {
+        "agent": fused,
+        "ratio_fused_vs_knn": round(fused["events_per_s"] / report["fp32"]["agent"]["events_per_s"], 3),
+    }
     return report
 
 

@@ -107,3 +107,19 @@ def test_tail_calibration_split_is_saved_and_used() -> None:
     assert detector.config()["calibration_split"] == "tail"
     with pytest.raises(ValueError, match="calibration split"):
         FusedDetector(calibration_split="newest")
+
+
+def test_embedding_measures_vote_once_and_text_measures_add() -> None:
+    """raw = max(e_knn, e_kmeans) + e_tfidf + e_unseen, each evidence against its held-out null."""
+    rng = np.random.default_rng(6)
+    words = [f"w{i}" for i in range(30)]
+    texts = [" ".join(rng.choice(words, size=6)) for _ in range(400)]
+    vectors = _vectors(400, 7)
+    detector = FusedDetector()
+    detector.fit(vectors, texts=texts)
+    probe_texts = [*texts[:5], "zzkq plxv w1 w2", "w3 w4 w5 qqqq"]
+    probe = np.r_[vectors[:5], _vectors(2, 8)]
+    measures, _ = detector._measures(probe, probe_texts)
+    e = {c: tail_evidence(detector._null[c], measures[c]) for c in COMPONENTS}
+    expected = np.maximum(e["knn"], e["kmeans"]) + e["tfidf"] + e["unseen"]
+    np.testing.assert_allclose(detector.score(probe, probe_texts).distance, expected, rtol=1e-12)
