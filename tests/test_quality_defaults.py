@@ -42,3 +42,28 @@ def test_every_detector_is_in_the_quality_table() -> None:
     text = DOCS.read_text(encoding="utf-8")
     for name in DETECTORS:
         assert f"| {name}" in text, f"docs/detectors.md quality table has no row for {name}"
+
+
+def test_quality_summary_ranks_by_worst_case_and_margin_over_the_seeds() -> None:
+    import sys
+
+    sys.path.insert(0, str(DOCS.parent.parent / "bench"))
+    from quality import summarize
+
+    def row(dataset: str, candidate: str, auroc: float, **extra: object) -> dict[str, object]:
+        base = {"mask_by_rule": True, "labels": False, "test_normal_fpr": 0.01}
+        return base | {"dataset": dataset, "candidate": candidate, "auroc": auroc} | extra
+
+    results = [
+        row("a", "kmeans", 0.60), row("b", "kmeans", 0.95),
+        row("a", "steady", 0.85), row("b", "steady", 0.93),
+        row("a", "spiky", 0.90), row("b", "spiky", 0.70),
+        row("a", "other view", 0.99, mask_by_rule=False),  # not what train would fit: ignored
+        row("a", "with labels", 0.99, labels=True),  # needs labels: ignored
+    ]  # fmt: skip
+    summary = summarize(results, ["a", "b"])
+    assert summary["best_per_set"] == {"a": 0.90, "b": 0.95}
+    assert summary["by_worst_case"] == ["steady", "spiky", "kmeans"]  # worst gaps 0.05, 0.25, 0.30
+    steady = summary["candidates"]["steady"]
+    assert steady["worst_gap"] == 0.05 and steady["worst_set"] == "a"
+    assert steady["vs_seeds"] == -0.02  # 0.93 - 0.95 on b
