@@ -97,6 +97,22 @@ def agent_bundle(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path, e
     return out
 
 
+@pytest.fixture(scope="session")
+def default_bundle(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path, embedder_dir: Path) -> Path:
+    """A bundle of train's *default* detector (no ``--detector``), on the same lines as ``agent_bundle``."""
+    work = tmp_path_factory.mktemp("default-bundle")
+    normal, _ = bgl_lines(datasets_dir)
+    train = work / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": t}) + "\n" for t in normal[:TRAIN_NORMAL_LINES]))
+    out = work / "bundle"
+    result = cli(
+        "train", "--input", str(train), "--text-field", "text",
+        "--embedder", str(embedder_dir), "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, f"anomaly-agent train failed:\n{result.stderr}"
+    return out
+
+
 def cli(
     *args: str, timeout: float = 300.0, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -28,6 +28,7 @@ from agent_helpers import (
 )
 from kafka_fixtures import GroupFactory, TopicFactory
 
+from agent.defaults import DEFAULT_DETECTOR
 from agent.pipeline import Pipeline, load_model
 from exporters.alerts import alert_id
 from exporters.metrics import AgentMetrics
@@ -125,6 +126,37 @@ def test_alerts_are_exactly_the_offline_anomalies(
     if delivery == "exactly_once":
         assert (sample("anomaly_agent_transactions_total", {"result": "committed"}) or 0) >= len(events) / 32
         assert sample("anomaly_agent_transactions_total", {"result": "aborted"}) == 0
+
+
+def test_the_default_detector_reads_texts_on_the_agent_as_offline(
+    kafka_bootstrap: str,
+    make_topic: TopicFactory,
+    make_group: GroupFactory,
+    default_bundle: Path,
+    datasets_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """train's default (``fused``, which scores the prepared texts beside the vectors) through the
+    real broker: alerts for exactly the events ``anomaly-agent score`` flags."""
+    model = load_model(default_bundle, intra_op_threads=1)
+    assert model.bundle.detector.name == DEFAULT_DETECTOR and model.bundle.detector.uses_texts
+    source, alerts_topic, dead_topic, group = make_topic(2), make_topic(1), make_topic(1), make_group()
+    events = make_events(datasets_dir, normal=120, bgl_alerts=30, foreign=30, seed=11)
+    expected = offline_anomalies(default_bundle, events, tmp_path)
+    anomalous = {i for i, flagged in enumerate(expected) if flagged}
+    assert 10 <= len(anomalous) <= len(events) - 50, f"{len(anomalous)} anomalies among {len(events)}"
+    positions = produce(kafka_bootstrap, source, json_records(events))
+    event_at = {position: i for i, position in enumerate(positions)}
+    settings = pipeline_settings(
+        kafka_bootstrap, AgentTopics(source, alerts_topic, dead_topic, group), default_bundle,
+        instance_id="e2e-default", batch_size=32,
+    )  # fmt: skip
+    with Pipeline(settings, model, metrics=AgentMetrics(batch_max_size=32)) as pipeline:
+        stats = pipeline.run(max_messages=len(events), idle_timeout_s=60)
+    assert stats.processed == len(events) and stats.dead_lettered == 0
+    alerts = read_committed(kafka_bootstrap, alerts_topic)
+    assert {event_at[s] for s in alert_sources(alerts)} == anomalous
+    assert all(json.loads(m.value() or b"")["detector"] == DEFAULT_DETECTOR for m in alerts)
 
 
 def test_the_pattern_table_changes_no_alert(
