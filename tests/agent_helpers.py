@@ -85,28 +85,22 @@ def make_events(
 def agent_bundle(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path, embedder_dir: Path) -> Path:
     """A knn bundle trained with ``anomaly-agent train`` on the first BGL normal lines (session)."""
     work = tmp_path_factory.mktemp("agent-bundle")
-    normal, _ = bgl_lines(datasets_dir)
-    train = work / "train.jsonl"
-    train.write_text("".join(json.dumps({"text": t}) + "\n" for t in normal[:TRAIN_NORMAL_LINES]))
-    out = work / "bundle"
-    result = cli(
-        "train", "--input", str(train), "--text-field", "text", "--detector", "knn",
-        "--embedder", str(embedder_dir), "--out", str(out),
-    )  # fmt: skip
-    assert result.returncode == 0, f"anomaly-agent train failed:\n{result.stderr}"
-    return out
+    return _bgl_bundle(work, datasets_dir, embedder_dir, "--detector", "knn")
 
 
 @pytest.fixture(scope="session")
 def default_bundle(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path, embedder_dir: Path) -> Path:
     """A bundle of train's *default* detector (no ``--detector``), on the same lines as ``agent_bundle``."""
-    work = tmp_path_factory.mktemp("default-bundle")
+    return _bgl_bundle(tmp_path_factory.mktemp("default-bundle"), datasets_dir, embedder_dir)
+
+
+def _bgl_bundle(work: Path, datasets_dir: Path, embedder_dir: Path, *train_args: str) -> Path:
     normal, _ = bgl_lines(datasets_dir)
     train = work / "train.jsonl"
     train.write_text("".join(json.dumps({"text": t}) + "\n" for t in normal[:TRAIN_NORMAL_LINES]))
     out = work / "bundle"
     result = cli(
-        "train", "--input", str(train), "--text-field", "text",
+        "train", "--input", str(train), "--text-field", "text", *train_args,
         "--embedder", str(embedder_dir), "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, f"anomaly-agent train failed:\n{result.stderr}"

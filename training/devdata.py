@@ -94,12 +94,12 @@ def _read_jsonl(path: Path) -> list[Mapping[str, str]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def load_emotion(datasets_dir: Path) -> DevSplit:
-    normal = ("joy", "sadness", "anger")
-    train = [r for r in _read_jsonl(datasets_dir / "emotion" / "train.jsonl") if r["label"] in normal]
-    test = _read_jsonl(datasets_dir / "emotion" / "test.jsonl")
+def _text_split(
+    name: str, train: list[Mapping[str, str]], test: list[Mapping[str, str]], normal: tuple[str, ...]
+) -> DevSplit:
+    """A split of ``{"text", "label"}`` rows: the text is the record, the label only ground truth."""
     return DevSplit(
-        name="emotion",
+        name=name,
         train_records=[{"text": r["text"]} for r in train],
         train_labels=[r["label"] for r in train],
         test_records=[{"text": r["text"]} for r in test],
@@ -107,6 +107,12 @@ def load_emotion(datasets_dir: Path) -> DevSplit:
         normal_labels=normal,
         text_fields=("text",),
     )
+
+
+def load_emotion(datasets_dir: Path) -> DevSplit:
+    normal = ("joy", "sadness", "anger")
+    train = [r for r in _read_jsonl(datasets_dir / "emotion" / "train.jsonl") if r["label"] in normal]
+    return _text_split("emotion", train, _read_jsonl(datasets_dir / "emotion" / "test.jsonl"), normal)
 
 
 def load_bgl(datasets_dir: Path) -> DevSplit:
@@ -156,15 +162,7 @@ def load_sms(datasets_dir: Path, *, seed: int = 0, train_fraction: float = 0.8) 
 def load_clinc150(datasets_dir: Path) -> DevSplit:
     train = [r for r in _read_jsonl(datasets_dir / "clinc150" / "train.jsonl") if r["label"] != "oos"]
     test = _read_jsonl(datasets_dir / "clinc150" / "test.jsonl")
-    return DevSplit(
-        name="clinc150",
-        train_records=[{"text": r["text"]} for r in train],
-        train_labels=[r["label"] for r in train],
-        test_records=[{"text": r["text"]} for r in test],
-        test_labels=[r["label"] for r in test],
-        normal_labels=tuple(sorted({r["label"] for r in train})),
-        text_fields=("text",),
-    )
+    return _text_split("clinc150", train, test, tuple(sorted({r["label"] for r in train})))
 
 
 def held_out_clinc_domains(datasets_dir: Path, n: int = 3) -> tuple[str, ...]:
@@ -183,15 +181,7 @@ def load_clinc150_domains(datasets_dir: Path) -> DevSplit:
     normal = tuple(sorted(i for i, d in domain_of.items() if d not in novel))
     train = [r for r in _read_jsonl(datasets_dir / "clinc150" / "train.jsonl") if r["label"] in normal]
     test = [r for r in _read_jsonl(datasets_dir / "clinc150" / "test.jsonl") if r["label"] != "oos"]
-    return DevSplit(
-        name="clinc150-domains",
-        train_records=[{"text": r["text"]} for r in train],
-        train_labels=[r["label"] for r in train],
-        test_records=[{"text": r["text"]} for r in test],
-        test_labels=[r["label"] for r in test],
-        normal_labels=normal,
-        text_fields=("text",),
-    )
+    return _text_split("clinc150-domains", train, test, normal)
 
 
 def _log_lines(path: Path, *, labelled: bool) -> list[str]:
