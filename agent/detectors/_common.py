@@ -58,12 +58,11 @@ def as_vectors(vectors: npt.ArrayLike, dim: int | None = None) -> FloatArray:
     return array
 
 
-def as_texts(texts: Sequence[str] | None, n: int, *, required: bool, name: str) -> list[str] | None:
-    """Prepared texts as a list of n strings; ValueError if ``required`` and missing, or mis-sized."""
+def as_texts(texts: Sequence[str] | None, n: int, *, name: str) -> list[str]:
+    """The prepared texts a text-aware detector needs, as a list of n strings; ValueError if
+    missing or mis-sized. Detectors that do not read texts never look at them (no cost per batch)."""
     if texts is None:
-        if required:
-            raise ValueError(f"the {name} detector reads the prepared texts: pass texts= with the vectors")
-        return None
+        raise ValueError(f"the {name} detector reads the prepared texts: pass texts= with the vectors")
     out = list(texts)
     if len(out) != n or not all(isinstance(t, str) for t in out):
         raise ValueError(f"texts must be {n} strings, one per vector, got {len(out)} items")
@@ -126,9 +125,18 @@ class CalibratedDetector(Detector):
     def n_clusters(self) -> int:
         """Number of clusters with their own threshold (0: one global threshold)."""
 
-    @abstractmethod
     def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments (JSON-serializable) that recreate this detector unfitted."""
+        """Constructor keyword arguments (JSON-serializable) that recreate this detector unfitted.
+
+        These are the ones every calibrated detector shares; a subclass with parameters of its own
+        adds them (``super().config() | {...}``).
+        """
+        return {
+            "target_fpr": self.target_fpr,
+            "holdout_fraction": self.holdout_fraction,
+            "calibration_split": self.calibration_split,
+            "seed": self.seed,
+        }
 
     @abstractmethod
     def _arrays(self) -> dict[str, npt.NDArray[Any]]:
@@ -152,15 +160,6 @@ class CalibratedDetector(Detector):
         so the threshold is not set on optimistic scores.
         """
         return self._raw(vectors, texts)
-
-    def calibration_config(self) -> dict[str, Any]:
-        """The constructor keywords every calibrated detector shares (part of each ``config()``)."""
-        return {
-            "target_fpr": self.target_fpr,
-            "holdout_fraction": self.holdout_fraction,
-            "calibration_split": self.calibration_split,
-            "seed": self.seed,
-        }
 
     def _save_extra(self, directory: Path) -> list[Path]:
         """Files other than npy/JSON (only hdbscan's pickled clusterer)."""
@@ -200,7 +199,7 @@ class CalibratedDetector(Detector):
     ) -> None:
         vectors = as_vectors(normal_vectors)
         label_array = as_labels(labels, len(vectors))
-        text_list = as_texts(texts, len(vectors), required=self.uses_texts, name=self.name)
+        text_list = as_texts(texts, len(vectors), name=self.name) if self.uses_texts else None
         if self.requires_labels and label_array is None:
             raise ValueError(
                 f"the {self.name} detector needs the normal class of every training vector "
@@ -230,7 +229,7 @@ class CalibratedDetector(Detector):
     def score(self, vectors: FloatArray, texts: Texts | None = None) -> Scores:
         thresholds = self.thresholds
         batch = as_vectors(vectors, self.dim)
-        text_list = as_texts(texts, len(batch), required=self.uses_texts, name=self.name)
+        text_list = as_texts(texts, len(batch), name=self.name) if self.uses_texts else None
         if len(batch) == 0:
             return Scores(np.empty(0, np.float64), np.empty(0, np.int64), np.empty(0, np.float64))
         raw, cluster = self._raw(batch, text_list)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.defaults import DEFAULT_CALIBRATION_SPLIT
 from agent.detectors._common import (
     CalibratedDetector,
     Float64Array,
@@ -33,25 +32,9 @@ class ClassCentroidDetector(CalibratedDetector):
     name = "class-centroid"
     requires_labels = True
 
-    def __init__(
-        self,
-        *,
-        target_fpr: float = 0.01,
-        holdout_fraction: float = 0.2,
-        calibration_split: str = DEFAULT_CALIBRATION_SPLIT,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            target_fpr=target_fpr,
-            holdout_fraction=holdout_fraction,
-            calibration_split=calibration_split,
-            seed=seed,
-        )
-        self._centers: Float64Array | None = None
-        self._classes: list[str] | None = None
-
-    def config(self) -> dict[str, Any]:
-        return self.calibration_config()
+    # Fitted state (set by _fit / _restore); only the shared calibration parameters configure it.
+    _centers: Float64Array | None = None
+    _classes: list[str] | None = None
 
     @property
     def n_clusters(self) -> int:

@@ -139,13 +139,13 @@ class FusedDetector(CalibratedDetector):
         self._null: dict[str, Float64Array] = {}
 
     def config(self) -> dict[str, Any]:
-        return {
+        return super().config() | {
             "components": list(self.components),
             "k": self.k,
             "max_reference": self.max_reference,
             "max_auto_clusters": self.max_auto_clusters,
             "block_size": self.block_size,
-        } | self.calibration_config()
+        }
 
     @property
     def n_clusters(self) -> int:

@@ -81,11 +81,11 @@ class HdbscanDetector(CalibratedDetector):
         self._n_found = 0
 
     def config(self) -> dict[str, Any]:
-        return {
+        return super().config() | {
             "n_components": self.n_components,
             "min_cluster_size": self.min_cluster_size,
             "min_samples": self.min_samples,
-        } | self.calibration_config()
+        }
 
     @property
     def n_clusters(self) -> int:

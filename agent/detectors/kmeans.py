@@ -81,12 +81,12 @@ class KMeansDetector(CalibratedDetector):
         self._fit_scale = 1.0
 
     def config(self) -> dict[str, Any]:
-        return {
+        return super().config() | {
             "n_clusters": self.n_clusters_param,
             "max_auto_clusters": self.max_auto_clusters,
             "radius_percentile": self.radius_percentile,
             "n_init": self.n_init,
-        } | self.calibration_config()
+        }
 
     @property
     def n_clusters(self) -> int:

@@ -67,16 +67,17 @@ class KnnDetector(CalibratedDetector):
         self.max_reference = int(max_reference)
         self.block_size = int(block_size)
         self._reference: FloatArray | None = None
+        self._reference64: Float64Array | None = None
         self._reference_class: IntArray | None = None
         self._classes: list[str] | None = None
 
     def config(self) -> dict[str, Any]:
-        return {
+        return super().config() | {
             "k": self.k,
             "aggregate": self.aggregate,
             "max_reference": self.max_reference,
             "block_size": self.block_size,
-        } | self.calibration_config()
+        }
 
     @property
     def n_clusters(self) -> int:
@@ -96,6 +97,7 @@ class KnnDetector(CalibratedDetector):
             rng = np.random.default_rng(self.seed)
             keep = np.sort(rng.choice(keep, self.max_reference, replace=False))
         self._reference = np.ascontiguousarray(vectors[keep], dtype=np.float32)
+        self._reference64 = None
         if labels is None:
             self._classes, self._reference_class = None, None
         else:
@@ -110,7 +112,13 @@ class KnnDetector(CalibratedDetector):
     def _raw(self, vectors: FloatArray, texts: Texts | None) -> tuple[Float64Array, IntArray]:
         if self._reference is None:
             raise RuntimeError(f"{self.name} detector is not fitted")
-        reference = self._reference
+        reference: FloatArray | Float64Array = self._reference
+        if vectors.dtype == np.float64:
+            # float64 products (fused: batch-shape rounding must not reach a tail probability);
+            # the reference is converted once, not once per call.
+            if self._reference64 is None:
+                self._reference64 = self._reference.astype(np.float64)
+            reference = self._reference64
         n = min(self._n_neighbours(), len(reference))
         raw = np.empty(len(vectors), dtype=np.float64)
         cluster = np.full(len(vectors), -1, dtype=np.int64)
@@ -149,6 +157,7 @@ class KnnDetector(CalibratedDetector):
         self, arrays: Mapping[str, npt.NDArray[Any]], meta: Mapping[str, Any], directory: Path
     ) -> None:
         self._reference = np.ascontiguousarray(arrays["reference"], dtype=np.float32)
+        self._reference64 = None
         if "reference_class" in arrays:
             self._reference_class = np.asarray(arrays["reference_class"], dtype=np.int64)
             self._classes = [str(c) for c in arrays["classes"]]

@@ -76,7 +76,7 @@ class CharNgramNeighbours:
         self, vectorizer: TfidfVectorizer, reference: sp.csr_matrix, k: int, block_size: int
     ) -> None:
         self.vectorizer = vectorizer
-        self.reference = reference
+        # Stored transposed (terms x texts): the layout the query product reads.
         self._reference_t = reference.T.tocsr()
         self.k = int(k)
         self.block_size = int(block_size)
@@ -99,7 +99,7 @@ class CharNgramNeighbours:
 
     def distance(self, texts: Sequence[str]) -> Float64Array:
         out = np.empty(len(texts), dtype=np.float64)
-        n = min(self.k, self.reference.shape[0])
+        n = min(self.k, self._reference_t.shape[1])
         for start in range(0, len(texts), self.block_size):
             query = self.vectorizer.transform(texts[start : start + self.block_size])
             similarity = np.asarray((query @ self._reference_t).toarray(), dtype=np.float64)
@@ -111,15 +111,16 @@ class CharNgramNeighbours:
 
     def arrays(self) -> dict[str, npt.NDArray[Any]]:
         vocabulary = self.vectorizer.vocabulary_
+        reference = self._reference_t.T.tocsr()
         terms = np.empty(len(vocabulary), dtype=object)
         for term, index in vocabulary.items():
             terms[index] = term
         return {
             "terms": np.asarray(terms.tolist(), dtype=np.str_),
             "idf": np.asarray(self.vectorizer.idf_, dtype=np.float64),
-            "data": self.reference.data,
-            "indices": self.reference.indices.astype(np.int64),
-            "indptr": self.reference.indptr.astype(np.int64),
+            "data": reference.data,
+            "indices": reference.indices.astype(np.int64),
+            "indptr": reference.indptr.astype(np.int64),
         }
 
     @classmethod

@@ -26,7 +26,6 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.covariance import LedoitWolf
 
-from agent.defaults import DEFAULT_CALIBRATION_SPLIT
 from agent.detectors._common import (
     CalibratedDetector,
     Float64Array,
@@ -45,27 +44,11 @@ class MahalanobisDetector(CalibratedDetector):
 
     name = "mahalanobis"
 
-    def __init__(
-        self,
-        *,
-        target_fpr: float = 0.01,
-        holdout_fraction: float = 0.2,
-        calibration_split: str = DEFAULT_CALIBRATION_SPLIT,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            target_fpr=target_fpr,
-            holdout_fraction=holdout_fraction,
-            calibration_split=calibration_split,
-            seed=seed,
-        )
-        self._whitening: Float64Array | None = None
-        self._white_means: Float64Array | None = None
-        self._classes: list[str] | None = None
-        self._labelled = False
-
-    def config(self) -> dict[str, Any]:
-        return self.calibration_config()
+    # Fitted state (set by _fit / _restore); only the shared calibration parameters configure it.
+    _whitening: Float64Array | None = None
+    _white_means: Float64Array | None = None
+    _classes: list[str] | None = None
+    _labelled = False
 
     @property
     def n_clusters(self) -> int:
