@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 from agent import __version__
 from agent.config import EXIT_CONFIG, ConfigError, load_settings, masked_dump
-from agent.defaults import CALIBRATION_SPLITS, DEFAULT_CALIBRATION_SPLIT, DEFAULT_DETECTOR
+from agent.model.defaults import CALIBRATION_SPLITS, DEFAULT_CALIBRATION_SPLIT, DEFAULT_DETECTOR
+
+# The demo walkthrough of a source checkout (``make demo``).
+DEMO_WALKTHROUGH = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "walkthrough.py"
 
 # subcommand -> "module:function"; the function takes the parsed namespace and returns an exit code.
 _HANDLERS: dict[str, str] = {
@@ -26,8 +31,8 @@ _HANDLERS: dict[str, str] = {
     "score": "training.score:cmd_score",
     "evaluate": "training.evaluate:cmd_evaluate",
     "run": "agent.runner:cmd_run",
-    "demo": "agent.demo:cmd_demo",
-    "feedback": "agent.feedback_cli:cmd_feedback",
+    "demo": "agent.cli:cmd_demo",
+    "feedback": "agent.alerts.feedback_cli:cmd_feedback",
 }
 
 
@@ -39,6 +44,35 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(json.dumps(masked_dump(settings), indent=2, sort_keys=True))
     return 0
+
+
+def load_demo() -> ModuleType:
+    """The demo walkthrough (``deploy/demo/walkthrough.py``), loaded by path: it lives beside its
+    data in a source checkout (it starts ``deploy/local/kafka.sh``), not in the runtime package.
+    FileNotFoundError outside a checkout."""
+    if not DEMO_WALKTHROUGH.is_file():
+        raise FileNotFoundError(DEMO_WALKTHROUGH)
+    spec = importlib.util.spec_from_file_location("anomaly_agent_demo", DEMO_WALKTHROUGH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``anomaly-agent demo``: run the walkthrough of the source checkout."""
+    try:
+        demo = load_demo()
+    except FileNotFoundError:
+        print(
+            f"anomaly-agent: the demo runs from a source checkout ({DEMO_WALKTHROUGH} not found): "
+            "clone the project and run 'make demo'",
+            file=sys.stderr,
+        )
+        return 2
+    handler: Callable[[argparse.Namespace], int] = demo.cmd_demo
+    return handler(args)
 
 
 def _add_input_args(p: argparse.ArgumentParser, text_field_default: str | None = "text") -> None:

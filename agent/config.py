@@ -161,7 +161,7 @@ class BatchSettings(_Section):
 
 
 class PatternSettings(_Section):
-    # Score each distinct prepared text once (agent/patterns.py); off = embed every event.
+    # Score each distinct prepared text once (agent/model/patterns.py); off = embed every event.
     enabled: bool = True
     # Patterns kept per model, least recently used evicted first (~500 bytes each).
     max_entries: int = Field(default=100_000, ge=1)

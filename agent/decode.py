@@ -15,22 +15,36 @@ letter naming the limit): an integer literal has at most ``MAX_INT_DIGITS`` digi
 limit for ``int()`` of a string, made explicit so it does not depend on the interpreter's
 settings), and a document nests at most ``MAX_NESTING`` arrays/objects deep (the fields are
 carried into the alert, whose JSON encoder recurses). The text's length is bounded by
-``max_bytes``; masking reads at most ``agent.textprep.MAX_MASKED_INPUT_CHARS`` of it.
+``max_bytes``; masking reads at most ``agent.model.textprep.MAX_MASKED_INPUT_CHARS`` of it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from agent.config import EventFormat
-from agent.textprep import lookup_field
 
 MAX_INT_DIGITS = 4300
 MAX_NESTING = 64
+
+
+def lookup_field(record: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+    """(found, value) for a dotted path; a literal key containing dots wins (CSV columns may have them)."""
+    if path in record:
+        return True, record[path]
+    node: Any = record
+    for part in path.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
 
 
 class DeadLetterReason(StrEnum):
@@ -90,7 +104,7 @@ def decode_event(
 
     ``format`` is ``EventFormat.TEXT`` (the whole value is the text) or ``EventFormat.JSON`` (an
     object; ``text_field`` is a dotted path such as ``"message.text"`` resolved exactly as training
-    resolves it, by ``agent.textprep.lookup_field``: a literal key containing dots wins, numeric
+    resolves it, by ``lookup_field``: a literal key containing dots wins, numeric
     parts index arrays). A number at the path is accepted as ``str(number)`` (``42`` → ``"42"``);
     booleans, null, arrays and objects are MISSING_TEXT. A null value (tombstone) is rejected as
     TOMBSTONE rather than silently skipped, so what arrived is always accounted for.

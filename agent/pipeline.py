@@ -1,15 +1,15 @@
 """The agent's data path: consume → decode → prepare → patterns → embed → score → group → publish.
 
-One ``Pipeline`` owns one consumer (``agent.source``, a member of ``kafka.group_id``) and one
-committer (``agent.delivery``: exactly-once transactions or at-least-once). Each loop iteration
+One ``Pipeline`` owns one consumer (``agent.kafka.source``, a member of ``kafka.group_id``) and one
+committer (``agent.kafka.delivery``: exactly-once transactions or at-least-once). Each loop iteration
 polls a micro-batch (at most ``batch.max_size`` records, at most ``batch.max_wait_ms``), scores
-each distinct pattern once (``agent.patterns``), decides which anomalous events become alerts
-(``agent.alerting``: feedback verdicts, one alert per pattern and cooldown window, summaries),
+each distinct pattern once (``agent.model.patterns``), decides which anomalous events become alerts
+(``agent.alerts.alerting``: feedback verdicts, one alert per pattern and cooldown window, summaries),
 turns them into alert, summary, changelog and dead-letter records, and commits the batch —
 outputs, grouping state *and* input offsets — before it polls again. Reading
 ``Pipeline._process`` top to bottom is the whole data path; how records and offsets reach Kafka,
 and how failures are retried, aborted and rewound, is the committer's business, and every
-blocking Kafka call runs under a deadline (``agent.kafka_calls``).
+blocking Kafka call runs under a deadline (``agent.kafka.calls``).
 
 No record can stop the loop: whatever a record holds, it is scored or dead-lettered with a
 reason. An unexpected exception while decoding, preparing, embedding or building the copy of one
@@ -20,7 +20,7 @@ producer and the topic accept (``exporters.dead_letters``, ``exporters.alerts``)
 Model hot reload: ``offer_model`` (any thread) hands over a loaded, verified model; the loop
 swaps it in between two batches, so every event is scored by exactly one model.
 
-Broker outage: see ``agent.outage``. Readiness follows; after
+Broker outage: see ``agent.kafka.outage``. Readiness follows; after
 ``lifecycle.broker_unavailable_exit_seconds`` of continuous outage ``run`` raises
 ``BrokerUnavailableError`` (0 = retry forever).
 """
@@ -39,28 +39,28 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import KafkaException, Message
 
-from agent.alerting import Alerting, Anomalous
-from agent.bundle import Bundle, BundleError, load_bundle
-from agent.changelog import ensure_changelog_topic, read_partitions
+from agent.alerts.alerting import Alerting, Anomalous
+from agent.alerts.feedback import Verdicts
+from agent.alerts.verdicts import VerdictReader
 from agent.config import DEAD_LETTER_HEADROOM_BYTES, Delivery, Settings
 from agent.decode import DeadLetterReason, DecodedEvent, Rejected, decode_event
-from agent.delivery import (
+from agent.health import HealthState
+from agent.kafka.calls import CALL_TIMEOUT_S, kafka_error
+from agent.kafka.changelog import ensure_changelog_topic, read_partitions
+from agent.kafka.clients import overridden_keys
+from agent.kafka.delivery import (
     Committer,
     OutgoingRecord,
     committer_class,
     inspect_output_topics,
     record_max_bytes,
 )
-from agent.embedder import Embedder, EmbedderError
-from agent.feedback import Verdicts
-from agent.health import HealthState
-from agent.kafka_calls import CALL_TIMEOUT_S, kafka_error
-from agent.kafka_clients import overridden_keys
-from agent.outage import BrokerUnavailableError, BrokerWatch
-from agent.patterns import AlertContext, PatternScore, PatternTable, score_patterns
-from agent.permissions import Permissions
-from agent.source import Batch, InputSource, RewindError, message_offset, partition_key
-from agent.verdicts import VerdictReader
+from agent.kafka.outage import BrokerUnavailableError, BrokerWatch
+from agent.kafka.permissions import Permissions
+from agent.kafka.source import Batch, InputSource, RewindError, message_offset, partition_key
+from agent.model.bundle import Bundle, BundleError, load_bundle
+from agent.model.embedder import Embedder, EmbedderError
+from agent.model.patterns import AlertContext, PatternScore, PatternTable, score_patterns
 from exporters.alertmanager import AlertmanagerSink
 from exporters.dead_letters import OriginalHeaders, build_dead_letter, dead_letter_headers, read_headers
 from exporters.metrics import AgentMetrics, LookupResult, Stage
@@ -346,7 +346,7 @@ class Pipeline:
 
         May be called again after it returns (the group membership is kept until ``close``).
         Raises BrokerUnavailableError per the outage policy, ConfigError for missing output
-        topics, PipelineError for unrecoverable client states, ``agent.kafka_calls.CallHung`` /
+        topics, PipelineError for unrecoverable client states, ``agent.kafka.calls.CallHung`` /
         ``ClientsExhausted`` when a consumer call hung or replaced producers keep hanging.
         """
         stats = RunStats()
@@ -501,7 +501,7 @@ class Pipeline:
         events: list[_Event],
         reject: Callable[[Message, DeadLetterReason, str], None],
     ) -> list[PatternScore | None]:
-        """Scores of the events' patterns (``agent.patterns``), each distinct unknown one embedded
+        """Scores of the events' patterns (``agent.model.patterns``), each distinct unknown one embedded
         and scored once. A pattern that fails alone dead-letters its events (None). If every event
         fails and so does the probe text, the model itself is broken: that is raised, not blamed
         on the records."""

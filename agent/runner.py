@@ -48,11 +48,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.bundle import MANIFEST, BundleError
 from agent.config import EXIT_CONFIG, ConfigError, EventFormat, Settings, load_settings
 from agent.health import HealthServer, HealthState, serve_health
-from agent.kafka_calls import CallHung, ClientsExhausted
-from agent.permissions import KafkaPermissionError
+from agent.kafka.calls import CallHung, ClientsExhausted
+from agent.kafka.permissions import KafkaPermissionError
+from agent.model.bundle import MANIFEST, BundleError
 from agent.pipeline import ActiveModel, BrokerUnavailableError, Pipeline, PipelineError, load_model
 from agent.sdnotify import SystemdNotifier, watchdog_interval
 from exporters.metrics import AgentMetrics, ReloadResult

@@ -312,7 +312,7 @@ port = {health_port}
 
 def measure_raw(bundle_dir: Path, texts: list[str], threads: int, batch_size: int) -> float:
     """Events/s of the embedder alone on the prepared texts, in the agent's batch slices (one warm-up)."""
-    from agent.bundle import load_bundle
+    from agent.model.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
     embedder = bundle.load_embedder(intra_op_threads=threads)
@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, work: Path, train_texts: list[str], stream: list[str]) -> dict[str, Any]:
-    from agent.bundle import load_bundle
+    from agent.model.bundle import load_bundle
 
     bundle_dir = train_bundle(train_texts, work, args.detector)
     bundle = load_bundle(bundle_dir)

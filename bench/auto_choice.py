@@ -33,11 +33,11 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from quality import VARIANTS, embed_cached, prepared  # noqa: E402
 
-from agent.cache import default_cache_root  # noqa: E402
-from agent.detectors import create_detector  # noqa: E402
-from agent.detectors.calibration import holdout_split  # noqa: E402
-from agent.embedder import OnnxEmbedder  # noqa: E402
-from agent.textprep import TextPreparation  # noqa: E402
+from agent.model.cache import default_cache_root  # noqa: E402
+from agent.model.detectors import create_detector  # noqa: E402
+from agent.model.detectors.calibration import holdout_split  # noqa: E402
+from agent.model.embedder import OnnxEmbedder  # noqa: E402
+from agent.model.textprep import TextPreparation  # noqa: E402
 from training import devdata  # noqa: E402
 from training.export import cached_export  # noqa: E402
 from training.masking import decide_mask  # noqa: E402

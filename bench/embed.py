@@ -37,7 +37,7 @@ from tokenizers import Tokenizer
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from agent.embedder import OnnxEmbedder  # noqa: E402
+from agent.model.embedder import OnnxEmbedder  # noqa: E402
 from training.export import cached_export, default_model_dir  # noqa: E402
 
 LOG_FILES = ("bgl_2k/BGL_2k.log", "thunderbird_2k/Thunderbird_2k.log", "hdfs_2k/HDFS_2k.log")

@@ -1,8 +1,8 @@
 """Detection quality of every detector on every labelled dev set, chosen by the worst case; one JSON object.
 
-What ships is what is measured: texts go through ``agent.textprep.TextPreparation`` with the
+What ships is what is measured: texts go through ``agent.model.textprep.TextPreparation`` with the
 masking ``train`` would choose (``training.masking.decide_mask``) and the fp32 ONNX embedder the
-agent runs; detectors come from ``agent.detectors.create_detector`` with their default parameters
+agent runs; detectors come from ``agent.model.detectors.create_detector`` with their default parameters
 and ``--target-fpr``; they are fitted *without* labels, as ``train --input normal.jsonl
 --text-field text`` fits them (detectors that need labels get them, in rows marked so); metrics
 are ``training.evaluate.detection_metrics`` (AUROC, average precision, FPR of ``score > 1.0`` on
@@ -47,11 +47,11 @@ import numpy.typing as npt
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent.cache import default_cache_root  # noqa: E402
-from agent.defaults import DEFAULT_DETECTOR  # noqa: E402
-from agent.detectors import DETECTORS, create_detector  # noqa: E402
-from agent.embedder import OnnxEmbedder  # noqa: E402
-from agent.textprep import TextPreparation  # noqa: E402
+from agent.model.cache import default_cache_root  # noqa: E402
+from agent.model.defaults import DEFAULT_DETECTOR  # noqa: E402
+from agent.model.detectors import DETECTORS, create_detector  # noqa: E402
+from agent.model.embedder import OnnxEmbedder  # noqa: E402
+from agent.model.textprep import TextPreparation  # noqa: E402
 from training import devdata  # noqa: E402
 from training.evaluate import detection_metrics  # noqa: E402
 from training.export import cached_export  # noqa: E402

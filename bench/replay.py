@@ -73,8 +73,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from confluent_kafka.cimpl import NewTopic  # noqa: E402
 
-from agent.bundle import load_bundle  # noqa: E402
-from agent.textprep import MASKS, TextPreparation  # noqa: E402
+from agent.model.bundle import load_bundle  # noqa: E402
+from agent.model.textprep import MASKS, TextPreparation  # noqa: E402
 
 DEFAULT_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 LOG_SOURCES = {

@@ -69,7 +69,7 @@ class TransactionResult(StrEnum):
 
 
 class KafkaCall(StrEnum):
-    """Blocking librdkafka calls that run under a deadline (``agent.kafka_calls``): the ``call``
+    """Blocking librdkafka calls that run under a deadline (``agent.kafka.calls``): the ``call``
     label of ``anomaly_agent_kafka_calls_hung_total``."""
 
     INIT_TRANSACTIONS = "init_transactions"

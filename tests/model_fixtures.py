@@ -1,7 +1,7 @@
 """Session fixtures for the real embedder (all-MiniLM-L6-v2 from the PyPI package, exported to ONNX).
 
 Exports go through :func:`training.export.cached_export` into the machine's cache root
-(``agent.cache.default_cache_root()``), keyed by model hash, options and tool versions: the first
+(``agent.model.cache.default_cache_root()``), keyed by model hash, options and tool versions: the first
 session on a machine pays ~20 s per variant, later sessions and parallel workers reuse the files.
 Also: small readers for real dev texts (log lines, tweets, SMS) that the embedder tests share.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.embedder import OnnxEmbedder
+from agent.model.embedder import OnnxEmbedder
 from training.export import cached_export
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

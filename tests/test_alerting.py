@@ -13,11 +13,11 @@ from typing import Any, cast
 import pytest
 from grouping_reference import Published, expected, published
 
-from agent.alerting import Alerting, Anomalous
-from agent.bundle import Bundle
+from agent.alerts.alerting import Alerting, Anomalous
 from agent.config import load_settings
-from agent.delivery import OutgoingRecord
-from agent.patterns import PatternScore
+from agent.kafka.delivery import OutgoingRecord
+from agent.model.bundle import Bundle
+from agent.model.patterns import PatternScore
 from exporters.alerts import pattern_id
 from exporters.metrics import AgentMetrics
 

@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from jsonschema import Draft202012Validator, FormatChecker
 
-from agent.textprep import TextPreparation
+from agent.model.textprep import TextPreparation
 from exporters.alerts import (
     CLOUDEVENTS_TYPE,
     SCHEMA_VERSION,

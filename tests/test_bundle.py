@@ -13,12 +13,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-import agent.detectors
-from agent.bundle import FORMAT_VERSION, BundleError, load_bundle, write_bundle
-from agent.detectors.base import Detector, FloatArray, Scores
-from agent.detectors.hdbscan_detector import HdbscanDetector
-from agent.examples import Examples, KnownPatterns, Neighbour
-from agent.textprep import TextPreparation
+import agent.model.detectors
+from agent.model.bundle import FORMAT_VERSION, BundleError, load_bundle, write_bundle
+from agent.model.detectors.base import Detector, FloatArray, Scores
+from agent.model.detectors.hdbscan_detector import HdbscanDetector
+from agent.model.examples import Examples, KnownPatterns, Neighbour
+from agent.model.textprep import TextPreparation
 
 
 class PickleDetector(Detector):
@@ -74,7 +74,7 @@ class _Payload:
 
 @pytest.fixture(autouse=True)
 def _registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(agent.detectors.DETECTORS, PickleDetector.name, PickleDetector)
+    monkeypatch.setitem(agent.model.detectors.DETECTORS, PickleDetector.name, PickleDetector)
 
 
 @pytest.fixture

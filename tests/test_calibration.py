@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from agent.detectors.calibration import Thresholds, calibrate, holdout_split, quantile_threshold
+from agent.model.detectors.calibration import Thresholds, calibrate, holdout_split, quantile_threshold
 
 
 def test_holdout_split_is_seeded_disjoint_and_complete() -> None:

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.bundle import load_bundle
+from agent.alerts.feedback import feedback_record
 from agent.cli import build_parser, main
-from agent.examples import DEFAULT_MAX_EXAMPLES, EXAMPLE_MAX_CHARS, rank_patterns
-from agent.feedback import feedback_record
+from agent.model.bundle import load_bundle
+from agent.model.examples import DEFAULT_MAX_EXAMPLES, EXAMPLE_MAX_CHARS, rank_patterns
 from exporters.alerts import pattern_id
 from training.records import InputError, prepared_texts, read_records
 

@@ -45,7 +45,7 @@ def test_nested_dotted_path_removes_only_the_leaf_from_fields() -> None:
 
 
 def test_literal_dotted_key_wins_and_numeric_parts_index_arrays() -> None:
-    """Same path rules as training (agent.textprep.lookup_field), so both read the same text."""
+    """Same path rules as training (agent.decode.lookup_field), so both read the same text."""
     result = decode(b'{"log.message": "literal", "log": {"message": "nested"}}', text_field="log.message")
     assert isinstance(result, DecodedEvent)
     assert result.text == "literal"

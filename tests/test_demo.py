@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli import load_demo
 from agent.cli import main as cli_main
-from agent.demo import STREAM_FILE, Tally, load_stream
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+demo = load_demo()
+STREAM_FILE, Tally, load_stream = demo.STREAM_FILE, demo.Tally, demo.load_stream
 
 
 def test_shipped_sample_data_is_what_the_generator_makes() -> None:

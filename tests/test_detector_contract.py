@@ -19,9 +19,9 @@ import numpy.typing as npt
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from agent.detectors import DETECTORS, create_detector, load_detector
-from agent.detectors.base import Detector, Scores
-from agent.patterns import PatternScore, PatternTable, score_patterns
+from agent.model.detectors import DETECTORS, create_detector, load_detector
+from agent.model.detectors.base import Detector, Scores
+from agent.model.patterns import PatternScore, PatternTable, score_patterns
 
 DIM = 24
 CLASSES = np.array(["anger", "joy", "sadness"])
@@ -277,8 +277,8 @@ RealSplit = tuple[
 @pytest.fixture(scope="module")
 def bgl_embeddings(datasets_dir: Path, embedder_dir: Path) -> RealSplit:
     """BGL's dev split through the shipped text preparation and fp32 ONNX embedder."""
-    from agent.embedder import OnnxEmbedder
-    from agent.textprep import TextPreparation
+    from agent.model.embedder import OnnxEmbedder
+    from agent.model.textprep import TextPreparation
     from training.devdata import load_bgl
 
     split = load_bgl(datasets_dir)

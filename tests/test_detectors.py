@@ -10,14 +10,14 @@ import numpy.typing as npt
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from agent.detectors import create_detector
-from agent.detectors.calibration import holdout_split
-from agent.detectors.class_centroid import ClassCentroidDetector
-from agent.detectors.hdbscan_detector import HdbscanDetector
-from agent.detectors.kmeans import KMeansDetector
-from agent.detectors.knn import KnnDetector
-from agent.detectors.knn_vote import KnnVoteDetector
-from agent.detectors.mahalanobis import MahalanobisDetector
+from agent.model.detectors import create_detector
+from agent.model.detectors.calibration import holdout_split
+from agent.model.detectors.class_centroid import ClassCentroidDetector
+from agent.model.detectors.hdbscan_detector import HdbscanDetector
+from agent.model.detectors.kmeans import KMeansDetector
+from agent.model.detectors.knn import KnnDetector
+from agent.model.detectors.knn_vote import KnnVoteDetector
+from agent.model.detectors.mahalanobis import MahalanobisDetector
 
 
 def _unit(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:

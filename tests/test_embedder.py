@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from model_fixtures import emotion_texts, log_messages, mixed_texts
 
-from agent.embedder import Embedder, EmbedderError, OnnxEmbedder
+from agent.model.embedder import Embedder, EmbedderError, OnnxEmbedder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,7 +153,7 @@ def test_runtime_never_imports_torch(embedder_dir: Path) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from agent.embedder import OnnxEmbedder\n"
+        "from agent.model.embedder import OnnxEmbedder\n"
         f"v = OnnxEmbedder(Path({str(embedder_dir)!r}), intra_op_threads=1).embed(['kernel panic'])\n"
         "assert v.shape == (1, 384)\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules)\n"

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import agent.examples
-from agent.examples import (
+import agent.model.examples
+from agent.model.examples import (
     EXAMPLE_MAX_CHARS,
     Examples,
     KnownPatterns,
@@ -92,7 +92,7 @@ def _reference(examples: Examples, queries: np.ndarray, k: int) -> list[list[tup
 
 @pytest.mark.parametrize("k", [1, 3, 7])
 def test_nearest_matches_brute_force(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent.examples, "_QUERY_BLOCK", 5)  # several query blocks
+    monkeypatch.setattr(agent.model.examples, "_QUERY_BLOCK", 5)  # several query blocks
     rng = np.random.default_rng(7)
     vectors = rng.normal(size=(300, 16))
     examples = Examples.from_vectors([f"pattern {i}" for i in range(300)], vectors)

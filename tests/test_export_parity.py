@@ -12,7 +12,7 @@ import pytest
 from model_fixtures import log_messages, mixed_texts
 
 from agent.cli import main
-from agent.embedder import OnnxEmbedder
+from agent.model.embedder import OnnxEmbedder
 from training.export import ExportError, cached_export, cmd_export_embedder, default_model_dir, model_sha256
 
 

@@ -1,4 +1,4 @@
-"""Operator feedback (agent/feedback.py): parsing verdicts, the record the CLI writes, the muted set."""
+"""Operator feedback (agent/alerts/feedback.py): parsing verdicts, the CLI's record, the muted set."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from agent.feedback import (
+from agent.alerts.feedback import (
     MAX_RECORD_BYTES,
     Feedback,
     FeedbackError,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.detectors.fused import COMPONENTS, FusedDetector, held_out_evidence, tail_evidence
-from agent.detectors.lexical import CharNgramNeighbours, UnseenTokens, tokens
+from agent.model.detectors.fused import COMPONENTS, FusedDetector, held_out_evidence, tail_evidence
+from agent.model.detectors.lexical import CharNgramNeighbours, UnseenTokens, tokens
 
 
 def test_tail_evidence_is_zero_in_the_bulk_and_grows_past_the_maximum() -> None:

@@ -1,4 +1,4 @@
-"""Alert grouping (agent/grouping.py): windows, summaries, undo, partitions, the bound, the codec,
+"""Alert grouping (agent/alerts/grouping.py): windows, summaries, undo, partitions, the bound, the codec,
 and exactness across crashes — the pure logic the pipeline commits with each batch."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent.grouping import (
+from agent.alerts.grouping import (
     Decision,
     Grouper,
     GroupKey,

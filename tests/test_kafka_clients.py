@@ -7,7 +7,7 @@ import logging
 from confluent_kafka import KafkaError
 
 from agent.config import load_settings
-from agent.kafka_clients import consumer_config, overridden_keys, producer_config, transactional_id
+from agent.kafka.clients import consumer_config, overridden_keys, producer_config, transactional_id
 
 LOG = logging.getLogger("test")
 

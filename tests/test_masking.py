@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.textprep import TextPreparation
+from agent.model.textprep import TextPreparation
 from training.masking import MERGE_SHARE, decide_mask
 
 LOG_LINES = [f"connection from 10.0.{i % 7}.{i} closed after {i * 3} ms" for i in range(200)]

@@ -10,8 +10,8 @@ import numpy.typing as npt
 import pytest
 
 from agent.config import load_settings
-from agent.detectors import create_detector
-from agent.patterns import PatternScore, PatternTable, score_patterns
+from agent.model.detectors import create_detector
+from agent.model.patterns import PatternScore, PatternTable, score_patterns
 from agent.pipeline import Pipeline, load_model
 
 

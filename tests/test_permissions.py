@@ -6,7 +6,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from agent.config import load_settings
-from agent.permissions import Permissions
+from agent.kafka.permissions import Permissions
 
 SETTINGS = load_settings(
     instance_id="agent-0",

@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 from agent.cli import build_parser
-from agent.defaults import DEFAULT_CALIBRATION_SPLIT, DEFAULT_DETECTOR
-from agent.detectors import DETECTORS
+from agent.model.defaults import DEFAULT_CALIBRATION_SPLIT, DEFAULT_DETECTOR
+from agent.model.detectors import DETECTORS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "detectors.md"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.textprep import (
+from agent.model.textprep import (
     _TIMESTAMP,
     MASKS,
     MAX_MASKED_INPUT_CHARS,

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.detectors.base import Scores
-from agent.embedder import EmbedderError
+from agent.model.detectors.base import Scores
+from agent.model.embedder import EmbedderError
 from training.records import (
     InputError,
     labels_of,

@@ -1,6 +1,6 @@
 """Export a sentence-transformer to a self-contained ONNX embedder directory.
 
-The directory this writes is everything the runtime (:class:`agent.embedder.OnnxEmbedder`) needs,
+The directory this writes is everything the runtime (:class:`agent.model.embedder.OnnxEmbedder`) needs,
 and the runtime never imports torch or transformers:
 
 - ``model.onnx``: the transformer **plus** the model's own pooling and L2 normalization, exported
@@ -43,8 +43,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from agent.cache import default_cache_root
-from agent.embedder import EmbedderError, read_manifest
+from agent.model.cache import default_cache_root
+from agent.model.embedder import EmbedderError, read_manifest
 
 # Bump when the exported graph, tokenizer handling or embedder.json change meaning: it is part of
 # the cache key, so stale cached exports are not reused.

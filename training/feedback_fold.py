@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.feedback import FeedbackError, Verdict, parse_feedback
+from agent.alerts.feedback import FeedbackError, Verdict, parse_feedback
 from training.records import InputError
 
 

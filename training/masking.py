@@ -1,6 +1,6 @@
 """Whether ``train`` masks variable tokens: a rule read off the training texts, stated in the bundle.
 
-Masking (agent.textprep) turns "same message, different numbers" into one pattern. That is what
+Masking (agent.model.textprep) turns "same message, different numbers" into one pattern. That is what
 log lines need — their numbers, ids and addresses are parameters of a few templates — and what
 prose and payloads do not: there a number, a price or a path is content, and masking it throws
 the signal away (SMS spam: masking cost the knn detector 0.08 AUROC, docs/detectors.md).
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from agent.textprep import TextPreparation
+from agent.model.textprep import TextPreparation
 
 MERGE_SHARE = 0.10
 

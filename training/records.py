@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.textprep import MissingTextError, TextPreparation, lookup_field
+from agent.decode import lookup_field
+from agent.model.textprep import MissingTextError, TextPreparation
 
 Format = Literal["jsonl", "json-array", "csv", "tsv", "text"]
 TEXT_FIELD = "text"

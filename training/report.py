@@ -36,8 +36,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
 
-from agent.bundle import Bundle
-from agent.detectors.base import FloatArray, Scores
+from agent.model.bundle import Bundle
+from agent.model.detectors.base import FloatArray, Scores
 
 BoolArray = npt.NDArray[np.bool_]
 _NORMAL = "#1f77b4"

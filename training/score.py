@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from agent.bundle import Bundle, BundleError, load_bundle
-from agent.detectors.base import Detector, FloatArray
-from agent.embedder import Embedder, EmbedderError
-from agent.patterns import PatternScore, PatternTable, score_patterns
+from agent.model.bundle import Bundle, BundleError, load_bundle
+from agent.model.detectors.base import Detector, FloatArray
+from agent.model.embedder import Embedder, EmbedderError
+from agent.model.patterns import PatternScore, PatternTable, score_patterns
 from training.records import InputError, labels_of, prepared_texts, read_records, text_prep_for_input
 
 EXIT_USAGE = 2
@@ -72,7 +72,7 @@ def score_texts(
 ) -> list[PatternScore]:
     """The scores of prepared ``texts``, in order, exactly as the agent computes them.
 
-    ``patterns`` (the default): through a pattern table (``agent.patterns``), so each distinct
+    ``patterns`` (the default): through a pattern table (``agent.model.patterns``), so each distinct
     text is embedded and scored once — a million log lines with a few hundred patterns take
     seconds. Without: every text embedded and scored on its own row (the reference the table is
     checked against; slow).

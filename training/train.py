@@ -3,7 +3,7 @@
 Steps: read the records (training/records.py), prepare their text exactly as the agent will
 (``TextPreparation``, stored in the bundle), keep the normal ones (``--normal-labels``; without a
 label field every record is normal), embed them, fit ``create_detector(--detector,
-target_fpr=--target-fpr, seed=--seed)`` and write the bundle (agent/bundle.py).
+target_fpr=--target-fpr, seed=--seed)`` and write the bundle (agent/model/bundle.py).
 
 Honest numbers: the detector calibrates its threshold on a held-out part of what it is given, so
 that part cannot also tell how well the threshold generalizes. ``--validation-fraction`` (default
@@ -16,7 +16,7 @@ has them, are scored too and their recall/AUROC recorded — a first look, not a
 The bundle keeps a seeded sample of up to ``TRAINING_SAMPLE_SIZE`` fitted vectors
 (``training_sample.npy``) so ``evaluate --report`` can draw test data against the training data.
 
-It also keeps the training patterns (agent/examples.py): the hashes of every distinct prepared
+It also keeps the training patterns (agent/model/examples.py): the hashes of every distinct prepared
 text of the normal records (``known_patterns.npy``, always) and, unless ``--no-examples``, up to
 ``--max-examples`` of those texts, most frequent first, with the vectors already computed here
 (``examples.npy`` + ``examples.jsonl``), so alerts can say whether a pattern was seen in training
@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.bundle import BundleError, write_bundle
-from agent.detectors import create_detector
-from agent.detectors.base import Detector, FloatArray
-from agent.detectors.calibration import holdout_split
-from agent.embedder import EmbedderError, OnnxEmbedder
-from agent.examples import MAX_KNOWN_PATTERNS, Examples, KnownPatterns, rank_patterns
-from agent.textprep import TextPreparation
+from agent.model.bundle import BundleError, write_bundle
+from agent.model.detectors import create_detector
+from agent.model.detectors.base import Detector, FloatArray
+from agent.model.detectors.calibration import holdout_split
+from agent.model.embedder import EmbedderError, OnnxEmbedder
+from agent.model.examples import MAX_KNOWN_PATTERNS, Examples, KnownPatterns, rank_patterns
+from agent.model.textprep import TextPreparation
 from training.evaluate import detection_metrics
 from training.feedback_fold import normal_templates
 from training.masking import decide_mask

@@ -41,8 +41,8 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from kafka_fixtures import GroupFactory, TopicFactory
 
 from agent.health import HealthState
-from agent.kafka_calls import CALL_TIMEOUT_S, DEADLINE_MARGIN_S
-from agent.kafka_clients import transactional_id
+from agent.kafka.calls import CALL_TIMEOUT_S, DEADLINE_MARGIN_S
+from agent.kafka.clients import transactional_id
 from agent.pipeline import Pipeline, load_model
 from exporters.metrics import AgentMetrics
 
@@ -298,7 +298,7 @@ def test_a_hung_transactional_call_is_abandoned_and_every_alert_published_once(
     whether or not the late call went through — so each expected alert appears exactly once."""
     monkeypatch.setattr(_SlowProducer, "slow_method", slow_method)
     monkeypatch.setattr(_SlowProducer, "calls", 0)
-    monkeypatch.setattr("agent.delivery.Producer", _SlowProducer)
+    monkeypatch.setattr("agent.kafka.delivery.Producer", _SlowProducer)
     source, alerts_topic, dead_topic, group = make_topic(2), make_topic(1), make_topic(1), make_group()
     events = make_events(datasets_dir, normal=30, bgl_alerts=10, foreign=20, seed=8)
     expected = offline_anomalies(agent_bundle, events, tmp_path)

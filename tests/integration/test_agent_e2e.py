@@ -28,7 +28,7 @@ from agent_helpers import (
 )
 from kafka_fixtures import GroupFactory, TopicFactory
 
-from agent.defaults import DEFAULT_DETECTOR
+from agent.model.defaults import DEFAULT_DETECTOR
 from agent.pipeline import Pipeline, load_model
 from exporters.alerts import alert_id
 from exporters.metrics import AgentMetrics

@@ -34,7 +34,7 @@ from agent_helpers import (
 )
 from kafka_fixtures import GroupFactory, TopicFactory
 
-from agent.bundle import Bundle, load_bundle, write_bundle
+from agent.model.bundle import Bundle, load_bundle, write_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -42,8 +42,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from grouping_reference import Published, expected, published
 from kafka_fixtures import GroupFactory, TopicFactory
 
-from agent.bundle import load_bundle
 from agent.config import ConfigError, Settings
+from agent.model.bundle import load_bundle
 from agent.pipeline import Pipeline, load_model
 from exporters.alerts import pattern_id
 from exporters.metrics import AgentMetrics

@@ -116,7 +116,7 @@ class Names:
 
     @property
     def transactional_id(self) -> str:
-        """The exactly-once producer's ``transactional.id`` (agent.kafka_clients.transactional_id)."""
+        """The exactly-once producer's ``transactional.id`` (agent.kafka.clients.transactional_id)."""
         return f"{self.group}-{self.instance_id}"
 
     @property

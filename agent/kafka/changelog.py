@@ -12,7 +12,7 @@ Two such topics:
   partition's number*, so an agent restores only the partitions it was assigned — the layout of
   Kafka Streams' changelogs. It needs at least as many partitions as the largest input topic.
 * the feedback topic (``topics.feedback``): operators' verdicts per pattern, read whole by every
-  instance (``agent.verdicts``).
+  instance (``agent.alerts.verdicts``).
 
 ``ensure_changelog_topic`` creates the grouping changelog when it is missing (compacted, one
 partition per input partition, the broker's default replication) — an agent whose principal may
@@ -36,10 +36,10 @@ from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from agent.config import ConfigError, Settings
-from agent.delivery import retry_startup
-from agent.kafka_calls import CALL_TIMEOUT_S, DEADLINE_MARGIN_S, ClientCalls, kafka_error
-from agent.outage import BrokerWatch
-from agent.permissions import KafkaPermissionError
+from agent.kafka.calls import CALL_TIMEOUT_S, DEADLINE_MARGIN_S, ClientCalls, kafka_error
+from agent.kafka.delivery import retry_startup
+from agent.kafka.outage import BrokerWatch
+from agent.kafka.permissions import KafkaPermissionError
 
 __all__ = ["ensure_changelog_topic", "read_partitions"]
 

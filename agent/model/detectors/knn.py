@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.defaults import DEFAULT_CALIBRATION_SPLIT
-from agent.detectors._common import CalibratedDetector, Float64Array, IntArray, LabelArray, Texts
-from agent.detectors.base import FloatArray
+from agent.model.defaults import DEFAULT_CALIBRATION_SPLIT
+from agent.model.detectors._common import CalibratedDetector, Float64Array, IntArray, LabelArray, Texts
+from agent.model.detectors.base import FloatArray
 
 _AGGREGATES = ("mean", "kth")
 #: cosine distances below this are float32 rounding of identical vectors and count as 0.

@@ -1,5 +1,8 @@
 """``anomaly-agent demo`` (``make demo``): the whole product, end to end, on one machine.
 
+An orchestrator of the product, not part of it: it lives beside its data in ``deploy/demo/`` and
+``anomaly-agent demo`` loads it from the source checkout (``agent.cli.cmd_demo``).
+
 What it does, in order (docs/demo.md shows a session):
 
 1. starts a local single-node Kafka broker with ``deploy/local/kafka.sh`` (state in
@@ -66,11 +69,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.bundle import BundleError, verify_bundle
 from agent.config import ConfigError, Settings, load_settings
-from agent.textprep import TextPreparation
+from agent.model.bundle import BundleError, verify_bundle
+from agent.model.textprep import TextPreparation
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEMO_DIR = REPO_ROOT / "deploy" / "demo"
 CONFIG_FILE = DEMO_DIR / "agent.toml"
 TRAIN_FILE = DEMO_DIR / "train.jsonl"

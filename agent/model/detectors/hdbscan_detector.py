@@ -37,9 +37,9 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.decomposition import PCA
 
-from agent.defaults import DEFAULT_CALIBRATION_SPLIT
-from agent.detectors._common import CalibratedDetector, Float64Array, IntArray, LabelArray, Texts
-from agent.detectors.base import FloatArray
+from agent.model.defaults import DEFAULT_CALIBRATION_SPLIT
+from agent.model.detectors._common import CalibratedDetector, Float64Array, IntArray, LabelArray, Texts
+from agent.model.detectors.base import FloatArray
 
 CLUSTERER_FILE = "clusterer.pkl"
 

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.covariance import LedoitWolf
 
-from agent.detectors._common import (
+from agent.model.detectors._common import (
     CalibratedDetector,
     Float64Array,
     IntArray,
@@ -34,7 +34,7 @@ from agent.detectors._common import (
     Texts,
     nearest_euclidean,
 )
-from agent.detectors.base import FloatArray
+from agent.model.detectors.base import FloatArray
 
 _SINGLE_CLASS = "normal"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from confluent_kafka import KafkaError
 
 from agent.config import GroupBy, Settings
-from agent.kafka_clients import transactional_id
+from agent.kafka.clients import transactional_id
 
 AUTHENTICATION_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
 AUTHORIZATION_CODES = frozenset(

@@ -29,8 +29,8 @@ import numpy.typing as npt
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-from agent.defaults import DEFAULT_CALIBRATION_SPLIT
-from agent.detectors._common import (
+from agent.model.defaults import DEFAULT_CALIBRATION_SPLIT
+from agent.model.detectors._common import (
     CalibratedDetector,
     Float64Array,
     IntArray,
@@ -38,7 +38,7 @@ from agent.detectors._common import (
     Texts,
     nearest_euclidean,
 )
-from agent.detectors.base import FloatArray
+from agent.model.detectors.base import FloatArray
 
 _SILHOUETTE_SAMPLE = 2000
 

@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from agent.decode import lookup_field
+
 DEFAULT_MAX_CHARS = 2048
 """Well above what the embedder reads (MiniLM truncates at 256 tokens, roughly 1,000 characters)."""
 
@@ -223,21 +225,6 @@ def mask_text(text: str, masks: tuple[Mask, ...] = MASKS) -> str:
     for m in masks:
         text = m.apply(text)
     return text
-
-
-def lookup_field(record: Mapping[str, Any], path: str) -> tuple[bool, Any]:
-    """(found, value) for a dotted path; a literal key containing dots wins (CSV columns may have them)."""
-    if path in record:
-        return True, record[path]
-    node: Any = record
-    for part in path.split("."):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return False, None
-    return True, node
 
 
 @dataclass(frozen=True)

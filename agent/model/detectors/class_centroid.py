@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.detectors._common import (
+from agent.model.detectors._common import (
     CalibratedDetector,
     Float64Array,
     IntArray,
@@ -23,7 +23,7 @@ from agent.detectors._common import (
     Texts,
     nearest_euclidean,
 )
-from agent.detectors.base import FloatArray
+from agent.model.detectors.base import FloatArray
 
 
 class ClassCentroidDetector(CalibratedDetector):

@@ -8,7 +8,7 @@ Layout of a bundle directory (see docs/bundle.md)::
     embedder/                 copy of the exported ONNX embedder (model.onnx, tokenizer.json, embedder.json)
     detector/                 whatever Detector.save wrote (npy/JSON; a pickle for hdbscan)
     training_sample.npy       optional: a small seeded sample of training vectors for report plots
-    known_patterns.npy        optional: sorted uint64 hashes of the training patterns (agent/examples.py)
+    known_patterns.npy        optional: sorted uint64 hashes of the training patterns (model/examples.py)
     normal_patterns.npy       optional: the same for patterns operators marked normal (train --feedback-from)
     examples.npy/.jsonl       optional: distinct training patterns (unit vectors float16 + texts)
 
@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.detectors.base import Detector, FloatArray
-from agent.examples import EXAMPLE_TEXTS, EXAMPLE_VECTORS, KNOWN_PATTERNS, Examples, KnownPatterns
-from agent.textprep import TextPreparation
+from agent.model.detectors.base import Detector, FloatArray
+from agent.model.examples import EXAMPLE_TEXTS, EXAMPLE_VECTORS, KNOWN_PATTERNS, Examples, KnownPatterns
+from agent.model.textprep import TextPreparation
 
 if TYPE_CHECKING:
-    from agent.embedder import OnnxEmbedder
+    from agent.model.embedder import OnnxEmbedder
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -98,7 +98,7 @@ class Bundle:
 
     def load_embedder(self, intra_op_threads: int = 0) -> OnnxEmbedder:
         """The bundle's own embedder copy, so scoring uses exactly the model the detector was fitted with."""
-        from agent.embedder import OnnxEmbedder
+        from agent.model.embedder import OnnxEmbedder
 
         return OnnxEmbedder(self.embedder_dir, intra_op_threads=intra_op_threads)
 
@@ -173,7 +173,7 @@ def verify_bundle(path: Path) -> tuple[dict[str, Any], str]:
 
 def load_bundle(path: Path) -> Bundle:
     """Verify (see ``verify_bundle``), then read the text preparation and the detector."""
-    from agent.detectors import DETECTORS
+    from agent.model.detectors import DETECTORS
 
     path = Path(path)
     manifest, digest = verify_bundle(path)
@@ -270,7 +270,7 @@ def write_bundle(
     ``training_summary``/``evaluation``/``detector_params`` must be JSON-serializable; they are
     recorded in the manifest for people and dashboards. ``training_sample`` (n, dim) is stored as
     ``training_sample.npy`` for report plots, ``known_patterns`` as ``known_patterns.npy`` and
-    ``examples`` as ``examples.npy`` + ``examples.jsonl`` (agent/examples.py). An existing bundle at
+    ``examples`` as ``examples.npy`` + ``examples.jsonl`` (agent/model/examples.py). An existing bundle at
     ``out`` is replaced; any other existing file or non-empty directory there is refused
     (BundleError) rather than deleted.
     """

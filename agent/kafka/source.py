@@ -9,7 +9,7 @@ committed offset — processes them). Nothing is ever committed for a lost parti
 
 ``rewind`` puts every still-assigned partition of a failed batch back to its *committed* offset
 as the broker reports it after the failure. After a clean abort that is the batch's first offset;
-after a producer was abandoned mid-commit (a hung call, see ``agent.kafka_calls``) the commit may
+after a producer was abandoned mid-commit (a hung call, see ``agent.kafka.calls``) the commit may
 in fact have gone through, and the broker's answer — read once the replacement producer's
 ``init_transactions`` has settled the old transaction — is the only one that cannot repeat or
 skip a record.
@@ -30,9 +30,9 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from agent.config import Settings
 from agent.health import HealthState
-from agent.kafka_calls import CALL_TIMEOUT_S, ClientCalls, Tick, kafka_error
-from agent.kafka_clients import consumer_config
-from agent.outage import BrokerWatch, parse_stats
+from agent.kafka.calls import CALL_TIMEOUT_S, ClientCalls, Tick, kafka_error
+from agent.kafka.clients import consumer_config
+from agent.kafka.outage import BrokerWatch, parse_stats
 from exporters.metrics import AgentMetrics
 
 log = logging.getLogger("agent.pipeline")

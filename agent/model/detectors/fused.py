@@ -10,8 +10,8 @@ components (``components``, all four by default)
     ``kmeans``  Euclidean distance to the nearest k-means centroid, k by silhouette (the seeds'
                 global radius, here with one global threshold: per-cluster radii are what fails
                 on logs);
-    ``tfidf``   char n-gram TF-IDF distance to the k nearest normal texts (agent.detectors.lexical);
-    ``unseen``  share of tokens never seen in training (agent.detectors.lexical).
+    ``tfidf``   char n-gram TF-IDF distance to the k nearest normal texts (agent.model.detectors.lexical);
+    ``unseen``  share of tokens never seen in training (agent.model.detectors.lexical).
 calibration of each component
     on the held-out normals (the same split every detector calibrates on): a value ``x`` of
     component ``c`` gets its empirical tail probability ``p_c(x) = (1 + #{held-out >= x}) / (m + 1)``,
@@ -40,12 +40,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.defaults import DEFAULT_CALIBRATION_SPLIT
-from agent.detectors._common import CalibratedDetector, Float64Array, IntArray, LabelArray, Texts
-from agent.detectors.base import FloatArray
-from agent.detectors.kmeans import KMeansDetector
-from agent.detectors.knn import KnnDetector
-from agent.detectors.lexical import CharNgramNeighbours, UnseenTokens
+from agent.model.defaults import DEFAULT_CALIBRATION_SPLIT
+from agent.model.detectors._common import CalibratedDetector, Float64Array, IntArray, LabelArray, Texts
+from agent.model.detectors.base import FloatArray
+from agent.model.detectors.kmeans import KMeansDetector
+from agent.model.detectors.knn import KnnDetector
+from agent.model.detectors.lexical import CharNgramNeighbours, UnseenTokens
 
 COMPONENTS = ("knn", "kmeans", "tfidf", "unseen")
 #: two views of the same vector: they vote once, with the stronger evidence.

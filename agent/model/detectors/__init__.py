@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.detectors.base import Detector, Scores
-from agent.detectors.class_centroid import ClassCentroidDetector
-from agent.detectors.fused import FusedDetector
-from agent.detectors.hdbscan_detector import HdbscanDetector
-from agent.detectors.kmeans import KMeansDetector
-from agent.detectors.knn import KnnDetector
-from agent.detectors.knn_vote import KnnVoteDetector
-from agent.detectors.mahalanobis import MahalanobisDetector
+from agent.model.detectors.base import Detector, Scores
+from agent.model.detectors.class_centroid import ClassCentroidDetector
+from agent.model.detectors.fused import FusedDetector
+from agent.model.detectors.hdbscan_detector import HdbscanDetector
+from agent.model.detectors.kmeans import KMeansDetector
+from agent.model.detectors.knn import KnnDetector
+from agent.model.detectors.knn_vote import KnnVoteDetector
+from agent.model.detectors.mahalanobis import MahalanobisDetector
 
 DETECTORS: dict[str, type[Detector]] = {
     KMeansDetector.name: KMeansDetector,

@@ -3,7 +3,7 @@
 It reads the agent's own settings (``--config`` and the environment, as ``run`` does), so it
 reaches the cluster with the same bootstrap servers and credentials; the verdict is produced
 idempotently and awaited, and the command says where it landed. Every running agent reads it
-within about a second (``agent.verdicts``).
+within about a second (``agent.alerts.verdicts``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from agent.alerts.feedback import FeedbackError, feedback_record
 from agent.config import EXIT_CONFIG, ConfigError, load_settings
-from agent.feedback import FeedbackError, feedback_record
 
 EXIT_UNAVAILABLE = 69
 DELIVERY_TIMEOUT_S = 30.0

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.detectors.base import Detector
-from agent.embedder import Embedder
-from agent.examples import Examples, KnownPatterns
+from agent.model.detectors.base import Detector
+from agent.model.embedder import Embedder
+from agent.model.examples import Examples, KnownPatterns
 
 # ~100,000 patterns: about 50 MB (a 150-character text, its score and the table's links), within
 # the agent's 500 MiB memory target; real log streams have hundreds to a few thousand patterns.

@@ -6,7 +6,7 @@ yesterday stays muted after a restart; then a daemon thread follows the topic, s
 written now takes effect within about a second on every instance. The loop only asks
 ``Verdicts.is_muted`` (a dictionary lookup under a lock); nothing here blocks it.
 
-A malformed record (not a verdict, see ``agent.feedback``) is skipped, logged once per record
+A malformed record (not a verdict, see ``agent.alerts.feedback``) is skipped, logged once per record
 and counted in ``anomaly_agent_feedback_invalid_total``; it never stops the reader.
 """
 
@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
+from agent.alerts.feedback import FeedbackError, Verdicts
 from agent.config import ConfigError, Settings
-from agent.feedback import FeedbackError, Verdicts
-from agent.kafka_calls import CALL_TIMEOUT_S, ClientCalls
+from agent.kafka.calls import CALL_TIMEOUT_S, ClientCalls
 from exporters.metrics import AgentMetrics
 
 __all__ = ["VerdictReader"]

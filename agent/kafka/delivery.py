@@ -12,7 +12,7 @@ committed offsets (the loop then polls the same records again). Two implementati
     predecessor and the broker aborts the predecessor's open transaction at once. Errors are
     handled as librdkafka's transactions guide says: *retriable* → call again; *abortable*
     (``txn_requires_abort``) → ``abort_transaction`` and rewind; *fatal* (fenced, ...) → new
-    producer and rewind. A call that does not return in time (``agent.kafka_calls``) counts as
+    producer and rewind. A call that does not return in time (``agent.kafka.calls``) counts as
     fatal: the producer is abandoned, and the new one's ``init_transactions`` fences it and
     settles its transaction before the rewind reads the committed offsets — so a commit that did
     go through is not repeated, and one that did not is not lost.
@@ -40,11 +40,11 @@ from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._resource import ResourceType
 
 from agent.config import ConfigError, Delivery, GroupBy, Settings
-from agent.kafka_calls import CALL_TIMEOUT_S, DEADLINE_MARGIN_S, CallHung, ClientCalls, Tick, kafka_error
-from agent.kafka_clients import producer_config
-from agent.outage import BrokerWatch
-from agent.permissions import Permissions
-from agent.source import Batch, InputSource
+from agent.kafka.calls import CALL_TIMEOUT_S, DEADLINE_MARGIN_S, CallHung, ClientCalls, Tick, kafka_error
+from agent.kafka.clients import producer_config
+from agent.kafka.outage import BrokerWatch
+from agent.kafka.permissions import Permissions
+from agent.kafka.source import Batch, InputSource
 from exporters.dead_letters import FRAMING_BYTES
 from exporters.metrics import AgentMetrics, KafkaCall, ReplaceReason, Stage, TransactionResult
 

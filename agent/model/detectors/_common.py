@@ -22,9 +22,9 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import numpy.typing as npt
 
-from agent.defaults import DEFAULT_CALIBRATION_SPLIT
-from agent.detectors.base import Detector, FloatArray, Scores
-from agent.detectors.calibration import (
+from agent.model.defaults import DEFAULT_CALIBRATION_SPLIT
+from agent.model.detectors.base import Detector, FloatArray, Scores
+from agent.model.detectors.calibration import (
     DEFAULT_FLOOR,
     DEFAULT_HOLDOUT_FRACTION,
     Thresholds,

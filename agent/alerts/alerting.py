@@ -4,13 +4,13 @@ Per batch the pipeline hands over its anomalous events (score > 1.0) and gets ba
 produce in the batch's transaction:
 
 1. **muted** patterns are dropped: an operator's latest verdict on the pattern is ``normal``
-   (``topics.feedback``, ``agent.verdicts``);
+   (``topics.feedback``, ``agent.alerts.verdicts``);
 2. with ``alerts.group_by = "pattern"`` (the default) each event is decided by its partition's
-   ``Grouper`` (``agent.grouping``): the first anomalous event of a pattern on an input partition
+   ``Grouper`` (``agent.alerts.grouping``): the first anomalous event of a pattern on an input partition
    is an **alert** and opens a cooldown window; the next ones inside it are counted; a window that
    counted any closes with one **summary** (count, window, first and last counted event, the
    highest-scoring one); with ``"event"`` every anomalous event is an alert, as before;
-3. the grouping **changelog** records (``agent.changelog``): every state the batch changed, to the
+3. the grouping **changelog** records (``agent.kafka.changelog``): every state the batch changed, to the
    changelog partition of the same number as its input partition, in the same transaction — so
    the grouping state a restarted agent reads back is exactly that of its last committed batch.
 
@@ -43,13 +43,13 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from agent.bundle import Bundle
+from agent.alerts.feedback import Verdicts
+from agent.alerts.grouping import Grouper, Summary, decode_key, decode_state, encode_key, encode_state
 from agent.config import GroupBy, Settings
-from agent.delivery import OutgoingRecord
-from agent.feedback import Verdicts
-from agent.grouping import Grouper, Summary, decode_key, decode_state, encode_key, encode_state
-from agent.patterns import PatternScore
-from agent.source import PartitionKey
+from agent.kafka.delivery import OutgoingRecord
+from agent.kafka.source import PartitionKey
+from agent.model.bundle import Bundle
+from agent.model.patterns import PatternScore
 from exporters.alerts import (
     AlertSource,
     GroupInfo,

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.defaults import DEFAULT_CALIBRATION_SPLIT
-from agent.detectors._common import Float64Array, IntArray, LabelArray, Texts
-from agent.detectors.base import FloatArray
-from agent.detectors.knn import KnnDetector
+from agent.model.defaults import DEFAULT_CALIBRATION_SPLIT
+from agent.model.detectors._common import Float64Array, IntArray, LabelArray, Texts
+from agent.model.detectors.base import FloatArray
+from agent.model.detectors.knn import KnnDetector
 
 
 class KnnVoteDetector(KnnDetector):

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.defaults import CALIBRATION_SPLITS
+from agent.model.defaults import CALIBRATION_SPLITS
 
 IntArray = npt.NDArray[np.int64]
 Float64Array = npt.NDArray[np.float64]

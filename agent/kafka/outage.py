@@ -16,7 +16,7 @@ import time
 from confluent_kafka import KafkaError
 
 from agent.health import HealthState
-from agent.permissions import KafkaPermissionError, Permissions
+from agent.kafka.permissions import KafkaPermissionError, Permissions
 
 log = logging.getLogger("agent.pipeline")
 
@@ -29,7 +29,7 @@ class BrokerWatch:
     """Tracks the outage state that the consumer's and the producer's callbacks report.
 
     ``outages`` counts outages so far: a client created before the last one began has lived
-    through it (see ``agent.delivery``: such a producer is replaced before its next transaction).
+    through it (see ``agent.kafka.delivery``: such a producer is replaced before its next transaction).
 
     Callbacks run on whatever thread serves the client (the loop, or a call's own thread); the
     state is a single timestamp, written and read whole.

@@ -1,7 +1,7 @@
 """What the training data looked like, kept in the bundle so an alert can show it next to what fired.
 
 Two things, both about *prepared* texts (``TextPreparation.prepare`` output, the patterns of
-``agent/patterns.py``) of the normal training records:
+``agent/model/patterns.py``) of the normal training records:
 
 ``KnownPatterns`` (``known_patterns.npy``)
     the sorted set of ``pattern_hash`` values of every distinct training pattern: "was this exact
