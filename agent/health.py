@@ -1,8 +1,10 @@
 """Liveness and readiness: the loop reports, an HTTP endpoint answers probes.
 
 ``/healthz`` (liveness) answers "is the loop still turning, and getting work done?": the loop
-calls ``HealthState.beat()`` every iteration, including idle polls that return nothing, so a quiet
-topic is healthy and a stuck loop (deadlocked, wedged in a native call) fails. A loop that turns
+calls ``HealthState.beat()`` every iteration, including idle polls that return nothing, and
+``progress()`` inside long ones (after each stage and each embedder micro-batch), so a quiet topic
+and a slow batch are healthy and a stuck loop (deadlocked, wedged in a native call) fails. The
+systemd watchdog follows the same stamp (``seconds_since_beat``; docs/operations.md). A loop that turns
 but cannot commit — records in hand, every batch aborted and retried — fails too once that has
 lasted ``stall_seconds`` while the broker is reachable. During a broker outage it stays healthy:
 restarting the process would not bring the broker back (readiness fails instead, and the outage
@@ -55,10 +57,23 @@ class HealthState:
         self._last_commit: float | None = None
 
     def beat(self, now: float | None = None) -> None:
-        """The loop completed an iteration (idle polls count)."""
+        """The loop completed an iteration (idle polls count): progress, and one more iteration."""
         with self._lock:
             self._last_beat = time.monotonic() if now is None else now
             self._beats += 1
+
+    def progress(self) -> None:
+        """The loop made progress inside an iteration: a stage of a batch or an embedder
+        micro-batch finished, or a Kafka call it waits on is still within its deadline. Cheap (a
+        lock and a clock read): the loop calls it many times per batch."""
+        with self._lock:
+            self._last_beat = time.monotonic()
+
+    def seconds_since_beat(self, now: float | None = None) -> float:
+        """How long ago the loop last made progress (the systemd watchdog's question)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return now - self._last_beat
 
     def work_pending(self, now: float | None = None) -> None:
         """The loop holds records it has not committed yet (kept from the first such poll until a

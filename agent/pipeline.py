@@ -157,8 +157,10 @@ class Pipeline:
     ``request_stop`` and ``offer_model``, which may be called from signal handlers / other threads.
 
     ``on_iteration`` is called after every loop iteration and while waiting for a blocking Kafka
-    call (the runner uses it for systemd watchdog pings); ``health`` and ``metrics`` are updated
-    as the loop goes. Use as a context manager, or call ``close``.
+    call (the runner sends READY=1 from it); ``health`` and ``metrics`` are updated as the loop
+    goes: its progress stamp moves at every iteration, after each stage of a batch and each
+    embedder micro-batch, and while a Kafka call is awaited (the systemd watchdog follows it).
+    Use as a context manager, or call ``close``.
     """
 
     def __init__(
@@ -425,6 +427,7 @@ class Pipeline:
                     reject(msg, result.reason, result.detail)
                 else:
                     decoded.append((msg, result))
+        self._health.progress()
 
         with self._metrics.timed(Stage.EMBED):
             events: list[_Event] = []
@@ -462,6 +465,7 @@ class Pipeline:
                 reject(messages[id(anomaly)], DeadLetterReason.INTERNAL_ERROR, detail)
 
             outgoing += self._alerting.batch(model.bundle, in_order, datetime.now(UTC), not_built)
+        self._health.progress()
 
         if not batch.messages and not outgoing:
             return  # idle, no window ended: nothing to commit
@@ -518,6 +522,7 @@ class Pipeline:
             context=AlertContext(
                 model.bundle.known_patterns, model.bundle.examples, self._settings.alerts.neighbours
             ),
+            progress=self._health.progress,  # busy, not stuck: the watchdog keeps pinging
         )
         if table is not None:
             self._metrics.pattern_lookups.labels(result=LookupResult.HIT.value).inc(table.hits - before[0])

@@ -22,10 +22,11 @@ Exit codes (sysexits.h, what systemd and operators expect of a daemon):
 ====  ==========================================================================================
 
 Signals: SIGTERM/SIGINT stop after the in-flight batch (a second one exits at once); SIGHUP
-reloads the bundle. The signals are blocked in every thread and taken by a dedicated thread with
-``sigwait``, so a stop request is seen at once whatever the loop is blocked on (a Python signal
-handler only runs between bytecodes of the main thread, never while it sits in a C call); a
-timer then guarantees the exit within ``lifecycle.shutdown_grace_seconds``.
+reloads the bundle. A dedicated thread takes them from Python's signal wakeup fd, which the C-level
+handler writes in whichever thread the kernel picked, so a stop request is seen at once whatever
+the loop is blocked on (a Python signal handler only runs between bytecodes of the main thread,
+never while it sits in a C call, and never if that call hangs); a timer then guarantees the exit
+within ``lifecycle.shutdown_grace_seconds``.
 
 Reloads (SIGHUP or, with ``model.watch``, a changed ``manifest.json``) are loaded and verified on
 the watcher thread and swapped in by the loop between batches; a bad bundle is refused, logged
@@ -40,6 +41,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -54,7 +56,7 @@ from agent.kafka.calls import CallHung, ClientsExhausted
 from agent.kafka.permissions import KafkaPermissionError
 from agent.model.bundle import MANIFEST, BundleError
 from agent.pipeline import ActiveModel, BrokerUnavailableError, Pipeline, PipelineError, load_model
-from agent.sdnotify import SystemdNotifier, watchdog_interval
+from agent.sdnotify import SystemdNotifier, WatchdogPinger, watchdog_interval
 from exporters.metrics import AgentMetrics, ReloadResult
 
 log = logging.getLogger("agent.runner")
@@ -67,8 +69,9 @@ EXIT_SOFTWARE = 70
 EXIT_TEMPFAIL = 75
 EXIT_NOPERM = 77
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# SIGUSR2 only ends the signal thread when the agent returns (sent to that thread alone).
-_HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
+_HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+# Not a signal number: written to the wakeup socket by ``SignalThread.stop`` to end the thread.
+_STOP_READING = 0
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -221,16 +224,14 @@ class BundleWatcher:
                 self._notifier.ready()
 
 
-class _SystemdHooks:
-    """Per-iteration systemd duties: READY=1 once ready, WATCHDOG=1 every half WATCHDOG_USEC."""
+class _ReadyHook:
+    """Per-iteration systemd duty: READY=1 (and a status line) once the agent is ready. The
+    watchdog pings come from ``WatchdogPinger``'s own thread, not from here: a long batch must not
+    delay them."""
 
-    def __init__(
-        self, notifier: SystemdNotifier, health: HealthState, watchdog_every_s: float | None
-    ) -> None:
+    def __init__(self, notifier: SystemdNotifier, health: HealthState) -> None:
         self._notifier = notifier
         self._health = health
-        self._every = watchdog_every_s
-        self._last_ping = 0.0
         self.ready_sent = False
 
     def __call__(self) -> None:
@@ -239,11 +240,6 @@ class _SystemdHooks:
             self._notifier.ready()
             self._notifier.status("consuming")
             log.info("ready: model loaded, group joined")
-        if self._every is not None:
-            now = time.monotonic()
-            if now - self._last_ping >= self._every:
-                self._last_ping = now
-                self._notifier.watchdog()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -258,29 +254,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 class SignalThread:
-    """Takes SIGTERM/SIGINT/SIGHUP with ``sigwait`` on a thread of its own (see the module docstring).
+    """Takes SIGTERM/SIGINT/SIGHUP on a thread of its own, whichever thread the kernel delivers
+    them to (see the module docstring).
 
-    ``block`` blocks them in the calling thread and so in every thread started after it
-    (onnxruntime's, librdkafka's, the HTTP servers'). Threads that already run (numpy's BLAS pool
-    starts at import) may still receive one; for those, ordinary Python handlers route it to the
-    same callbacks — they run on the main thread, which the loop never leaves inside a C call for
-    more than a batch's embedding. ``stop`` ends the thread, restores the mask and the handlers.
+    A process-directed signal goes to any thread that does not block it. ``block`` blocks them in
+    the calling (main) thread and so in every thread started after it (onnxruntime's,
+    librdkafka's, the HTTP servers'), which are then never interrupted by one; threads that already
+    ran (numpy's BLAS pool starts at import) still take them. Wherever it lands, Python's C-level
+    handler writes the signal number to the wakeup fd (``signal.set_wakeup_fd``) at once, in that
+    thread, and this thread reads it and dispatches: a stop request is seen even while the loop
+    sits in a native call that never returns (the Python-level handlers, which would only run on
+    the main thread between bytecodes, do nothing). ``stop`` ends the thread and restores the
+    mask, the wakeup fd and the handlers.
     """
 
     def __init__(self, on_stop: Callable[[int], None], on_reload: Callable[[], None]) -> None:
         self._on_stop = on_stop
         self._on_reload = on_reload
         self._previous: set[int | signal.Signals] | None = None
+        self._previous_wakeup: int | None = None
         self._handlers: dict[int, Any] = {}
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="signals", daemon=True)
 
     def block(self) -> None:
-        for signum in (*STOP_SIGNALS, signal.SIGHUP):
-            self._handlers[signum] = signal.signal(signum, self._fallback)
+        for signum in _HANDLED_SIGNALS:
+            self._handlers[signum] = signal.signal(signum, _ignore)  # dispatched from the wakeup fd
+        self._previous_wakeup = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         self._previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
-
-    def _fallback(self, signum: int, _frame: FrameType | None) -> None:
-        self._dispatch(signum)
 
     def _dispatch(self, signum: int) -> None:
         if signum == signal.SIGHUP:
@@ -292,22 +294,33 @@ class SignalThread:
         self._thread.start()
 
     def _run(self) -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_SIGNALS)  # this thread may take them
         while True:
-            signum = signal.sigwait(_HANDLED_SIGNALS)
-            if signum == signal.SIGUSR2:
-                return
-            self._dispatch(signum)
+            for signum in self._reader.recv(64):
+                if signum == _STOP_READING:
+                    return
+                if signum in _HANDLED_SIGNALS:
+                    self._dispatch(signum)
 
     def stop(self) -> None:
-        if self._thread.ident is not None and self._thread.is_alive():
-            signal.pthread_kill(self._thread.ident, signal.SIGUSR2)
+        if self._thread.is_alive():
+            self._writer.send(bytes([_STOP_READING]))
             self._thread.join(timeout=5)
         if self._previous is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, self._previous)
             self._previous = None
+        if self._previous_wakeup is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            self._previous_wakeup = None
         for signum, handler in self._handlers.items():
             signal.signal(signum, handler)
         self._handlers.clear()
+        self._reader.close()
+        self._writer.close()
+
+
+def _ignore(_signum: int, _frame: FrameType | None) -> None:
+    """The Python-level handler: nothing (``SignalThread`` dispatches from the wakeup fd)."""
 
 
 def run_agent(settings: Settings) -> int:
@@ -384,8 +397,14 @@ def _run_agent(
             shutdown()
         return EXIT_CONFIG
 
-    hooks = _SystemdHooks(notifier, health, watchdog_every)
-    pipeline = Pipeline(settings, model, metrics=metrics, health=health, on_iteration=hooks)
+    pipeline = Pipeline(
+        settings, model, metrics=metrics, health=health, on_iteration=_ReadyHook(notifier, health)
+    )
+    pinger = (
+        None
+        if watchdog_every is None
+        else WatchdogPinger(notifier, watchdog_every, 2 * watchdog_every, health.seconds_since_beat)
+    )
     watcher = BundleWatcher(
         bundle_path,
         current_sha256=model.bundle.sha256,
@@ -421,6 +440,8 @@ def _run_agent(
     for signum in pending:
         on_stop_signal(signum)
     watcher.start()
+    if pinger is not None:
+        pinger.start()
     code = EXIT_OK
     try:
         pipeline.run()
@@ -450,6 +471,8 @@ def _run_agent(
             notifier.stopping()
         watcher.stop()
         pipeline.close()
+        if pinger is not None:
+            pinger.stop()
         for shutdown in servers:
             shutdown()
         notifier.close()

@@ -8,6 +8,14 @@ Linux's abstract namespace. That is a dozen lines over the standard library; the
 The runner reads the environment and passes ``NOTIFY_SOCKET`` / ``WATCHDOG_USEC`` in; this module
 never reads it, so it is testable and a no-op outside systemd (socket path None).
 
+**The watchdog means "stuck", not "busy".** ``WatchdogPinger`` sends ``WATCHDOG=1`` from a thread of
+its own every half ``WatchdogSec``, as long as the loop's progress stamp moved within the last
+``WatchdogSec``. The loop moves the stamp at every iteration, after every stage of a batch, after
+every embedder micro-batch and detector call, and while it waits on a Kafka call that is still
+within its deadline; so a batch that takes minutes to embed keeps the pings coming, and only a loop
+that made no progress at all for ``WatchdogSec`` (a deadlock, a native call that hangs) stops them:
+systemd then kills it between ``WatchdogSec`` and twice that after it got stuck.
+
 Notifications are best effort: a failed send is logged and reported as False, never raised, because
 losing a status update must not take the agent down (systemd's own watchdog catches a dead one).
 """
@@ -17,7 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +122,62 @@ def watchdog_interval(watchdog_usec: str | None, watchdog_pid: str | None = None
     if usec <= 0:
         return None
     return usec / 2 / 1_000_000
+
+
+class WatchdogPinger:
+    """Sends ``WATCHDOG=1`` every ``every_s`` seconds from a daemon thread while
+    ``progress_age()`` (seconds since the loop last made progress) is below ``stall_s``.
+
+    The runner uses ``every_s`` = half of ``WatchdogSec`` (``watchdog_interval``) and ``stall_s`` =
+    ``WatchdogSec``: a working loop, however slow its batch, is never killed; a loop stuck for
+    ``stall_s`` stops the pings, which says so once in the log, and systemd restarts the unit.
+    The first ping goes out at ``start``. ``pings`` and ``withheld`` count what was decided.
+    """
+
+    def __init__(
+        self, notifier: SystemdNotifier, every_s: float, stall_s: float, progress_age: Callable[[], float]
+    ) -> None:
+        if every_s <= 0 or stall_s <= 0:
+            raise ValueError(f"every_s and stall_s must be > 0, got {every_s} and {stall_s}")
+        self._notifier = notifier
+        self._every = every_s
+        self._stall = stall_s
+        self._progress_age = progress_age
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+        self.pings = 0
+        self.withheld = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
+
+    def tick(self) -> bool:
+        """One decision: ping when the loop made progress within ``stall_s``; True when it pinged."""
+        age = self._progress_age()
+        if age < self._stall:
+            if self.withheld:
+                log.warning("the loop makes progress again; watchdog pings resumed")
+                self.withheld = 0
+            self.pings += 1
+            self._notifier.watchdog()
+            return True
+        if not self.withheld:
+            log.error(
+                "the loop made no progress for %.1f s (WatchdogSec %.1f s): watchdog pings withheld, "
+                "systemd will restart the agent",
+                age,
+                self._stall,
+            )
+        self.withheld += 1
+        return False
+
+    def _run(self) -> None:
+        while True:
+            self.tick()
+            if self._stopped.wait(self._every):
+                return

@@ -11,7 +11,7 @@ checks by registering itself. One check at the end uses real embeddings of real 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -319,7 +319,9 @@ class _VectorsByText:
         self.dim = DIM
         self.embedded: list[str] = []
 
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    def embed(
+        self, texts: Sequence[str], progress: Callable[[], None] | None = None
+    ) -> npt.NDArray[np.float32]:
         self.embedded += texts
         return np.stack([self._vectors[t] for t in texts]).astype(np.float32)
 

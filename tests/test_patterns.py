@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,9 @@ class _Embedder:
         self.calls: list[list[str]] = []
         self._broken = broken or set()
 
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    def embed(
+        self, texts: Sequence[str], progress: Callable[[], None] | None = None
+    ) -> npt.NDArray[np.float32]:
         self.calls.append(list(texts))
         if self._broken & set(texts):
             raise RuntimeError("tokenizer choked")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sdnotify import SystemdNotifier, watchdog_interval
+from agent.sdnotify import SystemdNotifier, WatchdogPinger, watchdog_interval
 
 
 @pytest.fixture
@@ -110,3 +110,48 @@ def test_send_failure_is_reported_not_raised(caplog: pytest.LogCaptureFixture) -
 )
 def test_watchdog_interval(usec: str | None, pid: str | None, expected: float | None) -> None:
     assert watchdog_interval(usec, pid) == expected
+
+
+def test_watchdog_pings_while_the_loop_progresses_and_withholds_when_stuck(
+    listener: tuple[socket.socket, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The decision itself, on a controlled progress age: busy (however long the batch) pings,
+    no progress for ``stall_s`` withholds (logged once), progress again resumes."""
+    sock, path = listener
+    age = [0.0]
+    pinger = WatchdogPinger(SystemdNotifier(path), every_s=30.0, stall_s=60.0, progress_age=lambda: age[0])
+    for seconds in (0.0, 29.9, 59.9):
+        age[0] = seconds
+        assert pinger.tick()
+        assert receive(sock) == ["WATCHDOG=1"]
+    sock.settimeout(0.2)
+    with caplog.at_level(logging.WARNING, logger="agent.sdnotify"):
+        for seconds in (60.0, 90.0, 3600.0):
+            age[0] = seconds
+            assert not pinger.tick()
+            with pytest.raises(TimeoutError):
+                sock.recv(4096)
+        assert [r.levelname for r in caplog.records] == ["ERROR"], "withheld pings are logged once"
+        assert "no progress for 60.0 s" in caplog.records[0].getMessage()
+        age[0] = 1.0
+        assert pinger.tick()
+    assert receive(sock) == ["WATCHDOG=1"]
+    assert (pinger.pings, pinger.withheld) == (4, 0)
+    assert "pings resumed" in caplog.records[-1].getMessage()
+
+
+def test_watchdog_thread_pings_at_start_and_stops(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    pinger = WatchdogPinger(SystemdNotifier(path), every_s=0.05, stall_s=0.1, progress_age=lambda: 0.0)
+    pinger.start()
+    try:
+        assert [receive(sock) for _ in range(3)] == [["WATCHDOG=1"]] * 3
+    finally:
+        pinger.stop()
+    assert pinger.pings >= 3
+
+
+@pytest.mark.parametrize("every_s, stall_s", [(0.0, 1.0), (1.0, 0.0), (-1.0, 1.0)])
+def test_watchdog_refuses_nonpositive_periods(every_s: float, stall_s: float) -> None:
+    with pytest.raises(ValueError, match="must be > 0"):
+        WatchdogPinger(SystemdNotifier(None), every_s, stall_s, progress_age=lambda: 0.0)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -49,12 +49,18 @@ class EmbedderError(Exception):
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Turns texts into L2-normalized float32 vectors, one row per text, in input order."""
+    """Turns texts into L2-normalized float32 vectors, one row per text, in input order.
+
+    ``progress``, when given, is called after each unit of work (each model run of a micro-batch),
+    so a caller embedding a large batch can show that it is busy, not stuck (the systemd
+    watchdog and ``/healthz`` follow it)."""
 
     @property
     def dim(self) -> int: ...
 
-    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
+    def embed(
+        self, texts: Sequence[str], progress: Callable[[], None] | None = None
+    ) -> NDArray[np.float32]: ...
 
 
 def _sha256(path: Path) -> str:
@@ -181,8 +187,10 @@ class OnnxEmbedder:
     def dim(self) -> int:
         return self._dim
 
-    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        """Embed ``texts``; returns float32 ``(len(texts), dim)``, unit rows, in input order."""
+    def embed(self, texts: Sequence[str], progress: Callable[[], None] | None = None) -> NDArray[np.float32]:
+        """Embed ``texts``; returns float32 ``(len(texts), dim)``, unit rows, in input order.
+        ``progress()`` runs after each micro-batch's model run (at most ``max_batch_tokens``
+        padded tokens: tens of milliseconds on log lines)."""
         n = len(texts)
         result = np.zeros((n, self._dim), dtype=np.float32)
         if n == 0:
@@ -194,6 +202,8 @@ class OnnxEmbedder:
         order = sorted(range(n), key=lambda i: len(encodings[i].ids))
         for idx in self._micro_batches([len(encodings[i].ids) for i in order], order):
             result[idx] = self._run([encodings[i] for i in idx])
+            if progress is not None:
+                progress()
         norms = np.linalg.norm(result, axis=1, keepdims=True)
         np.divide(result, norms, out=result, where=norms > 0)
         return result

@@ -107,6 +107,7 @@ def score_patterns(
     on_failure: Callable[[str, Exception], None] | None = None,
     dedup: bool = True,
     context: AlertContext | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> list[PatternScore | None]:
     """Scores of ``texts`` (prepared), in order. Each distinct text missing from ``table`` (all of
     them when ``table`` is None) is embedded and scored once per call; with ``dedup=False`` (and
@@ -115,18 +116,19 @@ def score_patterns(
     When scoring the missing texts together fails, each is retried alone; a text that fails alone
     gets None, and ``on_failure(text, exception)`` is called once for it (without ``on_failure``
     the first exception is raised). Results are stored in ``table`` only when computed.
-    ``context`` fills ``known`` and ``neighbours`` of the anomalous ones.
+    ``context`` fills ``known`` and ``neighbours`` of the anomalous ones. ``progress()`` runs
+    after every embedder micro-batch and every detector call (the caller's liveness stamp).
     """
     if not dedup and table is None:
         try:
-            return list(_score(list(texts), embedder, detector, context))
+            return list(_score(list(texts), embedder, detector, context, progress))
         except Exception:
             if on_failure is None:
                 raise
         out: list[PatternScore | None] = []
         for text in texts:
             try:
-                out += _score([text], embedder, detector, context)
+                out += _score([text], embedder, detector, context, progress)
             except Exception as exc:
                 on_failure(text, exc)
                 out.append(None)
@@ -145,14 +147,14 @@ def score_patterns(
         table.hits += len(texts) - len(missing)
     if missing:
         try:
-            computed: list[PatternScore | None] = list(_score(missing, embedder, detector, context))
+            computed: list[PatternScore | None] = list(_score(missing, embedder, detector, context, progress))
         except Exception:
             if on_failure is None:
                 raise
             computed = []
             for text in missing:
                 try:
-                    computed += _score([text], embedder, detector, context)
+                    computed += _score([text], embedder, detector, context, progress)
                 except Exception as exc:
                     on_failure(text, exc)
                     computed.append(None)
@@ -164,10 +166,16 @@ def score_patterns(
 
 
 def _score(
-    texts: list[str], embedder: Embedder, detector: Detector, context: AlertContext | None
+    texts: list[str],
+    embedder: Embedder,
+    detector: Detector,
+    context: AlertContext | None,
+    progress: Callable[[], None] | None,
 ) -> list[PatternScore]:
-    vectors = embedder.embed(texts)
+    vectors = embedder.embed(texts, progress=progress)
     scores = detector.score(vectors, texts)
+    if progress is not None:
+        progress()
     rows = zip(scores.score.tolist(), scores.distance.tolist(), scores.cluster.tolist(), strict=True)
     results = [PatternScore(float(s), float(d), int(c)) for s, d, c in rows]
     if context is None:
