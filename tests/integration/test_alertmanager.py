@@ -392,14 +392,15 @@ def test_submit_does_not_block_while_the_server_hangs() -> None:
             started = time.monotonic()
             sink.submit(batch)
             slowest = max(slowest, time.monotonic() - started)
-        assert slowest < 0.5, f"submit blocked for {slowest:.2f}s"
+        # A submit that waited for the delivery thread would wait out the hung POST (30 s).
+        assert slowest < 10.0, f"submit blocked for {slowest:.2f}s"
         assert queued(metrics) == 1 + 20 * 50
         assert posts(metrics, "success") == 0
 
         started = time.monotonic()
         sink.close(1.0)
         took = time.monotonic() - started
-        assert took < 5.0, f"close(1.0) took {took:.2f}s"
+        assert took < 10.0, f"close(1.0) took {took:.2f}s, as if it waited for the hung POST (30 s)"
         assert dropped(metrics) == 1 + 20 * 50
         assert queued(metrics) == 0
 
