@@ -20,8 +20,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/anomaly-agent demo $(DEMO_ARGS)
 
+# The suite mostly waits (brokers, agents, time windows): TEST_WORKERS processes run it in
+# parallel, one file per worker at a time, sharing one broker, one Alertmanager and the trained
+# bundles (tests/shared_resources.py). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 4
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

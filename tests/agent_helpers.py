@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from shared_resources import shared
 
 from agent.config import Settings, load_settings
 
@@ -82,16 +83,25 @@ def make_events(
 
 
 @pytest.fixture(scope="session")
-def agent_bundle(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path, embedder_dir: Path) -> Path:
-    """A knn bundle trained with ``anomaly-agent train`` on the first BGL normal lines (session)."""
-    work = tmp_path_factory.mktemp("agent-bundle")
-    return _bgl_bundle(work, datasets_dir, embedder_dir, "--detector", "knn")
+def agent_bundle(pytestconfig: pytest.Config, datasets_dir: Path, embedder_dir: Path) -> Path:
+    """A knn bundle trained with ``anomaly-agent train`` on the first BGL normal lines (once per run)."""
+    path: str = shared(
+        pytestconfig,
+        "agent-bundle",
+        lambda work, _: (str(_bgl_bundle(work, datasets_dir, embedder_dir, "--detector", "knn")), None),
+    )
+    return Path(path)
 
 
 @pytest.fixture(scope="session")
-def default_bundle(tmp_path_factory: pytest.TempPathFactory, datasets_dir: Path, embedder_dir: Path) -> Path:
+def default_bundle(pytestconfig: pytest.Config, datasets_dir: Path, embedder_dir: Path) -> Path:
     """A bundle of train's *default* detector (no ``--detector``), on the same lines as ``agent_bundle``."""
-    return _bgl_bundle(tmp_path_factory.mktemp("default-bundle"), datasets_dir, embedder_dir)
+    path: str = shared(
+        pytestconfig,
+        "default-bundle",
+        lambda work, _: (str(_bgl_bundle(work, datasets_dir, embedder_dir)), None),
+    )
+    return Path(path)
 
 
 def _bgl_bundle(work: Path, datasets_dir: Path, embedder_dir: Path, *train_args: str) -> Path:

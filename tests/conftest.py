@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["kafka_fixtures", "model_fixtures", "agent_helpers", "secured_broker"]
+pytest_plugins = ["shared_resources", "kafka_fixtures", "model_fixtures", "agent_helpers", "secured_broker"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS = REPO_ROOT.parent / "shared" / "datasets"

@@ -7,7 +7,8 @@
 2. testcontainers' ``KafkaContainer`` (KRaft) when a Docker daemon answers a ping within two
    seconds.
 3. The local JVM broker of ``deploy/local/kafka.sh`` in an isolated temporary state dir on a free
-   port, stopped at session end (and by the script's watchdog if this process dies first).
+   port: one for the whole run, shared by every pytest-xdist worker (``shared_resources``),
+   stopped when the run ends (and by the script's watchdog if the run's process dies first).
 
 Whatever the source, the fixture checks that a client can fetch metadata before any test runs,
 so an unreachable broker fails once with a clear message instead of as many test time-outs.
@@ -25,7 +26,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +34,7 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # the typed home of admin.NewTopic (re-exported untyped)
+from shared_resources import Stop, shared
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO_ROOT / "deploy" / "local" / "kafka.sh"
@@ -106,12 +108,11 @@ def kafka_sh(*args: str, timeout: float = BROKER_START_TIMEOUT_S) -> subprocess.
     )
 
 
-@contextmanager
-def local_broker(state_dir: Path, *options: str) -> Iterator[str]:
-    """Runs deploy/local/kafka.sh in ``state_dir`` (with start ``options`` such as ``--secure``);
-    yields its PLAINTEXT bootstrap address, stops it after. The script's watchdog stops it too if
-    this process dies first."""
-    started = kafka_sh("start", "--dir", str(state_dir), "--owner-pid", str(os.getpid()), *options)
+def start_local_broker(state_dir: Path, owner_pid: int, *options: str) -> tuple[str, Stop]:
+    """Start deploy/local/kafka.sh in ``state_dir`` (with start ``options`` such as ``--secure``),
+    stopped by its watchdog when ``owner_pid`` ends; its PLAINTEXT bootstrap address and how to
+    stop it."""
+    started = kafka_sh("start", "--dir", str(state_dir), "--owner-pid", str(owner_pid), *options)
     if started.returncode != 0:
         pytest.fail(
             f"local Kafka broker did not start (exit {started.returncode}):\n{started.stderr}", pytrace=False
@@ -119,10 +120,20 @@ def local_broker(state_dir: Path, *options: str) -> Iterator[str]:
     lines = started.stdout.split()
     if not lines:
         pytest.fail(f"kafka.sh start printed no bootstrap address:\n{started.stderr}", pytrace=False)
+    return lines[-1], Stop([str(KAFKA_SH), "stop", "--dir", str(state_dir)], kafka_sh_env())
+
+
+@contextmanager
+def local_broker(state_dir: Path, *options: str) -> Iterator[str]:
+    """A broker of the caller's own (a test that stops or freezes it): started in ``state_dir``,
+    stopped after; the script's watchdog stops it too if this process dies first."""
+    bootstrap, stop = start_local_broker(state_dir, os.getpid(), *options)
     try:
-        yield lines[-1]
+        yield bootstrap
     finally:
-        stopped = kafka_sh("stop", "--dir", str(state_dir), timeout=BROKER_STOP_TIMEOUT_S)
+        stopped = subprocess.run(
+            stop.command, env=stop.env, capture_output=True, text=True, timeout=BROKER_STOP_TIMEOUT_S
+        )
         if stopped.returncode != 0:
             raise RuntimeError(f"kafka.sh stop failed (exit {stopped.returncode}):\n{stopped.stderr}")
 
@@ -152,21 +163,21 @@ def _check_reachable(bootstrap: str, source: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_bootstrap(pytestconfig: pytest.Config) -> Iterator[str]:
     """Bootstrap address ("host:port") of a real broker for this session; see the module doc."""
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if configured:
         _check_reachable(configured, "KAFKA_BOOTSTRAP_SERVERS")
         yield configured
         return
-    broker: AbstractContextManager[str]
-    if _docker_answers():
-        source, broker = "testcontainers", _container_broker()
-    else:
-        source, broker = "deploy/local/kafka.sh", local_broker(tmp_path_factory.mktemp("kafka"))
-    with broker as bootstrap:
-        _check_reachable(bootstrap, source)
-        yield bootstrap
+    if _docker_answers():  # a container per worker: its lifetime is bound to the process that made it
+        with _container_broker() as bootstrap:
+            _check_reachable(bootstrap, "testcontainers")
+            yield bootstrap
+        return
+    bootstrap = shared(pytestconfig, "kafka", start_local_broker)
+    _check_reachable(bootstrap, "deploy/local/kafka.sh")
+    yield bootstrap
 
 
 @pytest.fixture(scope="session")

@@ -7,24 +7,25 @@ anonymous principal is a super user, so topic creation, ACL changes and reading 
 wrote (``agent_helpers.read_committed``) work through it without credentials. Only a test broker
 has such a door; see docs/local-broker.md.
 
-The ``secured_broker`` fixture is session-scoped: the broker starts once (a few seconds once the
-jars are cached) and every test works on topics, groups and ACLs of its own names. It is a broker
-of its own, never the session's ``kafka_bootstrap`` (which may be an external cluster without
-SASL), and it is stopped at session end, or by the script's watchdog if pytest dies first.
+The ``secured_broker`` fixture is session-scoped: the broker starts once per run, shared by every
+pytest-xdist worker (``shared_resources``; a few seconds once the jars are cached), and every test
+works on topics, groups and ACLs of its own names. It is a broker of its own, never the session's
+``kafka_bootstrap`` (which may be an external cluster without SASL), and it is stopped when the run
+ends, or by the script's watchdog if the run's process dies first.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
-from kafka_fixtures import METADATA_TIMEOUT_S, local_broker
+from kafka_fixtures import METADATA_TIMEOUT_S, start_local_broker
+from shared_resources import Stop, shared
 
 SASL_MECHANISM = "SCRAM-SHA-512"
 
@@ -109,21 +110,27 @@ def _wait_for_group_coordinator(broker: SecuredBroker) -> None:
         consumer.close()
 
 
+def _start(state: Path, owner_pid: int) -> tuple[dict[str, str], Stop]:
+    plaintext, stop = start_local_broker(state, owner_pid, "--secure")
+    broker = SecuredBroker(
+        plaintext_bootstrap=plaintext,
+        sasl_ssl_bootstrap=_read(state / "bootstrap-sasl-ssl"),
+        ca_location=state / "tls" / "ca.pem",
+        agent_username="agent",
+        agent_password=_read(state / "sasl" / "agent.password"),
+        admin_username="admin",
+        admin_password=_read(state / "sasl" / "admin.password"),
+        state_dir=state,
+    )
+    _check_sasl_ssl(broker)
+    _wait_for_group_coordinator(broker)
+    return {k: str(v) for k, v in asdict(broker).items()}, stop
+
+
 @pytest.fixture(scope="session")
-def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredBroker]:
-    """A broker of this session's own with a SASL_SSL listener and ACLs enforced; see the module doc."""
-    state = tmp_path_factory.mktemp("secured-kafka")
-    with local_broker(state, "--secure") as plaintext:
-        broker = SecuredBroker(
-            plaintext_bootstrap=plaintext,
-            sasl_ssl_bootstrap=_read(state / "bootstrap-sasl-ssl"),
-            ca_location=state / "tls" / "ca.pem",
-            agent_username="agent",
-            agent_password=_read(state / "sasl" / "agent.password"),
-            admin_username="admin",
-            admin_password=_read(state / "sasl" / "admin.password"),
-            state_dir=state,
-        )
-        _check_sasl_ssl(broker)
-        _wait_for_group_coordinator(broker)
-        yield broker
+def secured_broker(pytestconfig: pytest.Config) -> SecuredBroker:
+    """A broker of this run's own with a SASL_SSL listener and ACLs enforced; see the module doc."""
+    fields = shared(pytestconfig, "secured-kafka", _start)
+    return SecuredBroker(
+        **fields | {"ca_location": Path(fields["ca_location"]), "state_dir": Path(fields["state_dir"])}
+    )

@@ -25,14 +25,16 @@ if ((${#apt_packages[@]})); then
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    # Wait for the dpkg lock rather than fail: alertmanager.sh may install at the same time.
+    apt_lock=(-o DPkg::Lock::Timeout=600)
+    apt-get "${apt_lock[@]}" update -qq
     # policy-rc.d 101: never start the packaged prometheus service; tests run their own server.
     policy=/usr/sbin/policy-rc.d
     created_policy=0
     if [[ ! -e $policy ]]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
     fi
-    apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+    apt-get "${apt_lock[@]}" install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
     if ((created_policy)); then rm -f "$policy"; fi
 fi
 
@@ -40,7 +42,8 @@ fi
 if ! command -v kustomize >/dev/null && ! command -v kubectl >/dev/null \
     && [[ ! -x $TOOLS_DIR/bin/kustomize ]]; then
     if ! command -v go >/dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+            --no-install-recommends golang-go >/dev/null
     fi
     GOBIN="$TOOLS_DIR/bin" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
 fi

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shared_resources import Stop, shared
 
 from exporters.alertmanager import AlertmanagerSink, alertmanager_alert
 from exporters.metrics import AgentMetrics
@@ -48,26 +49,34 @@ DELIVERY_TIMEOUT_S = 30.0
 COOLDOWN_S = 600.0
 
 
+def _env() -> dict[str, str]:
+    """This process's environment without the knobs that would point the script elsewhere."""
+    return {k: v for k, v in os.environ.items() if k not in ("ALERTMANAGER_PORT", "ALERTMANAGER_STATE_DIR")}
+
+
 def alertmanager_sh(*args: str, timeout: float = START_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Run deploy/local/alertmanager.sh with ``args``, without the environment knobs that would
-    point it at another port or state dir (never raises for its exit code)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("ALERTMANAGER_PORT", "ALERTMANAGER_STATE_DIR")}
-    return subprocess.run(
-        [str(ALERTMANAGER_SH), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    """Run deploy/local/alertmanager.sh with ``args`` (never raises for its exit code)."""
+    command = [str(ALERTMANAGER_SH), *args]
+    return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=timeout, check=False)
 
 
-@contextmanager
-def local_alertmanager(state_dir: Path, *options: str) -> Iterator[str]:
-    """A real Alertmanager in ``state_dir``; yields its base URL, stops it after. The script's
-    watchdog stops it too if this process dies first."""
-    started = alertmanager_sh("start", "--dir", str(state_dir), "--owner-pid", str(os.getpid()), *options)
+def _start_alertmanager(state_dir: Path, owner_pid: int, *options: str) -> tuple[str, Stop]:
+    """A real Alertmanager in ``state_dir``, stopped by the script's watchdog when ``owner_pid``
+    ends; its base URL and how to stop it."""
+    started = alertmanager_sh("start", "--dir", str(state_dir), "--owner-pid", str(owner_pid), *options)
     if started.returncode != 0 or not started.stdout.split():
         pytest.fail(
             f"Alertmanager did not start (exit {started.returncode}):\n{started.stderr}", pytrace=False
         )
+    return started.stdout.split()[-1], Stop([str(ALERTMANAGER_SH), "stop", "--dir", str(state_dir)], _env())
+
+
+@contextmanager
+def local_alertmanager(state_dir: Path, *options: str) -> Iterator[str]:
+    """An Alertmanager of the caller's own; yields its base URL, stops it after."""
+    url, _ = _start_alertmanager(state_dir, os.getpid(), *options)
     try:
-        yield started.stdout.split()[-1]
+        yield url
     finally:
         stopped = alertmanager_sh("stop", "--dir", str(state_dir), timeout=STOP_TIMEOUT_S)
         if stopped.returncode != 0:
@@ -75,10 +84,11 @@ def local_alertmanager(state_dir: Path, *options: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def alertmanager_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of one real Alertmanager for the session (tests keep apart by alertname)."""
-    with local_alertmanager(tmp_path_factory.mktemp("alertmanager")) as url:
-        yield url
+def alertmanager_url(pytestconfig: pytest.Config) -> str:
+    """Base URL of one real Alertmanager for the run, shared by every xdist worker (tests keep
+    apart by alertname)."""
+    url: str = shared(pytestconfig, "alertmanager", _start_alertmanager)
+    return url
 
 
 def free_port() -> int:

@@ -7,22 +7,36 @@ always means the real tool ran.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_harness import train_bundle
 from ops_tools import OpsTools, ensure_tools
+from shared_resources import shared
 
 
-@pytest.fixture(scope="session")
-def ops_tools() -> OpsTools:
+def _tools(_directory: Path, _owner_pid: int) -> tuple[dict[str, Any], None]:
     try:
-        return ensure_tools()
+        return asdict(ensure_tools()), None
     except RuntimeError as exc:
         pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
-def ops_bundle(datasets_dir: Path, embedder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One bundle for the ops tests that run the agent, trained by the real CLI."""
-    return train_bundle(datasets_dir, embedder_dir, tmp_path_factory.mktemp("ops-bundle") / "bundle")
+def ops_tools(pytestconfig: pytest.Config) -> OpsTools:
+    """The tools, installed once per run (one apt-get at a time, whatever the number of workers)."""
+    found = shared(pytestconfig, "ops-tools", _tools)
+    return OpsTools(**found | {"kustomize": tuple(found["kustomize"])})
+
+
+@pytest.fixture(scope="session")
+def ops_bundle(pytestconfig: pytest.Config, datasets_dir: Path, embedder_dir: Path) -> Path:
+    """One bundle for the ops tests that run the agent, trained once per run by the real CLI."""
+    path: str = shared(
+        pytestconfig,
+        "ops-bundle",
+        lambda directory, _: (str(train_bundle(datasets_dir, embedder_dir, directory / "bundle")), None),
+    )
+    return Path(path)
