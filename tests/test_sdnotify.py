@@ -99,8 +99,8 @@ def test_send_failure_is_reported_not_raised(caplog: pytest.LogCaptureFixture) -
     ("usec", "pid", "expected"),
     [
         ("30000000", None, 15.0),
-        ("1000000", str(os.getpid()), 0.5),
-        ("30000000", str(os.getpid() + 1), None),
+        ("1000000", "ours", 0.5),
+        ("30000000", "another", None),
         (None, None, None),
         ("", None, None),
         ("0", None, None),
@@ -109,7 +109,9 @@ def test_send_failure_is_reported_not_raised(caplog: pytest.LogCaptureFixture) -
     ],
 )
 def test_watchdog_interval(usec: str | None, pid: str | None, expected: float | None) -> None:
-    assert watchdog_interval(usec, pid) == expected
+    # The pid is resolved here, not in the parameters: test ids must be the same in every xdist worker.
+    resolved = {"ours": str(os.getpid()), "another": str(os.getpid() + 1)}.get(pid or "", pid)
+    assert watchdog_interval(usec, resolved) == expected
 
 
 def test_watchdog_pings_while_the_loop_progresses_and_withholds_when_stuck(
