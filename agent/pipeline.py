@@ -464,7 +464,9 @@ class Pipeline:
                 detail = _internal("building the alert", exc)
                 reject(messages[id(anomaly)], DeadLetterReason.INTERNAL_ERROR, detail)
 
-            outgoing += self._alerting.batch(model.bundle, in_order, datetime.now(UTC), not_built)
+            outgoing += self._alerting.batch(
+                model.bundle, in_order, datetime.now(UTC), not_built, self._source.caught_up
+            )
         self._health.progress()
 
         if not batch.messages and not outgoing:

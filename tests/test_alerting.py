@@ -136,7 +136,7 @@ def run(rows: list[Row], *, seed: int, crash: bool, abort: bool) -> Log:
     while i < len(rows):
         size = rng.randint(1, 40)
         batch = rows[i : i + size]
-        out = agent.batch(BUNDLE, batch, NOW, lambda e, exc: pytest.fail(str(exc)))
+        out = agent.batch(BUNDLE, batch, NOW, lambda e, exc: pytest.fail(str(exc)), lambda _: True)
         if abort and rng.random() < 0.2:
             agent.aborted()
             continue  # redelivered: the same records again (maybe in another batch size)
@@ -149,7 +149,7 @@ def run(rows: list[Row], *, seed: int, crash: bool, abort: bool) -> Log:
         i += size
     # The end of the stream: the windows close once the partitions' time passes them.
     tail = [(("events", p), 10**12, None) for p in (0, 1)]
-    log.commit(agent.batch(BUNDLE, tail, NOW, lambda e, exc: pytest.fail(str(exc))))
+    log.commit(agent.batch(BUNDLE, tail, NOW, lambda e, exc: pytest.fail(str(exc)), lambda _: True))
     agent.committed()
     return log
 
@@ -192,8 +192,8 @@ def test_a_summary_names_its_first_and_last_counted_event_and_the_pattern() -> N
         rows.append((("events", 0), ts, event))
     rows.append((("events", 0), 60_000, None))  # a normal record: the window's end passes
     agent = alerting()
-    documents = [json.loads(r.value or b"") for r in agent.batch(BUNDLE, rows, NOW, lambda e, x: None)
-                 if r.topic == "anomaly-alerts"]  # fmt: skip
+    records = agent.batch(BUNDLE, rows, NOW, lambda e, x: None, lambda _: True)
+    documents = [json.loads(r.value or b"") for r in records if r.topic == "anomaly-alerts"]
     alert, summary = documents
     assert alert["kind"] == "alert" and summary["kind"] == "summary"
     assert summary["pattern"]["id"] == alert["pattern"]["id"] == pattern_id("m-1", "disk <PATH> full")
@@ -202,3 +202,36 @@ def test_a_summary_names_its_first_and_last_counted_event_and_the_pattern() -> N
     assert summary["group"]["last"] == {"offset": 3, "timestamp": "1970-01-01T00:00:30.000Z"}
     assert summary["source"]["offset"] == 3 and summary["score"] == pytest.approx(1.8)
     assert summary["fields"] == {"service": "db"}
+
+
+def test_a_quiet_partition_closes_on_the_wall_clock_only_once_caught_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A partition without records for IDLE_CLOSE_S closes its ended windows on the wall clock
+    only when the consumer has read all it holds: one with a backlog (slow to reach on a busy
+    machine, say while a new member loads its model) keeps its windows for its own records."""
+    clock = [100.0]
+    monkeypatch.setattr("agent.alerts.alerting.time.monotonic", lambda: clock[0])
+    agent = alerting()
+    template = TEMPLATES[0]
+    start = int(NOW.timestamp() * 1000) - 3_600_000  # an hour of backlog: event time is behind
+    rows: list[Row] = []
+    for offset in range(3):
+        event = Anomalous(
+            "events", 0, offset, None, start + offset, f"{template} #{offset}", template, {},
+            PatternScore(2.0, 0.5, -1),
+        )  # fmt: skip
+        rows.append((("events", 0), start + offset, event))
+    first = agent.batch(BUNDLE, rows, NOW, lambda e, exc: pytest.fail(str(exc)), lambda _: True)
+    agent.committed()
+    assert [json.loads(r.value or b"")["kind"] for r in first if r.topic == "anomaly-alerts"] == ["alert"]
+
+    clock[0] += 60.0  # quiet for a minute of wall clock, its window long over by the wall clock
+    backlog = agent.batch(BUNDLE, [], NOW, lambda e, exc: pytest.fail(str(exc)), lambda _: False)
+    agent.committed()
+    assert [r for r in backlog if r.topic == "anomaly-alerts"] == [], "closed although records wait"
+
+    caught_up = agent.batch(BUNDLE, [], NOW, lambda e, exc: pytest.fail(str(exc)), lambda _: True)
+    agent.committed()
+    summaries = [json.loads(r.value or b"") for r in caught_up if r.topic == "anomaly-alerts"]
+    assert [(d["kind"], d["group"]["suppressed"]) for d in summaries] == [("summary", 2)]

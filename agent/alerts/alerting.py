@@ -24,10 +24,12 @@ so a replay decides like live traffic: whether an event opens a window or is cou
 depends only on the timestamps and order of its partition's events. A partition's windows close
 as its event time passes their end — checked before each event, so where batches happen to begin
 (which differs after a crash) changes nothing. A partition that gets no records cannot move its
-event time: once its windows have ended by the wall clock and it has been quiet for
-``IDLE_CLOSE_S``, they close on the wall clock (``Pipeline`` calls ``batch`` with no events while
-idle, and the summaries come out as a batch of their own). Only an event arriving out of order
-after such a close is decided differently than it would have been in a replay.
+event time: once its windows have ended by the wall clock, it has been quiet for
+``IDLE_CLOSE_S`` *and* the consumer has read all it holds (``caught_up``: a partition with a
+backlog is slow to reach, not quiet, however long that takes on a busy machine), they close on
+the wall clock (``Pipeline`` calls ``batch`` with no events while idle, and the summaries come out
+as a batch of their own). Only an event arriving out of order after such a close is decided
+differently than it would have been in a replay.
 """
 
 from __future__ import annotations
@@ -142,13 +144,15 @@ class Alerting:
         records: Iterable[tuple[PartitionKey, int | None, Anomalous | None]],
         now: datetime,
         reject: Callable[[Anomalous, Exception], None],
+        caught_up: Callable[[PartitionKey], bool],
     ) -> list[OutgoingRecord]:
         """The records to publish for one batch: alerts, summaries of ended windows, changelog.
 
         ``records`` are the batch's scored records in offset order per partition: (partition,
         Kafka timestamp, the ``Anomalous`` event or None for a normal one) — a partition's event
         time moves with all its records. ``reject(event, exc)`` dead-letters an event whose alert
-        could not be built."""
+        could not be built. ``caught_up(partition)``: whether the consumer has read everything the
+        partition holds (only such a partition may close windows on the wall clock)."""
         wall_ms = round(now.timestamp() * 1000)
         out: list[OutgoingRecord] = []
         seen: set[PartitionKey] = set()
@@ -175,7 +179,7 @@ class Alerting:
         if self._grouping:
             clock = time.monotonic()
             self._last_record.update(dict.fromkeys(seen, clock))
-            out += self._idle(seen, wall_ms, now)
+            out += self._idle(seen, wall_ms, now, caught_up)
         for partition in self._touched:
             for key, state in self._groupers[partition].changes().items():
                 value = None if state is None else encode_state(state)
@@ -199,14 +203,21 @@ class Alerting:
         self._touched.add(partition)
         return [self._summary(s, now) for s in due]
 
-    def _idle(self, seen: set[PartitionKey], wall_ms: int, now: datetime) -> list[OutgoingRecord]:
-        """Partitions quiet for ``IDLE_CLOSE_S``: their windows ended by the wall clock close."""
+    def _idle(
+        self,
+        seen: set[PartitionKey],
+        wall_ms: int,
+        now: datetime,
+        caught_up: Callable[[PartitionKey], bool],
+    ) -> list[OutgoingRecord]:
+        """Partitions quiet for ``IDLE_CLOSE_S`` and caught up: their windows ended by the wall
+        clock close."""
         out: list[OutgoingRecord] = []
         clock = time.monotonic()
         for partition, grouper in self._groupers.items():
             if partition in seen or clock - self._last_record.get(partition, clock) < IDLE_CLOSE_S:
                 continue
-            if len(grouper):
+            if len(grouper) and caught_up(partition):
                 due = grouper.due(wall_ms)
                 if due:
                     self._touched.add(partition)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from agent.config import Settings
 from agent.health import HealthState
@@ -104,6 +104,7 @@ class InputSource:
         self._revoked_in_poll: set[PartitionKey] = set()
         self._gained: set[PartitionKey] = set()
         self._given_up: set[PartitionKey] = set()
+        self._starts: dict[PartitionKey, int] = {}  # committed offset at assignment (caught_up)
         self.fatal_error: KafkaError | None = None
 
     def start(self) -> None:
@@ -150,6 +151,36 @@ class InputSource:
         if self._revoked_in_poll:
             messages = self._drop_revoked(messages)
         return Batch(messages)
+
+    def caught_up(self, partition: PartitionKey) -> bool:
+        """True when this member has consumed every record of ``partition`` that the broker had at
+        the last fetch: its position is at the high watermark librdkafka cached from that fetch
+        (read_committed: the last stable offset; control records are skipped, so a transactional
+        input is caught up too). Unknown (never fetched, not assigned) is False. Local calls only,
+        no broker round trip: the state decisions that may use the wall clock for a *quiet*
+        partition (``agent.alerts``) ask this so that a partition with a backlog, which is merely
+        slow to reach, is never mistaken for a quiet one."""
+        consumer = self._require()
+        tp = TopicPartition(*partition)
+        try:
+            low, high = consumer.get_watermark_offsets(tp, cached=True)
+            position = consumer.position([tp])[0].offset
+        except KafkaException:
+            return False
+        if high < 0 or partition not in self.assigned:
+            return False
+        if position < 0:  # nothing consumed since the assignment: where it started
+            position = self._start_offset(partition, low)
+        return position >= high
+
+    def _start_offset(self, partition: PartitionKey, low: int) -> int:
+        """Where this member started reading ``partition``: its committed offset (asked from the
+        broker once per assignment, under a deadline), else the earliest (``auto.offset.reset``)."""
+        start = self._starts.get(partition)
+        if start is None:
+            committed = self._committed([TopicPartition(*partition)])[0].offset
+            start = self._starts[partition] = committed if committed >= 0 else max(low, 0)
+        return start
 
     def take_assignment_changes(self) -> tuple[set[PartitionKey], set[PartitionKey]]:
         """Partitions (gained, given up) since the last call: state kept per partition (alert
@@ -222,6 +253,8 @@ class InputSource:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self.assigned |= keys
+        for key in keys:
+            self._starts.pop(key, None)
         self._gained |= keys
         self._given_up -= keys
         self._watch.mark_reachable()
