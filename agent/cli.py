@@ -219,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="the pattern's template (alert pattern.template), for train --feedback-from",
     )
+    p.add_argument(
+        "--scope",
+        choices=("novelty", "rate"),
+        default="novelty",
+        help="what the verdict is about: the pattern's anomalous events (novelty, the default) or its"
+        " rate (spike and silence alerts); each scope is muted and un-muted on its own",
+    )
     p.add_argument("--by", required=True, help="who decides (kept with the verdict)")
     p.add_argument("--reason", default="", help="why (kept with the verdict)")
     p.add_argument(

@@ -181,14 +181,106 @@ class AlertSettings(_Section):
     neighbours: int = Field(default=3, ge=0, le=10)
 
 
+class RateSettings(_Section):
+    """``[rates]``: per-pattern rates in event time; a known message surging (``spike``) or a steady
+    one going silent (``silence``) alerts (docs/rates.md has the rule and how each default was
+    measured)."""
+
+    enabled: bool = Field(
+        default=True, description="count every scored event per key and bucket; spike and silence alerts"
+    )
+    bucket_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="event-time bucket: boundaries are multiples of it on the Kafka timestamps",
+    )
+    key_fields: list[str] = Field(
+        default_factory=list,
+        description='event fields (dotted paths) that split a pattern\'s rate, e.g. ["service"]; '
+        "the key is always (input partition, pattern) plus these",
+    )
+    max_keys: int = Field(
+        default=100_000,
+        ge=1,
+        description="keys kept per input partition, least recently seen evicted (about 1.1 KB each "
+        "with its example event: 100,000 keys are about 110 MB); eviction loses a baseline, never an alert",
+    )
+    warmup_seconds: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="event time a key learns before it may alert (one daily cycle); keys seeded by "
+        "train --time-field alert at once",
+    )
+    fast_half_life_seconds: float = Field(
+        default=3_600.0, gt=0, description="half-life of today's level (mean and variance per bucket)"
+    )
+    slow_half_life_seconds: float = Field(
+        default=86_400.0, gt=0, description="half-life of the daily mean and of the key's records"
+    )
+    spike_alpha: float = Field(
+        default=1e-6,
+        gt=0,
+        lt=1,
+        description="a spike's count must be this improbable under Poisson at today's level",
+    )
+    min_count: int = Field(
+        default=10, ge=1, description="a spike has at least this many events in its bucket"
+    )
+    min_ratio: float = Field(
+        default=3.0, ge=1, description="a spike is at least this many times the expected count"
+    )
+    spike_margin: float = Field(
+        default=1.5,
+        ge=1,
+        description="a spike exceeds the key's own busiest bucket (decaying over a day) this many times",
+    )
+    silence_alpha: float = Field(
+        default=1e-6,
+        gt=0,
+        lt=1,
+        description="a silence: no event for as many buckets as make P(no event) this small",
+    )
+    gap_margin: float = Field(
+        default=2.0,
+        ge=1,
+        description="a silence is longer than the key's own longest gap (decaying over a day) this "
+        "many times",
+    )
+    steady_within_seconds: float = Field(
+        default=3_600.0,
+        ge=0,
+        description="a key is steady (may report silences) when its silence would be news within this time",
+    )
+
+    def bucket_ms(self) -> int:
+        return max(1, round(self.bucket_seconds * 1000))
+
+
+# The kinds of alert beside anomalous events, and their default Alertmanager alertname.
+DEFAULT_ALERTNAMES = {"spike": "TextPatternSpike", "silence": "TextPatternSilence"}
+
+
 class AlertmanagerSettings(_Section):
     # Alertmanager base URL (e.g. http://alertmanager:9093); empty = no Alertmanager.
     url: str = ""
     # Event fields copied into the Alertmanager labels (bounded values only, e.g. "service").
     label_fields: list[str] = Field(default_factory=list)
     alertname: str = Field(default="TextAnomaly", min_length=1)
+    # alertname of the other kinds of alert (a summary takes the kind of its window's alerts);
+    # the kinds not named keep their default.
+    alertnames: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ALERTNAMES))
     queue_size: int = Field(default=10_000, ge=1)
     timeout_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("alertnames")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(DEFAULT_ALERTNAMES))
+        if unknown:
+            raise ValueError(f"unknown kind(s) {unknown}; the kinds are {sorted(DEFAULT_ALERTNAMES)}")
+        if not all(name.strip() for name in value.values()):
+            raise ValueError("an alertname must not be empty")
+        return DEFAULT_ALERTNAMES | value
 
 
 class MetricsSettings(_Section):
@@ -233,6 +325,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     patterns: PatternSettings = Field(default_factory=PatternSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    rates: RateSettings = Field(default_factory=RateSettings)
     alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import KafkaException, Message
 
-from agent.alerts.alerting import Alerting, Anomalous
+from agent.alerts.alerting import Alerting, Scored
 from agent.alerts.feedback import Verdicts
 from agent.alerts.verdicts import VerdictReader
 from agent.config import DEAD_LETTER_HEADROOM_BYTES, Delivery, Settings
@@ -210,6 +210,7 @@ class Pipeline:
                 settings.alertmanager.url,
                 label_fields=settings.alertmanager.label_fields,
                 alertname=settings.alertmanager.alertname,
+                alertnames=settings.alertmanager.alertnames,
                 cooldown_seconds=settings.alerts.cooldown_seconds,
                 queue_size=settings.alertmanager.queue_size,
                 timeout_s=settings.alertmanager.timeout_seconds,
@@ -275,8 +276,11 @@ class Pipeline:
             log.warning(
                 "kafka.librdkafka[%r] is ignored: the agent sets it to keep its delivery guarantees", key
             )
-        if self._alerting.grouping:
-            ensure_changelog_topic(settings, self._watch, self._waiting, self._kafka_log)
+        if self._alerting.stateful:
+            inputs = ensure_changelog_topic(settings, self._watch, self._waiting, self._kafka_log)
+            if self._alerting.rates is not None:
+                self._alerting.rates.set_partition_counts(inputs)
+                self._use_rate_seeds(self._model)
         topics = inspect_output_topics(settings, self._watch, self._waiting, self._kafka_log)
         self._record_max_bytes = record_max_bytes(settings, topics)
         self._alerting.record_max_bytes = self._record_max_bytes
@@ -379,8 +383,8 @@ class Pipeline:
                     if not self._failed_partitions & self._source.assigned:
                         self._failed_partitions = set()
                         self._health.work_idle()
-                    if self._alerting.grouping:
-                        self._process(batch, stats)  # windows that ended meanwhile: their summaries
+                    if self._alerting.stateful:
+                        self._process(batch, stats)  # windows that ended, silences: on the wall clock
                     if idle_timeout_s is not None and time.monotonic() - idle_since >= idle_timeout_s:
                         break
                 self._iteration_done()
@@ -445,24 +449,24 @@ class Pipeline:
         scored: list[float] = []
         timestamps: list[int | None] = []
         with self._metrics.timed(Stage.SCORE):
-            # Every scored record in order, the anomalous ones with their event: the grouping's
-            # event time moves with all of a partition's records.
-            in_order: list[tuple[tuple[str, int], int | None, Anomalous | None]] = []
-            messages: dict[int, Message] = {}
+            # Every scored event in offset order: each moves its partition's event time and counts
+            # for its pattern's rate (rates / group); the anomalous ones (> 1.0) may alert.
+            in_order: list[Scored] = []
             for item, outcome in zip(events, results, strict=True):
                 if outcome is None:
                     continue
                 scored.append(outcome.score)
                 timestamps.append(item.event.timestamp_ms)
-                anomaly = None
-                if outcome.score > 1.0:
-                    anomaly = _anomalous(item, outcome)
-                    messages[id(anomaly)] = item.msg
-                in_order.append((partition_key(item.msg), item.event.timestamp_ms, anomaly))
+                in_order.append(_scored(item, outcome))
 
-            def not_built(anomaly: Anomalous, exc: Exception) -> None:
-                detail = _internal("building the alert", exc)
-                reject(messages[id(anomaly)], DeadLetterReason.INTERNAL_ERROR, detail)
+            def not_built(event: Scored, exc: Exception) -> None:
+                msg = next(
+                    e.msg
+                    for e in events
+                    if partition_key(e.msg) == (event.topic, event.partition)
+                    and message_offset(e.msg) == event.offset
+                )
+                reject(msg, DeadLetterReason.INTERNAL_ERROR, _internal("building the alert", exc))
 
             outgoing += self._alerting.batch(
                 model.bundle, in_order, datetime.now(UTC), not_built, self._source.caught_up
@@ -584,7 +588,7 @@ class Pipeline:
         before their first batch; partitions given up forget theirs (their next owner reads it)."""
         gained, given_up = self._source.take_assignment_changes()
         self._alerting.forget(given_up)
-        if gained and self._alerting.grouping:
+        if gained and self._alerting.stateful:
             topic = self._settings.topics.groups_topic()
             try:
                 restored = self._alerting.restore(
@@ -637,6 +641,13 @@ class Pipeline:
         self._metrics.patterns.set(0)
         return PatternTable(model.bundle.sha256, self._settings.patterns.max_entries)
 
+    def _use_rate_seeds(self, model: ActiveModel) -> None:
+        rates = self._alerting.rates
+        if rates is not None:
+            used = rates.use_seeds(model.bundle.rate_seeds)
+            if used:
+                log.info("rate baselines of %d training template(s) seed new keys", used)
+
     def _swap_in_offered_model(self) -> None:
         with self._lock:
             offered, self._offered = self._offered, None
@@ -645,6 +656,12 @@ class Pipeline:
         old = self._model
         self._model = offered
         self._patterns = self._new_patterns(offered)  # nothing scored by the old model carries over
+        rates = self._alerting.rates
+        if rates is not None:
+            if offered.bundle.text_prep != old.bundle.text_prep:
+                rates.reset()  # new templates: the old ones must not all report silences
+                log.info("the new bundle prepares text differently: rate baselines start again")
+            self._use_rate_seeds(offered)
         bundle = offered.bundle
         self._metrics.set_model(
             bundle.model_id, bundle.sha256, bundle.detector_name, created_at=bundle.manifest.get("created_at")
@@ -659,9 +676,10 @@ class Pipeline:
         )
 
 
-def _anomalous(item: _Event, result: PatternScore) -> Anomalous:
+def _scored(item: _Event, result: PatternScore) -> Scored:
     topic, partition = partition_key(item.msg)
-    return Anomalous(
+    fields = item.event.fields
+    return Scored(
         topic,
         partition,
         message_offset(item.msg),
@@ -669,7 +687,7 @@ def _anomalous(item: _Event, result: PatternScore) -> Anomalous:
         item.event.timestamp_ms,
         item.event.text,
         item.prepared,
-        dict(item.event.fields or {}),
+        fields if fields is not None else {},
         result,
     )
 

@@ -61,6 +61,8 @@ ERROR_BODY_MAX_BYTES = 2048
 # event field can never overwrite the alert's identity.
 FIXED_LABELS = frozenset({"alertname", "pattern_id", "cluster", "detector", "model_id"})
 DEFAULT_ALERTNAME = "TextAnomaly"
+# alertname per kind of alert beside anomalous events (a summary takes its window's kind).
+DEFAULT_ALERTNAMES: Mapping[str, str] = {"spike": "TextPatternSpike", "silence": "TextPatternSilence"}
 
 _LABEL_NAME_INVALID = re.compile(r"[^a-zA-Z0-9_]")
 _WHITESPACE_RUN = re.compile(r"\s+")
@@ -76,13 +78,15 @@ def alertmanager_alert(
     alertname: str,
     cooldown_seconds: float,
     generator_url: str | None,
+    alertnames: Mapping[str, str] = DEFAULT_ALERTNAMES,
 ) -> dict[str, Any]:
-    """One alert-topic document (schema v2) as one Alertmanager v2 ``postableAlert``.
+    """One alert-topic document (schema v3) as one Alertmanager v2 ``postableAlert``.
 
     Pure and total: a field missing from ``alert`` (a v1 document has no ``pattern``, ``kind``,
     ``neighbours`` or ``group``) omits the label or annotation built from it instead of raising.
 
-    * ``labels`` (bounded, never the text): ``alertname``, ``pattern_id``, ``cluster`` (the
+    * ``labels`` (bounded, never the text): ``alertname`` (``alertnames[rate.kind]`` for a spike
+      or a silence and a summary of spikes, else ``alertname``), ``pattern_id``, ``cluster`` (the
       cluster's label, else its id), ``detector``, ``model_id``, and each name in ``label_fields``
       whose value in ``alert["fields"]`` (a top-level key, else a dotted path into nested
       objects) is a string, int or bool (bools as ``true``/``false``), cut to 128 characters.
@@ -92,8 +96,9 @@ def alertmanager_alert(
     * ``annotations``: ``summary`` (the event text, cut to 512 characters), ``template`` (the
       pattern template, cut likewise), ``score`` ("1.42"), ``neighbours`` (one
       ``"0.93  <text>"`` line per nearest normal neighbour, "" when there are none),
-      ``alert_id``, ``source`` (``topic/partition/offset``) and, for summaries, ``suppressed``
-      (the count) and ``window`` (``"<start> .. <end>"``).
+      ``alert_id``, ``source`` (``topic/partition/offset``), for summaries ``suppressed`` (the
+      count) and ``window`` (``"<start> .. <end>"``), and for rate alerts ``rate`` (what was
+      counted against what was expected).
     * timing: an ``alert`` starts at ``detected_at`` and ends ``cooldown_seconds`` later, when
       the agent's cooldown for its pattern would have ended; a ``summary`` starts at
       ``group.window_start`` and ends at its own ``detected_at``, resolving the alert with the
@@ -104,7 +109,9 @@ def alertmanager_alert(
     """
     if not (math.isfinite(cooldown_seconds) and cooldown_seconds >= 0):
         raise ValueError(f"cooldown_seconds must be finite and >= 0, got {cooldown_seconds}")
-    labels: dict[str, str] = {"alertname": alertname}
+    rate = _mapping(alert.get("rate"))
+    family = rate.get("kind") if isinstance(rate.get("kind"), str) else alert.get("kind")
+    labels: dict[str, str] = {"alertname": alertnames.get(str(family), alertname)}
     pattern = _mapping(alert.get("pattern"))
     _put_label(labels, "pattern_id", _label_value(pattern.get("id")))
     cluster = _mapping(alert.get("cluster"))
@@ -140,6 +147,8 @@ def alertmanager_alert(
     source = _mapping(alert.get("source"))
     if all(key in source for key in ("topic", "partition", "offset")):
         annotations["source"] = f"{source['topic']}/{source['partition']}/{source['offset']}"
+    if rate:
+        annotations["rate"] = format_rate(rate)
 
     group = _mapping(alert.get("group"))
     detected = _parse_time(alert.get("detected_at"))
@@ -165,6 +174,18 @@ def alertmanager_alert(
     if generator_url:
         result["generatorURL"] = generator_url
     return result
+
+
+def format_rate(rate: Mapping[str, Any]) -> str:
+    """A rate alert's numbers for people: ``"412 events in a 60 s bucket, 18.5 expected"``, or
+    ``"no event in 7 x 60 s, 129.5 expected"``."""
+    bucket = _number(rate.get("bucket_seconds"))
+    expected = _number(rate.get("expected"))
+    seconds = "?" if bucket is None else f"{bucket:g}"
+    wanted = "?" if expected is None else f"{expected:.1f}"
+    if rate.get("kind") == "silence":
+        return f"no event in {rate.get('buckets')} x {seconds} s, {wanted} expected"
+    return f"{rate.get('observed')} events in a {seconds} s bucket, {wanted} expected"
 
 
 def sanitise_label_name(name: str) -> str:
@@ -330,6 +351,7 @@ class AlertmanagerSink:
         *,
         label_fields: Sequence[str],
         alertname: str = DEFAULT_ALERTNAME,
+        alertnames: Mapping[str, str] = DEFAULT_ALERTNAMES,
         cooldown_seconds: float,
         queue_size: int = 10000,
         timeout_s: float = 5.0,
@@ -361,6 +383,7 @@ class AlertmanagerSink:
         self.endpoint = self.url + ALERTS_PATH
         self._label_fields = tuple(label_fields)
         self._alertname = alertname
+        self._alertnames = dict(alertnames)
         self._cooldown_seconds = cooldown_seconds
         self._generator_url = generator_url
         self._queue_size = queue_size
@@ -476,6 +499,7 @@ class AlertmanagerSink:
             alertname=self._alertname,
             cooldown_seconds=self._cooldown_seconds,
             generator_url=self._generator_url,
+            alertnames=self._alertnames,
         )
 
     def _run(self) -> None:

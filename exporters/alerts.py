@@ -1,6 +1,6 @@
 """The alert record published to the alert topic: key, JSON value and CloudEvents headers.
 
-The value's schema (``schema_version`` 1) is documented in docs/alert-schema.md and pinned by
+The value's schema (``schema_version`` 3) is documented in docs/alert-schema.md and pinned by
 docs/alert.schema.json; subscribers code against both, so fields are only ever added. The record is
 a CloudEvents 1.0 event in the Kafka protocol binding's *binary* mode: the CloudEvents attributes
 travel as ``ce_*`` headers and the value is the plain JSON alert, readable by consumers that know
@@ -31,10 +31,12 @@ from typing import Any
 
 from exporters.dead_letters import headers_size
 
-SCHEMA_VERSION = 2
-# The type names change only with a breaking schema change; schema 2 only added fields.
+SCHEMA_VERSION = 3
+# The type names change only with a breaking schema change; schemas 2 and 3 only added fields.
 CLOUDEVENTS_TYPE = "io.kafka-anomaly-agent.alert.v1"
 SUMMARY_CLOUDEVENTS_TYPE = "io.kafka-anomaly-agent.alert-summary.v1"
+# A spike or a silence of a pattern's rate (schema 3): the event is not anomalous, its rate is.
+RATE_CLOUDEVENTS_TYPE = "io.kafka-anomaly-agent.rate-alert.v1"
 CONTENT_TYPE = "application/json"
 # Fixed forever: changing it would change every alert id and break subscribers' dedupe.
 # Derived, not random, so other implementations can recompute ids from the documented recipe.
@@ -80,6 +82,28 @@ class GroupInfo:
 
 
 @dataclass(frozen=True)
+class RateInfo:
+    """The alert's ``rate`` (schema 3): a pattern's count in event-time buckets against its
+    baseline. ``kind`` is "spike" or "silence"; a spike counts ``observed`` events in one bucket
+    where ``expected`` were expected, a silence ``observed`` = 0 in ``buckets`` empty buckets
+    where ``expected`` were expected; ``threshold`` is the count (spike) or number of empty
+    buckets (silence) that alerts; ``score`` how far beyond the rule's probability the
+    observation is (>= 1); ``baseline_since`` where the key's baseline starts; ``key_fields`` the
+    values of ``[rates] key_fields`` that split the pattern's rate."""
+
+    kind: str
+    observed: int
+    expected: float
+    bucket_seconds: float
+    bucket_start: datetime
+    buckets: int
+    threshold: int
+    score: float
+    baseline_since: datetime
+    key_fields: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class AlertRecord:
     """A ready-to-produce alert: ``producer.produce(topic, key=r.key, value=r.value, headers=r.headers)``.
 
@@ -95,6 +119,13 @@ class AlertRecord:
 def alert_id(topic: str, partition: int, offset: int) -> str:
     """The alert id of the record at (topic, partition, offset): a UUIDv5, stable across redelivery."""
     return str(uuid.uuid5(ALERT_ID_NAMESPACE, f"{topic}/{partition}/{offset}"))
+
+
+def rate_alert_id(kind: str, basis: str) -> str:
+    """The id of a spike or silence: UUIDv5 of ``"<kind>/<basis>"`` where ``basis`` is canonical
+    JSON of the key and the bucket (``RateDecision.basis``): a silence has no record of its own,
+    and the same decision always gives the same id, whoever publishes it."""
+    return str(uuid.uuid5(ALERT_ID_NAMESPACE, f"{kind}/{basis}"))
 
 
 def summary_id(topic: str, partition: int, pattern: str, window_start_ms: int) -> str:
@@ -151,6 +182,9 @@ def build_alert(
     summary: bool = False,
     text_length: int | None = None,
     fields_truncated: bool = False,
+    rate: RateInfo | None = None,
+    rate_basis: str | None = None,
+    group_name: str | None = None,
 ) -> AlertRecord:
     """Build the alert for one anomalous event.
 
@@ -177,6 +211,11 @@ def build_alert(
     stored event); ``fields_truncated`` marks ``fields`` as cut before (a summary's event whose
     fields were too large to keep in the grouping state).
 
+    ``rate`` (schema 3) makes it a rate alert: ``kind`` is ``rate.kind`` ("spike" or "silence";
+    a summary of spikes stays "summary" with its ``rate``), the source is the example event, the
+    id is ``rate_alert_id(rate.kind, rate_basis)``. ``group_name`` is what a summary's id names
+    instead of the pattern id (a window of spikes is not the pattern's window of anomalies).
+
     Raises ValueError for a NaN score or a naive ``detected_at``: both are caller bugs.
     """
     if math.isnan(score):
@@ -191,9 +230,15 @@ def build_alert(
     if summary:
         if group is None:
             raise ValueError("a summary closes a group window: give group")
-        aid = summary_id(source.topic, source.partition, pattern.id, _ms(group.window_start))
+        name = pattern.id if group_name is None else group_name
+        aid = summary_id(source.topic, source.partition, name, _ms(group.window_start))
+        kind = "summary"
+    elif rate is not None:
+        if rate_basis is None:
+            raise ValueError("a rate alert's id needs rate_basis")
+        aid, kind = rate_alert_id(rate.kind, rate_basis), rate.kind
     else:
-        aid = alert_id(source.topic, source.partition, source.offset)
+        aid, kind = alert_id(source.topic, source.partition, source.offset), "alert"
     key = alert_key(model_id, cluster_id, template)
     length = len(text) if text_length is None else max(text_length, len(text))
     truncated = length > text_max_chars
@@ -219,7 +264,7 @@ def build_alert(
         "detected_at": _iso(detected_at),
         "agent": instance_id,
         "fields": json_safe(dict(fields or {})),
-        "kind": "summary" if summary else "alert",
+        "kind": kind,
         "pattern": {
             "id": pattern.id,
             "template": pattern.template[:text_max_chars],
@@ -241,12 +286,13 @@ def build_alert(
             "first": _position(group.first),
             "last": _position(group.last),
         },
+        "rate": None if rate is None else _rate_json(rate),
     }
     headers = [
         ("ce_specversion", b"1.0"),
         ("ce_id", aid.encode()),
         ("ce_source", source_uri.encode("utf-8")),
-        ("ce_type", (SUMMARY_CLOUDEVENTS_TYPE if summary else CLOUDEVENTS_TYPE).encode()),
+        ("ce_type", _ce_type(kind).encode()),
         ("ce_time", document["detected_at"].encode()),
         ("ce_subject", f"{source.topic}/{source.partition}/{source.offset}".encode()),
         ("ce_partitionkey", key),
@@ -285,6 +331,27 @@ def _fit(document: dict[str, Any], value: bytes, budget: int) -> bytes:
         source["key"], source["key_truncated"] = source["key"][:64], True
         value = _dumps(document)
     return value
+
+
+def _ce_type(kind: str) -> str:
+    if kind == "summary":
+        return SUMMARY_CLOUDEVENTS_TYPE
+    return RATE_CLOUDEVENTS_TYPE if kind in ("spike", "silence") else CLOUDEVENTS_TYPE
+
+
+def _rate_json(rate: RateInfo) -> dict[str, Any]:
+    return {
+        "kind": rate.kind,
+        "observed": int(rate.observed),
+        "expected": _finite(rate.expected),
+        "bucket_seconds": float(rate.bucket_seconds),
+        "bucket_start": _iso(rate.bucket_start),
+        "buckets": int(rate.buckets),
+        "threshold": int(rate.threshold),
+        "score": _finite(rate.score),
+        "baseline_since": _iso(rate.baseline_since),
+        "key_fields": {str(k): str(v) for k, v in rate.key_fields.items()},
+    }
 
 
 def _source_json(source: AlertSource) -> dict[str, Any]:

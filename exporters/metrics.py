@@ -58,6 +58,13 @@ class LookupResult(StrEnum):
     MISS = "miss"
 
 
+class RateKind(StrEnum):
+    """The ``kind`` label of ``anomaly_agent_rate_alerts_total``."""
+
+    SPIKE = "spike"
+    SILENCE = "silence"
+
+
 class ReloadResult(StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
@@ -270,6 +277,19 @@ class AgentMetrics:
             "cooldown); recomputed every few seconds.",
             registry=r,
         )
+        self.rate_alerts = Counter(
+            "anomaly_agent_rate_alerts_total",
+            "Rate alerts published, by kind: spike (a known pattern far above its baseline) and "
+            "silence (a steady pattern stopped); a spike's summary is counted as a summary.",
+            ["kind"],
+            registry=r,
+        )
+        self.rate_keys = Gauge(
+            "anomaly_agent_rate_keys",
+            "Rate keys (pattern and key fields per input partition) with a baseline now; recomputed "
+            "every few seconds.",
+            registry=r,
+        )
         self.patterns_muted = Gauge(
             "anomaly_agent_patterns_muted",
             "Patterns whose latest feedback verdict is normal.",
@@ -334,6 +354,8 @@ class AgentMetrics:
             self.transactions.labels(result=tx_result.value)
         for lookup in LookupResult:
             self.pattern_lookups.labels(result=lookup.value)
+        for kind in RateKind:
+            self.rate_alerts.labels(kind=kind.value)
         for call in KafkaCall:
             self.kafka_calls_hung.labels(call=call.value)
         for reason_ in ReplaceReason:

@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 from grouping_reference import Published, expected, published
 
-from agent.alerts.alerting import Alerting, Anomalous
+from agent.alerts.alerting import Alerting, Scored
 from agent.config import load_settings
 from agent.kafka.delivery import OutgoingRecord
 from agent.model.bundle import Bundle
@@ -30,12 +30,23 @@ BUNDLE = cast(
         detector_name="knn",
         detector=SimpleNamespace(cluster_labels=None),
         normal_patterns=None,
+        known_patterns=None,
     ),
 )
 TEMPLATES = ("disk <PATH> full", "x509: certificate has expired", "raft: lost leader")
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
-Row = tuple[tuple[str, int], int | None, Anomalous | None]
+Row = Scored
+NORMAL = PatternScore(0.5, 0.2, -1)
+
+
+def normal(partition: int, offset: int, ts: int | None) -> Scored:
+    """A normal record (it moves its partition's event time, counts for its rate, never alerts)."""
+    return Scored("events", partition, offset, None, ts, f"all good #{offset}", "all good #<NUM>", {}, NORMAL)
+
+
+def anomalous_ones(rows: list[Row]) -> list[Row]:
+    return [e for e in rows if e.result.score > 1.0]
 
 
 def alerting() -> Alerting:
@@ -56,14 +67,14 @@ def stream(seed: int, n: int = 400) -> list[Row]:
         ts = clock[p] - (rng.randint(0, 30_000) if rng.random() < 0.2 else 0)  # some out of order
         offset = offsets[p]
         offsets[p] += 1
-        event = None
         if rng.random() < 0.6:
             template = rng.choice(TEMPLATES)
-            event = Anomalous(
+            rows.append(Scored(
                 "events", p, offset, None, ts, f"{template} #{offset}", template, {},
                 PatternScore(1.0 + rng.random(), 0.5, -1),
-            )  # fmt: skip
-        rows.append((("events", p), ts, event))
+            ))  # fmt: skip
+        else:
+            rows.append(normal(p, offset, ts))
     return rows
 
 
@@ -148,7 +159,7 @@ def run(rows: list[Row], *, seed: int, crash: bool, abort: bool) -> Log:
         agent.committed()
         i += size
     # The end of the stream: the windows close once the partitions' time passes them.
-    tail = [(("events", p), 10**12, None) for p in (0, 1)]
+    tail = [normal(p, 10**6, 10**12) for p in (0, 1)]
     log.commit(agent.batch(BUNDLE, tail, NOW, lambda e, exc: pytest.fail(str(exc)), lambda _: True))
     agent.committed()
     return log
@@ -156,8 +167,8 @@ def run(rows: list[Row], *, seed: int, crash: bool, abort: bool) -> Log:
 
 def reference(rows: list[Row]) -> list[Published]:
     plain = [
-        (p, ts or 0, None if e is None else e.prepared, e.offset if e is not None else -1)
-        for (_, p), ts, e in rows
+        (e.partition, e.timestamp_ms or 0, e.prepared if e.result.score > 1.0 else None, e.offset)
+        for e in rows
     ]
     return expected(plain, int(COOLDOWN_S * 1000))
 
@@ -167,7 +178,7 @@ def test_windows_follow_event_time_as_documented(seed: int) -> None:
     rows = stream(seed)
     log = run(rows, seed=seed, crash=False, abort=False)
     assert published(log.documents) == reference(rows)
-    anomalous = sum(1 for *_, e in rows if e is not None)
+    anomalous = len(anomalous_ones(rows))
     alerts = sum(1 for d in log.documents if d["kind"] == "alert")
     counted = sum(d["group"]["suppressed"] for d in log.documents if d["kind"] == "summary")
     assert alerts + counted == anomalous, "every anomalous event is an alert or counted in a summary"
@@ -186,11 +197,9 @@ def test_a_summary_names_its_first_and_last_counted_event_and_the_pattern() -> N
     rows: list[Row] = []
     for offset, ts in enumerate((0, 10_000, 20_000, 30_000)):
         score = PatternScore(1.5 + offset / 10, 0.4, -1)
-        event = Anomalous(
-            "events", 0, offset, b"k", ts, "disk /a full", "disk <PATH> full", {"service": "db"}, score
-        )
-        rows.append((("events", 0), ts, event))
-    rows.append((("events", 0), 60_000, None))  # a normal record: the window's end passes
+        fields = {"service": "db"}
+        rows.append(Scored("events", 0, offset, b"k", ts, "disk /a full", "disk <PATH> full", fields, score))
+    rows.append(normal(0, 4, 60_000))  # a normal record: the window's end passes
     agent = alerting()
     records = agent.batch(BUNDLE, rows, NOW, lambda e, x: None, lambda _: True)
     documents = [json.loads(r.value or b"") for r in records if r.topic == "anomaly-alerts"]
@@ -217,11 +226,10 @@ def test_a_quiet_partition_closes_on_the_wall_clock_only_once_caught_up(
     start = int(NOW.timestamp() * 1000) - 3_600_000  # an hour of backlog: event time is behind
     rows: list[Row] = []
     for offset in range(3):
-        event = Anomalous(
+        rows.append(Scored(
             "events", 0, offset, None, start + offset, f"{template} #{offset}", template, {},
             PatternScore(2.0, 0.5, -1),
-        )  # fmt: skip
-        rows.append((("events", 0), start + offset, event))
+        ))  # fmt: skip
     first = agent.batch(BUNDLE, rows, NOW, lambda e, exc: pytest.fail(str(exc)), lambda _: True)
     agent.committed()
     assert [json.loads(r.value or b"")["kind"] for r in first if r.topic == "anomaly-alerts"] == ["alert"]

@@ -332,3 +332,42 @@ def test_sink_refuses_bad_settings() -> None:
         AlertmanagerSink("http://am:9093", label_fields=(), cooldown_seconds=600, generator_url="/graph")
     sink = AlertmanagerSink("http://am:9093/prefix/", label_fields=(), cooldown_seconds=600)
     assert sink.endpoint == "http://am:9093/prefix/api/v2/alerts"
+
+
+def test_rate_alerts_get_an_alertname_per_kind_and_say_what_was_counted() -> None:
+    """A spike, a silence and a summary of spikes each map to their kind's alertname (a spike and
+    its summary: the same alert in Alertmanager), with the counts as an annotation."""
+    rate = {
+        "kind": "spike", "observed": 412, "expected": 18.5, "bucket_seconds": 60.0,
+        "bucket_start": "2026-11-22T17:49:00.000Z", "buckets": 1, "threshold": 61, "score": 3.2,
+        "baseline_since": "2026-11-21T00:00:00.000Z", "key_fields": {},
+    }  # fmt: skip
+    spike = alert_doc(kind="spike", detector="rates", rate=rate)
+    summary = alert_doc(kind="summary", detector="rates", rate=rate)
+    silence = alert_doc(
+        kind="silence", detector="rates", rate={**rate, "kind": "silence", "observed": 0, "buckets": 7}
+    )
+    mapped = {
+        name: alertmanager_alert(
+            doc, label_fields=(), alertname="TextAnomaly", cooldown_seconds=600, generator_url=None
+        )
+        for name, doc in (
+            ("spike", spike),
+            ("summary", summary),
+            ("silence", silence),
+            ("alert", alert_doc()),
+        )
+    }
+    assert {name: m["labels"]["alertname"] for name, m in mapped.items()} == {
+        "spike": "TextPatternSpike", "summary": "TextPatternSpike",
+        "silence": "TextPatternSilence", "alert": "TextAnomaly",
+    }  # fmt: skip
+    assert mapped["spike"]["labels"] == {**mapped["summary"]["labels"]}
+    assert mapped["spike"]["annotations"]["rate"] == "412 events in a 60 s bucket, 18.5 expected"
+    assert mapped["silence"]["annotations"]["rate"] == "no event in 7 x 60 s, 18.5 expected"
+    assert "rate" not in mapped["alert"]["annotations"]
+    renamed = alertmanager_alert(
+        silence, label_fields=(), alertname="X", cooldown_seconds=600, generator_url=None,
+        alertnames={"silence": "HeartbeatMissing"},
+    )  # fmt: skip
+    assert renamed["labels"]["alertname"] == "HeartbeatMissing"

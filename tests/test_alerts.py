@@ -20,15 +20,18 @@ from jsonschema import Draft202012Validator, FormatChecker
 from agent.model.textprep import TextPreparation
 from exporters.alerts import (
     CLOUDEVENTS_TYPE,
+    RATE_CLOUDEVENTS_TYPE,
     SCHEMA_VERSION,
     SUMMARY_CLOUDEVENTS_TYPE,
     AlertRecord,
     AlertSource,
     GroupInfo,
     PatternInfo,
+    RateInfo,
     alert_id,
     build_alert,
     pattern_id,
+    rate_alert_id,
     summary_id,
 )
 
@@ -112,6 +115,7 @@ def test_value_has_every_documented_field(validator: Draft202012Validator) -> No
         },
         "neighbours": [],
         "group": None,
+        "rate": None,
     }
 
 
@@ -307,11 +311,12 @@ def test_detected_at_defaults_to_now_utc_and_is_normalised_to_utc() -> None:
 def test_schema_rejects_a_malformed_alert(validator: Draft202012Validator) -> None:
     """The schema is a real check: it refuses documents that break the contract."""
     good = doc(make())
-    for field in ("id", "score", "source", "detected_at", "pattern", "kind", "neighbours", "group"):
+    for field in ("id", "score", "source", "detected_at", "pattern", "kind", "neighbours", "group", "rate"):
         broken = dict(good)
         del broken[field]
         assert not validator.is_valid(broken), field
     assert not validator.is_valid({**good, "schema_version": 1})
+    assert not validator.is_valid({**good, "rate": {"kind": "burst"}})
     assert not validator.is_valid({**good, "kind": "digest"})
     assert not validator.is_valid({**good, "pattern": {**good["pattern"], "id": "x"}})
     assert not validator.is_valid({**good, "detected_at": "2026-11-22 17:49:27"})
@@ -443,3 +448,38 @@ def test_an_alert_that_would_not_fit_kafka_drops_its_fields_then_shortens(
     validator.validate(value)
     assert _record_size(huge_key) <= 4_000
     assert value["source"]["key_truncated"] is True and value["text_truncated"] is True
+
+
+def test_rate_alerts_have_their_kind_type_id_and_rate(validator: Draft202012Validator) -> None:
+    """Schema 3: a spike and a silence validate, carry ``rate``, and have ids that depend only on
+    the decision's basis (a silence has no record of its own), distinct per kind."""
+    basis = '{"bucket_start_ms":1795369740000,"key":["ab12",""],"kind":"spike","partition":2,"topic":"t"}'
+    since = datetime(2026, 11, 21, tzinfo=UTC)
+    documents = {}
+    for kind, observed in (("spike", 412), ("silence", 0)):
+        rate = RateInfo(
+            kind=kind, observed=observed, expected=18.5, bucket_seconds=60.0,
+            bucket_start=datetime(2026, 11, 22, 17, 49, tzinfo=UTC), buckets=1 if kind == "spike" else 7,
+            threshold=61 if kind == "spike" else 7, score=3.2, baseline_since=since,
+            key_fields={"service": "db"},
+        )  # fmt: skip
+        record = build_alert(
+            source=AlertSource("t", 2, 99, None, 1795369767412), text="connection refused to db-1",
+            score=3.2, threshold=1.0, detector="rates", cluster_id=None, cluster_label=None, distance=None,
+            model_id="m", model_sha256="c" * 64, instance_id="a", text_max_chars=1000, source_uri="x",
+            fields={}, prepared_text="connection refused to <HOST>", rate=rate, rate_basis=basis,
+        )  # fmt: skip
+        document = record.document
+        validator.validate(document)
+        assert document["kind"] == kind and document["rate"]["observed"] == observed
+        assert document["rate"]["key_fields"] == {"service": "db"}
+        assert dict(record.headers)["ce_type"] == RATE_CLOUDEVENTS_TYPE.encode()
+        assert record.id == rate_alert_id(kind, basis) != alert_id("t", 2, 99)
+        documents[kind] = document
+    assert documents["spike"]["id"] != documents["silence"]["id"]
+    with pytest.raises(ValueError, match="rate_basis"):
+        build_alert(
+            source=AlertSource("t", 2, 99, None, None), text="x", score=2.0, threshold=1.0, detector="rates",
+            cluster_id=None, cluster_label=None, distance=None, model_id="m", model_sha256="c" * 64,
+            instance_id="a", text_max_chars=10, source_uri="x", fields={}, rate=rate,
+        )  # fmt: skip

@@ -1,18 +1,25 @@
-"""Alerts people can act on: from a batch's anomalous events to the records it publishes.
+"""Alerts people can act on: from a batch's scored events to the records it publishes.
 
-Per batch the pipeline hands over its anomalous events (score > 1.0) and gets back the records to
-produce in the batch's transaction:
+Per batch the pipeline hands over every scored event, in offset order per partition, and gets
+back the records to produce in the batch's transaction:
 
-1. **muted** patterns are dropped: an operator's latest verdict on the pattern is ``normal``
-   (``topics.feedback``, ``agent.alerts.verdicts``);
-2. with ``alerts.group_by = "pattern"`` (the default) each event is decided by its partition's
-   ``Grouper`` (``agent.alerts.grouping``): the first anomalous event of a pattern on an input partition
-   is an **alert** and opens a cooldown window; the next ones inside it are counted; a window that
-   counted any closes with one **summary** (count, window, first and last counted event, the
-   highest-scoring one); with ``"event"`` every anomalous event is an alert, as before;
-3. the grouping **changelog** records (``agent.kafka.changelog``): every state the batch changed, to the
+1. **rates** (``[rates] enabled``, ``agent.alerts.partition_rates``): every event counts under its
+   pattern's key in event-time buckets; a **spike** (a known pattern surging) is grouped like an
+   anomaly (one alert per key and cooldown, then a summary), a **silence** (a steady pattern
+   stopped) is one alert per episode;
+2. **muted** patterns are dropped: an operator's latest verdict on the pattern is ``normal``
+   (``topics.feedback``, ``agent.alerts.verdicts``; the ``rate`` scope mutes spikes and silences);
+3. with ``alerts.group_by = "pattern"`` (the default) each anomalous event (score > 1.0) is decided
+   by its partition's ``Grouper`` (``agent.alerts.grouping``): the first anomalous event of a
+   pattern on an input partition is an **alert** and opens a cooldown window; the next ones inside
+   it are counted; a window that counted any closes with one **summary** (count, window, first and
+   last counted event, the highest-scoring one); with ``"event"`` every anomalous event is an
+   alert, as before;
+4. the **changelog** records (``agent.kafka.changelog``, one compacted topic, three kinds of key):
+   every grouping window state, rate key state and partition event time the batch changed, to the
    changelog partition of the same number as its input partition, in the same transaction — so
-   the grouping state a restarted agent reads back is exactly that of its last committed batch.
+   the state a restarted agent reads back is exactly that of its last committed batch, and a
+   redelivered batch is decided exactly as before, its timestamps included.
 
 ``committed()`` / ``aborted()`` close the batch: counters move, and Alertmanager is handed the
 committed alerts, only after the commit; an aborted batch's grouping decisions are rolled back and
@@ -35,9 +42,12 @@ differently than it would have been in a replay.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,6 +57,8 @@ from confluent_kafka import Message
 
 from agent.alerts.feedback import Verdicts
 from agent.alerts.grouping import Grouper, Summary, decode_key, decode_state, encode_key, encode_state
+from agent.alerts.partition_rates import RatePartitions, example
+from agent.alerts.rates import RateDecision
 from agent.config import GroupBy, Settings
 from agent.kafka.delivery import OutgoingRecord
 from agent.kafka.source import PartitionKey
@@ -56,14 +68,16 @@ from exporters.alerts import (
     AlertSource,
     GroupInfo,
     PatternInfo,
+    RateInfo,
     alert_id,
     build_alert,
     json_safe,
     pattern_id,
+    rate_alert_id,
 )
 from exporters.metrics import AgentMetrics
 
-__all__ = ["Alerting", "Anomalous"]
+__all__ = ["Alerting", "Scored"]
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +87,15 @@ log = logging.getLogger(__name__)
 TOP_EVENT_FIELDS_MAX_BYTES = 8_192
 # A partition without records this long (wall clock) has its ended windows closed by the wall clock.
 IDLE_CLOSE_S = 5.0
-# How often the open-window gauge is recomputed (a scan of the grouping states).
+# How often the open-window and rate-key gauges are recomputed (a scan of the states).
 OPEN_WINDOWS_EVERY_S = 5.0
+CLOCK_VERSION = 1
 
 
-@dataclass(frozen=True)
-class Anomalous:
-    """One anomalous event of the batch: where it came from, its text and what the model said."""
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One scored event of the batch: where it came from, its text and what the model said
+    (``result.score > 1.0``: anomalous)."""
 
     topic: str
     partition: int
@@ -100,6 +116,7 @@ class _Pending:
     summaries: int = 0
     suppressed: int = 0
     muted: int = 0
+    rate_alerts: Counter[str] = field(default_factory=Counter)
 
 
 class Alerting:
@@ -114,6 +131,7 @@ class Alerting:
         self._cooldown_s = alerts.cooldown_seconds
         self._cooldown_ms = round(alerts.cooldown_seconds * 1000)
         self._grouping = alerts.group_by is GroupBy.PATTERN
+        self._rates = RatePartitions(settings.rates) if settings.rates.enabled else None
         # One grouper per assigned input partition: its event time, its windows, its bound.
         self._groupers: dict[PartitionKey, Grouper] = {}
         self._event_time: dict[PartitionKey, int] = {}
@@ -129,6 +147,16 @@ class Alerting:
     def grouping(self) -> bool:
         return self._grouping
 
+    @property
+    def stateful(self) -> bool:
+        """Whether decisions keep state per partition (grouping or rates): the changelog is needed."""
+        return self._grouping or self._rates is not None
+
+    @property
+    def rates(self) -> RatePartitions | None:
+        """The rate keys (None with ``[rates] enabled = false``): seeds, partition counts, reset."""
+        return self._rates
+
     def _grouper(self, partition: PartitionKey) -> Grouper:
         grouper = self._groupers.get(partition)
         if grouper is None:
@@ -141,27 +169,32 @@ class Alerting:
     def batch(
         self,
         bundle: Bundle,
-        records: Iterable[tuple[PartitionKey, int | None, Anomalous | None]],
+        records: Iterable[Scored],
         now: datetime,
-        reject: Callable[[Anomalous, Exception], None],
+        reject: Callable[[Scored, Exception], None],
         caught_up: Callable[[PartitionKey], bool],
     ) -> list[OutgoingRecord]:
-        """The records to publish for one batch: alerts, summaries of ended windows, changelog.
+        """The records to publish for one batch: alerts, rate alerts, summaries, changelog.
 
-        ``records`` are the batch's scored records in offset order per partition: (partition,
-        Kafka timestamp, the ``Anomalous`` event or None for a normal one) — a partition's event
-        time moves with all its records. ``reject(event, exc)`` dead-letters an event whose alert
-        could not be built. ``caught_up(partition)``: whether the consumer has read everything the
-        partition holds (only such a partition may close windows on the wall clock)."""
+        ``records`` are the batch's scored events in offset order per partition — a partition's
+        event time moves with all of them, and each counts for its pattern's rate.
+        ``reject(event, exc)`` dead-letters an event whose alert could not be built.
+        ``caught_up(partition)``: whether the consumer has read everything the partition holds
+        (only such a partition may close windows and report silences on the wall clock)."""
         wall_ms = round(now.timestamp() * 1000)
         out: list[OutgoingRecord] = []
         seen: set[PartitionKey] = set()
-        for partition, timestamp_ms, event in records:
+        stateful = self.stateful
+        for event in records:
+            partition = (event.topic, event.partition)
             seen.add(partition)
+            timestamp_ms = event.timestamp_ms
             at_ms = timestamp_ms if timestamp_ms is not None and timestamp_ms >= 0 else wall_ms
-            if self._grouping:
+            if stateful:
                 out += self._advance(partition, at_ms, now)
-            if event is None:
+            if self._rates is not None:
+                out += self._count(bundle, event, partition, now, reject)
+            if event.result.score <= 1.0:
                 continue
             pattern = pattern_id(bundle.model_id, event.prepared)
             if (self._verdicts is not None and self._verdicts.is_muted(pattern)) or (
@@ -176,14 +209,26 @@ class Alerting:
                     out.append(self._alert(bundle, event, pattern, now, first_seen=now, group=None))
             except Exception as exc:  # one event must not stop the batch
                 reject(event, exc)
-        if self._grouping:
+        if stateful:
             clock = time.monotonic()
             self._last_record.update(dict.fromkeys(seen, clock))
-            out += self._idle(seen, wall_ms, now, caught_up)
+            out += self._idle(bundle, seen, wall_ms, now, caught_up)
+        return out + self._changelog_records()
+
+    def _changelog_records(self) -> list[OutgoingRecord]:
+        """Every state the batch changed, to the changelog partition of its input partition."""
+        out: list[OutgoingRecord] = []
+        topic = self._changelog
         for partition in self._touched:
             for key, state in self._groupers[partition].changes().items():
                 value = None if state is None else encode_state(state)
-                out.append(OutgoingRecord(self._changelog, encode_key(key), value, [], partition=key[1]))
+                out.append(OutgoingRecord(topic, encode_key(key), value, [], partition=key[1]))
+        if self._rates is not None:
+            out += [OutgoingRecord(topic, k, v, [], partition=p) for p, k, v in self._rates.changes()]
+        for partition in self._event_time_undo:
+            clock = self._event_time.get(partition)
+            value = None if clock is None else _encode_clock(clock)
+            out.append(OutgoingRecord(topic, _clock_key(partition), value, [], partition=partition[1]))
         return out
 
     def _advance(self, partition: PartitionKey, at_ms: int, now: datetime) -> list[OutgoingRecord]:
@@ -205,27 +250,192 @@ class Alerting:
 
     def _idle(
         self,
+        bundle: Bundle,
         seen: set[PartitionKey],
         wall_ms: int,
         now: datetime,
         caught_up: Callable[[PartitionKey], bool],
     ) -> list[OutgoingRecord]:
         """Partitions quiet for ``IDLE_CLOSE_S`` and caught up: their windows ended by the wall
-        clock close."""
+        clock close, their silences due by the wall clock are decided."""
         out: list[OutgoingRecord] = []
         clock = time.monotonic()
-        for partition, grouper in self._groupers.items():
+        for partition in set(self._groupers) | set(self._event_time):
             if partition in seen or clock - self._last_record.get(partition, clock) < IDLE_CLOSE_S:
                 continue
-            if len(grouper) and caught_up(partition):
+            grouper = self._groupers.get(partition)
+            pending = (grouper is not None and len(grouper)) or self._rates is not None
+            if not pending or not caught_up(partition):
+                continue
+            if grouper is not None and len(grouper):
                 due = grouper.due(wall_ms)
                 if due:
                     self._touched.add(partition)
                     out += [self._summary(s, now) for s in due]
+            if self._rates is not None:
+                for decision in self._rates.advance(partition, wall_ms):
+                    out += self._rate_alert(bundle, decision, None, now)
         return out
 
+    # ----------------------------------------------------------------- rates
+
+    def _count(
+        self,
+        bundle: Bundle,
+        event: Scored,
+        partition: PartitionKey,
+        now: datetime,
+        reject: Callable[[Scored, Exception], None],
+    ) -> list[OutgoingRecord]:
+        """Count ``event`` for its pattern's rate; the spikes and silences that decides."""
+        assert self._rates is not None
+
+        def make_example() -> dict[str, Any]:
+            return example(
+                event.offset, event.key, event.timestamp_ms, event.text, event.prepared, event.fields
+            )
+
+        decisions = self._rates.observe(
+            partition, self._event_time[partition], event.prepared, event.fields, make_example
+        )
+        out: list[OutgoingRecord] = []
+        for decision in decisions:
+            try:
+                out += self._rate_alert(bundle, decision, event if decision.kind == "spike" else None, now)
+            except Exception as exc:  # one event must not stop the batch
+                reject(event, exc)
+        return out
+
+    def _rate_alert(
+        self, bundle: Bundle, decision: RateDecision, event: Scored | None, now: datetime
+    ) -> list[OutgoingRecord]:
+        """A spike (``event``: the one that crossed the threshold) or a silence (the key's example
+        event), unless muted; a spike goes through its partition's grouping like an anomaly."""
+        assert self._rates is not None
+        if event is not None:
+            shown = example(
+                event.offset, event.key, event.timestamp_ms, event.text, event.prepared, event.fields
+            )
+        else:
+            kept = self._rates.example_of(decision)
+            if kept is None:
+                log.error(
+                    "rate key %s has no example event; its %s is not published", decision.key, decision.kind
+                )
+                return []
+            shown = kept
+        pattern = pattern_id(bundle.model_id, str(shown["prepared"]))
+        if self._verdicts is not None and self._verdicts.is_muted(pattern, "rate"):
+            self._pending.muted += 1
+            return []
+        topic, partition = decision.key[0], decision.key[1]
+        rate = {
+            "kind": decision.kind,
+            "observed": decision.observed,
+            "expected": decision.expected,
+            "bucket_seconds": decision.bucket_seconds,
+            "bucket_start_ms": decision.bucket_start_ms,
+            "buckets": decision.buckets,
+            "threshold": decision.threshold,
+            "score": decision.score,
+            "baseline_since_ms": decision.baseline_since_ms,
+            "key_fields": self._rates.key_fields(decision.key),
+            "basis": decision.basis(),
+        }
+        group: GroupInfo | None = None
+        out: list[OutgoingRecord] = []
+        if decision.kind == "spike" and self._grouping:
+            grouper = self._grouper((topic, partition))
+            verdict = grouper.decide(
+                (topic, partition, _spike_group(decision)),
+                decision.at_ms,
+                decision.score,
+                {**shown, "rate": rate, "known": _known(bundle, str(shown["prepared"]))} | _model(bundle),
+                alert_id=rate_alert_id("spike", decision.basis()),
+                position={"offset": shown["offset"], "timestamp_ms": shown["timestamp_ms"]},
+            )
+            out += [self._summary(s, now) for s in verdict.summaries]
+            if not verdict.publish:
+                self._pending.suppressed += 1
+                return out
+            start = _datetime(verdict.window_start_ms)
+            group = GroupInfo(
+                self._cooldown_s, start, start + timedelta(seconds=self._cooldown_s), 0, decision.score
+            )
+        top = {**shown, "rate": rate, "known": _known(bundle, str(shown["prepared"]))} | _model(bundle)
+        out.append(self._rate_record(top, topic, partition, now, group=group, score=decision.score))
+        self._pending.rate_alerts[decision.kind] += 1
+        return out
+
+    def _rate_record(
+        self,
+        top: dict[str, Any],
+        topic: str,
+        partition: int,
+        now: datetime,
+        *,
+        group: GroupInfo | None,
+        score: float,
+        summary: Summary | None = None,
+    ) -> OutgoingRecord:
+        """The record of a rate alert, or of the summary of a window of spikes (``summary``)."""
+        rate = top["rate"]
+        key = top.get("key")
+        prepared = str(top["prepared"])
+        record = build_alert(
+            source=AlertSource(
+                topic,
+                partition,
+                int(top["offset"]),
+                None if key is None else base64.b64decode(key),
+                top.get("timestamp_ms"),
+            ),
+            text=str(top["text"]),
+            text_length=int(top["text_length"]),
+            score=score,
+            threshold=1.0,
+            detector="rates",
+            cluster_id=None,
+            cluster_label=None,
+            distance=None,
+            model_id=str(top["model_id"]),
+            model_sha256=str(top["model_sha256"]),
+            instance_id=self._settings.instance_id,
+            text_max_chars=self._settings.alerts.text_max_chars,
+            source_uri=self._settings.alerts.source_uri,
+            fields=top.get("fields") or {},
+            fields_truncated=bool(top.get("fields_truncated")),
+            detected_at=now,
+            prepared_text=prepared,
+            max_bytes=self.record_max_bytes,
+            pattern=PatternInfo(
+                pattern_id(str(top["model_id"]), prepared),
+                prepared,
+                top.get("known"),
+                _datetime(int(rate["baseline_since_ms"])),
+            ),
+            group=group,
+            summary=summary is not None,
+            rate=RateInfo(
+                kind=str(rate["kind"]),
+                observed=int(rate["observed"]),
+                expected=float(rate["expected"]),
+                bucket_seconds=float(rate["bucket_seconds"]),
+                bucket_start=_datetime(int(rate["bucket_start_ms"])),
+                buckets=int(rate["buckets"]),
+                threshold=int(rate["threshold"]),
+                score=float(rate["score"]),
+                baseline_since=_datetime(int(rate["baseline_since_ms"])),
+                key_fields=dict(rate["key_fields"]),
+            ),
+            rate_basis=str(rate["basis"]),
+            group_name=None if summary is None else summary.key[2],
+        )
+        self._pending.documents.append(record.document)
+        return OutgoingRecord(self._settings.topics.alerts, record.key, record.value, list(record.headers))
+
     def _grouped(
-        self, bundle: Bundle, event: Anomalous, pattern: str, at_ms: int, now: datetime
+        self, bundle: Bundle, event: Scored, pattern: str, at_ms: int, now: datetime
     ) -> list[OutgoingRecord]:
         grouper = self._grouper((event.topic, event.partition))
         decision = grouper.decide(
@@ -255,20 +465,26 @@ class Alerting:
             self._groupers[partition].commit()
         self._touched = set()
         self._event_time_undo = {}
+        if self._rates is not None:
+            self._rates.committed()
         self._metrics.alerts_published.inc(len(pending.documents))
         self._metrics.alert_summaries.inc(pending.summaries)
         self._metrics.alerts_suppressed.inc(pending.suppressed)
         self._metrics.alerts_muted.inc(pending.muted)
-        self._count_open_windows()
+        for kind, count in pending.rate_alerts.items():
+            self._metrics.rate_alerts.labels(kind=kind).inc(count)
+        self._count_states()
         return pending.documents
 
     def aborted(self) -> None:
-        """The batch was aborted (and will be redelivered): undo its grouping decisions and the
-        event time its records moved, so the redelivered records are decided exactly alike."""
+        """The batch was aborted (and will be redelivered): undo its grouping and rate decisions
+        and the event time its records moved, so the redelivered records are decided exactly alike."""
         self._pending = _Pending()
         for partition in self._touched:
             self._groupers[partition].rollback()
         self._touched = set()
+        if self._rates is not None:
+            self._rates.aborted()
         for partition, before in self._event_time_undo.items():
             if before is None:
                 self._event_time.pop(partition, None)
@@ -276,43 +492,68 @@ class Alerting:
                 self._event_time[partition] = before
         self._event_time_undo = {}
 
-    def _count_open_windows(self, force: bool = False) -> None:
+    def _count_states(self, force: bool = False) -> None:
+        """The open-window and rate-key gauges (a scan of the states: every few seconds only)."""
         clock = time.monotonic()
         if force or clock - self._open_counted_at >= OPEN_WINDOWS_EVERY_S:
             self._open_counted_at = clock
             self._metrics.alert_groups_open.set(sum(g.open_windows() for g in self._groupers.values()))
+            self._metrics.rate_keys.set(0 if self._rates is None else len(self._rates))
 
     # ----------------------------------------------------------------- assignment
 
     def forget(self, partitions: Iterable[PartitionKey]) -> None:
-        """Partitions given up: their grouping state now belongs to their next owner."""
+        """Partitions given up: their state now belongs to their next owner."""
+        partitions = list(partitions)
         for partition in partitions:
             self._groupers.pop(partition, None)
             self._event_time.pop(partition, None)
             self._last_record.pop(partition, None)
-        self._count_open_windows(force=True)
+        if self._rates is not None:
+            self._rates.forget(partitions)
+        self._count_states(force=True)
 
     def restore(self, partitions: set[PartitionKey], read: Callable[[list[int]], Iterator[Message]]) -> int:
-        """Load the grouping state of newly assigned ``partitions`` from the changelog (``read``
-        yields the changelog partitions' records in order); returns the states restored.
-        A changelog record that does not decode is skipped with a warning."""
-        if not self._grouping or not partitions:
+        """Load the state of newly assigned ``partitions`` from the changelog (``read`` yields the
+        changelog partitions' records in order): grouping windows, rate keys and each partition's
+        event time; returns the records applied. A record that does not decode is skipped with a
+        warning."""
+        if not self.stateful or not partitions:
             return 0
         self.forget(partitions)
         groupers = {p: Grouper(self._cooldown_ms, self._settings.alerts.max_groups) for p in partitions}
+        trackers = {} if self._rates is None else self._rates.restore(partitions)
+        clocks: dict[PartitionKey, int] = {}
         restored = 0
         for msg in read(sorted({p for _, p in partitions})):
-            raw_key, value = msg.key(), msg.value()
+            raw_key, value = msg.key() or b"", msg.value()
             try:
-                key = decode_key(raw_key or b"")
-                grouper = groupers.get((key[0], key[1]))
-                if grouper is None:
-                    continue  # another input topic with the same partition number, not ours
-                grouper.restore(key, None if value is None else decode_state(value))
+                kind = _record_kind(raw_key)
+                if kind == "group":
+                    key = decode_key(raw_key)
+                    grouper = groupers.get((key[0], key[1]))
+                    if grouper is None:
+                        continue  # another input topic with the same partition number, not ours
+                    grouper.restore(key, None if value is None else decode_state(value))
+                elif kind == "rate":
+                    rate_key, state = RatePartitions.decode(raw_key, value)
+                    tracker = trackers.get((rate_key[0], rate_key[1]))
+                    if tracker is None:
+                        continue  # not ours, or [rates] enabled = false now
+                    tracker.restore(rate_key, state)
+                elif kind == "clock":
+                    partition = _decode_clock_key(raw_key)
+                    if partition in groupers:
+                        if value is None:
+                            clocks.pop(partition, None)
+                        else:
+                            clocks[partition] = _decode_clock(value)
+                else:
+                    continue  # a kind of state this agent does not keep (sessions with it off)
                 restored += 1
             except ValueError as exc:
                 log.warning(
-                    "grouping changelog %s[%s] offset %s skipped: %s",
+                    "state changelog %s[%s] offset %s skipped: %s",
                     msg.topic(),
                     msg.partition(),
                     msg.offset(),
@@ -322,7 +563,8 @@ class Alerting:
         for partition, grouper in groupers.items():
             self._groupers[partition] = grouper
             self._last_record[partition] = clock  # its records may be on their way: not idle yet
-        self._count_open_windows(force=True)
+        self._event_time.update(clocks)
+        self._count_states(force=True)
         return restored
 
     # ----------------------------------------------------------------- records
@@ -330,7 +572,7 @@ class Alerting:
     def _alert(
         self,
         bundle: Bundle,
-        event: Anomalous,
+        event: Scored,
         pattern: str,
         now: datetime,
         *,
@@ -368,6 +610,20 @@ class Alerting:
     def _summary(self, summary: Summary, now: datetime) -> OutgoingRecord:
         top = summary.top_event
         topic, partition, pattern = summary.key
+        if "rate" in top:  # a window of spikes
+            group = GroupInfo(
+                self._cooldown_s,
+                _datetime(summary.window_start_ms),
+                _datetime(summary.window_end_ms),
+                summary.suppressed,
+                summary.max_score,
+                first=_position(summary.first_suppressed),
+                last=_position(summary.last_suppressed),
+            )
+            self._pending.summaries += 1
+            return self._rate_record(
+                top, topic, partition, now, group=group, score=summary.max_score, summary=summary
+            )
         key = top.get("key")
         record = build_alert(
             source=AlertSource(
@@ -416,7 +672,7 @@ class Alerting:
         return OutgoingRecord(self._settings.topics.alerts, record.key, record.value, list(record.headers))
 
 
-def _top_event(bundle: Bundle, event: Anomalous, text_max_chars: int) -> dict[str, Any]:
+def _top_event(bundle: Bundle, event: Scored, text_max_chars: int) -> dict[str, Any]:
     """What a summary needs of a suppressed event, JSON-able and bounded (kept in the state)."""
     fields = json_safe(event.fields)
     truncated = len(repr(fields)) > TOP_EVENT_FIELDS_MAX_BYTES
@@ -458,3 +714,83 @@ def _position(where: dict[str, Any] | None) -> tuple[int, int | None] | None:
 
 def _datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _example(event: Scored) -> dict[str, Any]:
+    return example(event.offset, event.key, event.timestamp_ms, event.text, event.prepared, event.fields)
+
+
+def _model(bundle: Bundle) -> dict[str, str]:
+    return {"model_id": bundle.model_id, "model_sha256": bundle.sha256}
+
+
+def _known(bundle: Bundle, prepared: str) -> bool | None:
+    """Whether training saw the pattern (None when the bundle does not record it)."""
+    return None if bundle.known_patterns is None else prepared in bundle.known_patterns
+
+
+def _spike_group(decision: RateDecision) -> str:
+    """The grouping key of a rate key's spikes: ``spike:<template id>[:<hash of field values>]``
+    (a window of spikes is not the pattern's window of anomalies)."""
+    _, _, template, values = decision.key
+    if not values:
+        return f"spike:{template}"
+    digest = hashlib.sha256(json.dumps(list(values)).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"spike:{template}:{digest}"
+
+
+# --------------------------------------------------------------------- changelog: kinds and clocks
+
+
+def _record_kind(raw_key: bytes) -> str:
+    """What a changelog record holds: grouping keys are JSON arrays, the others JSON objects
+    naming their ``kind`` ("rate", "clock", "session")."""
+    if raw_key[:1] == b"[":
+        return "group"
+    if raw_key[:1] != b"{":
+        raise ValueError("state changelog key: neither a grouping array nor a keyed object")
+    try:
+        doc = json.loads(raw_key.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"state changelog key: not JSON ({exc})") from None
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    if not isinstance(kind, str):
+        raise ValueError("state changelog key: an object without a kind")
+    return kind
+
+
+def _clock_key(partition: PartitionKey) -> bytes:
+    """The changelog key of an input partition's event time:
+    ``{"kind":"clock","partition":<p>,"topic":"<topic>"}`` (compact, sorted keys)."""
+    topic, number = partition
+    return json.dumps(
+        {"kind": "clock", "partition": number, "topic": topic}, separators=(",", ":"), sort_keys=True
+    ).encode("ascii")
+
+
+def _decode_clock_key(raw_key: bytes) -> PartitionKey:
+    doc = json.loads(raw_key.decode("utf-8"))
+    topic, number = doc.get("topic"), doc.get("partition")
+    if not isinstance(topic, str) or isinstance(number, bool) or not isinstance(number, int) or number < 0:
+        raise ValueError("clock changelog key: topic must be a string and partition an int >= 0")
+    partition = (topic, number)
+    if _clock_key(partition) != raw_key:
+        raise ValueError("clock changelog key: not in canonical form")
+    return partition
+
+
+def _encode_clock(event_time_ms: int) -> bytes:
+    return json.dumps({"v": CLOCK_VERSION, "event_time_ms": event_time_ms}, separators=(",", ":")).encode()
+
+
+def _decode_clock(value: bytes) -> int:
+    try:
+        doc = json.loads(bytes(value).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"clock changelog state: not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("v") != CLOCK_VERSION:
+        raise ValueError(f"clock changelog state: expected version {CLOCK_VERSION}")
+    event_time = doc.get("event_time_ms")
+    if isinstance(event_time, bool) or not isinstance(event_time, int):
+        raise ValueError("clock changelog state: event_time_ms must be an integer")
+    return event_time

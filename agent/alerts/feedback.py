@@ -3,9 +3,14 @@
 A subscriber or a person decides that a pattern (the alert key: 32 lowercase hex characters) is
 normal, and writes one record to the feedback topic (``[topics] feedback``)::
 
-    key   = the pattern id (UTF-8)
+    key   = the pattern id (UTF-8), or "<pattern id>:<scope>" for a scope other than novelty
     value = {"pattern_id": "<32 hex>", "verdict": "normal" | "anomaly",
-             "by": "<who>", "reason": "<why>", "at": "<RFC 3339>"}
+             "by": "<who>", "reason": "<why>", "at": "<RFC 3339>", "scope": "<scope>"}
+
+A verdict has a **scope**: ``novelty`` (the default, and every record without ``scope``: the
+pattern's own anomalous events), or ``rate`` (its spikes and silences). So an operator can say
+"this message is expected" and, separately, "its bursts are expected" (a nightly batch job). The
+scopes are separate records under separate keys, so compaction keeps one verdict per scope.
 
 ``anomaly-agent feedback --pattern ID --normal --by me --reason '...'`` writes exactly
 that (``feedback_record``). The topic is compacted, so it keeps the latest verdict of every
@@ -36,6 +41,7 @@ from typing import Any
 __all__ = [
     "MAX_RECORD_BYTES",
     "MAX_STRING_CHARS",
+    "SCOPES",
     "Feedback",
     "FeedbackError",
     "Verdict",
@@ -64,6 +70,9 @@ class Verdict(StrEnum):
 
 
 _VERDICTS = frozenset(v.value for v in Verdict)
+# What a verdict is about: the pattern's anomalous events, or its rate (spikes and silences).
+NOVELTY = "novelty"
+SCOPES = (NOVELTY, "rate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,12 @@ class Feedback:
     # The pattern's template (the alert's pattern.template), when the writer gave it: what
     # ``train --feedback-from`` adds to the next bundle's normal data. Optional.
     template: str = ""
+    scope: str = NOVELTY
+
+    @property
+    def key(self) -> str:
+        """The record key: the pattern id, suffixed ``:<scope>`` for scopes other than novelty."""
+        return self.pattern_id if self.scope == NOVELTY else f"{self.pattern_id}:{self.scope}"
 
 
 def parse_feedback(value: bytes | None) -> Feedback | None:
@@ -114,9 +129,11 @@ def feedback_record(
     reason: str,
     at: datetime | None = None,
     template: str = "",
+    scope: str = NOVELTY,
 ) -> tuple[bytes, bytes]:
-    """The (key, value) of a feedback record, for ``anomaly-agent feedback``: key = the pattern id,
-    value = compact JSON with all five fields, ``at`` (default: now) in UTC with milliseconds.
+    """The (key, value) of a feedback record, for ``anomaly-agent feedback``: key = the pattern id
+    (``:<scope>`` appended outside the novelty scope), value = compact JSON with all five fields
+    (and ``scope`` outside novelty), ``at`` (default: now) in UTC with milliseconds.
     Raises FeedbackError for what ``parse_feedback`` would refuse, an empty ``by``, a naive ``at``.
     To un-mark a pattern, write ``Verdict.ANOMALY``."""
     if not isinstance(by, str) or not by.strip():
@@ -129,6 +146,8 @@ def feedback_record(
     doc = {"pattern_id": pattern_id, "verdict": verdict, "by": by, "reason": reason, "at": stamp}
     if template:
         doc["template"] = template
+    if scope != NOVELTY:
+        doc["scope"] = scope
     feedback = _validated(doc)
     value = json.dumps(
         {
@@ -138,11 +157,12 @@ def feedback_record(
             "reason": feedback.reason,
             "at": feedback.at,
             **({"template": feedback.template} if feedback.template else {}),
+            **({"scope": feedback.scope} if feedback.scope != NOVELTY else {}),
         },
         ensure_ascii=False,
         separators=(",", ":"),
     ).encode("utf-8")
-    return feedback.pattern_id.encode("ascii"), value
+    return feedback.key.encode("ascii"), value
 
 
 def _validated(doc: dict[str, Any]) -> Feedback:
@@ -160,6 +180,9 @@ def _validated(doc: dict[str, Any]) -> Feedback:
         raise FeedbackError(f'verdict must be "normal" or "anomaly", got {_show(raw)}')
     verdict = Verdict(raw)
     by, reason, at, template = (_string(doc, name) for name in ("by", "reason", "at", "template"))
+    scope = _string(doc, "scope") or NOVELTY
+    if scope not in SCOPES:
+        raise FeedbackError(f"scope must be one of {', '.join(SCOPES)}, got {_show(scope)}")
     if at:
         moment = None
         if _RFC3339.fullmatch(at):
@@ -171,7 +194,9 @@ def _validated(doc: dict[str, Any]) -> Feedback:
             raise FeedbackError(
                 f"at must be an RFC 3339 timestamp (2026-11-22T17:49:27.412Z), got {_show(at)}"
             )
-    return Feedback(pattern_id=pattern_id, verdict=verdict, by=by, reason=reason, at=at, template=template)
+    return Feedback(
+        pattern_id=pattern_id, verdict=verdict, by=by, reason=reason, at=at, template=template, scope=scope
+    )
 
 
 def _string(doc: dict[str, Any], name: str) -> str:
@@ -206,7 +231,7 @@ class Verdicts:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._latest: dict[str, Feedback] = {}
+        self._latest: dict[str, Feedback] = {}  # by record key: pattern id[:scope]
 
     def apply(self, key: bytes | None, value: bytes | None) -> Feedback | None:
         """Apply one feedback-topic record, in offset order: it replaces the pattern's verdict; a
@@ -219,38 +244,39 @@ class Verdicts:
         stays muted on the strength of garbage (failing open: it alerts). A key that is missing
         or not a pattern id changes nothing; the value must name the same pattern as the key.
         """
-        pattern_id = _key_pattern(key)
+        record_key = _record_key(key)
         if value is None:
-            self._forget(pattern_id)
+            self._forget(record_key)
             return None
         try:
             feedback = parse_feedback(value)
             assert feedback is not None
-            if feedback.pattern_id != pattern_id:
+            if feedback.key != record_key:
                 raise FeedbackError(
-                    f"record key {pattern_id} and pattern_id {feedback.pattern_id} differ "
-                    "(the key must be the pattern id, or compaction keeps the wrong records)"
+                    f"record key {record_key} and the verdict's pattern_id {feedback.pattern_id} (scope "
+                    f"{feedback.scope}) differ (the key must be the pattern id[:scope], or compaction keeps "
+                    "the wrong records)"
                 )
         except FeedbackError as exc:
-            self._forget(pattern_id)
-            raise FeedbackError(f"feedback for pattern {pattern_id} ignored: {exc}") from None
+            self._forget(record_key)
+            raise FeedbackError(f"feedback for pattern {record_key} ignored: {exc}") from None
         with self._lock:
-            self._latest[pattern_id] = feedback
+            self._latest[record_key] = feedback
         return feedback
 
-    def is_muted(self, pattern_id: str) -> bool:
-        """Whether the pattern's latest verdict is ``normal``."""
+    def is_muted(self, pattern_id: str, scope: str = NOVELTY) -> bool:
+        """Whether the pattern's latest verdict in ``scope`` is ``normal``."""
         with self._lock:
-            feedback = self._latest.get(pattern_id)
+            feedback = self._latest.get(pattern_id if scope == NOVELTY else f"{pattern_id}:{scope}")
         return feedback is not None and feedback.verdict is Verdict.NORMAL
 
-    def get(self, pattern_id: str) -> Feedback | None:
-        """The pattern's latest verdict, None when it has none."""
+    def get(self, pattern_id: str, scope: str = NOVELTY) -> Feedback | None:
+        """The pattern's latest verdict in ``scope``, None when it has none."""
         with self._lock:
-            return self._latest.get(pattern_id)
+            return self._latest.get(pattern_id if scope == NOVELTY else f"{pattern_id}:{scope}")
 
     def muted(self) -> frozenset[str]:
-        """The muted pattern ids, at this moment."""
+        """The muted record keys (pattern id, ``:<scope>`` outside novelty), at this moment."""
         with self._lock:
             return frozenset(p for p, f in self._latest.items() if f.verdict is Verdict.NORMAL)
 
@@ -264,16 +290,18 @@ class Verdicts:
             self._latest.pop(pattern_id, None)
 
 
-def _key_pattern(key: bytes | None) -> str:
-    """The pattern id a feedback record's key names; FeedbackError when it names none."""
+def _record_key(key: bytes | None) -> str:
+    """The pattern id[:scope] a feedback record's key names; FeedbackError when it names none."""
     if key is None:
         raise FeedbackError("feedback record has no key (it must be the pattern id)")
     try:
         text = bytes(key).decode("ascii")
     except UnicodeDecodeError:
         text = None
-    if text is None or not _PATTERN_ID.fullmatch(text):
+    pattern, _, scope = (text or "").partition(":")
+    if text is None or not _PATTERN_ID.fullmatch(pattern) or (scope and scope not in SCOPES[1:]):
         raise FeedbackError(
-            f"feedback record key must be a pattern id (32 lowercase hex), got {_show(bytes(key))}"
+            "feedback record key must be a pattern id (32 lowercase hex), with ':<scope>' for a "
+            f"scope other than novelty, got {_show(bytes(key))}"
         )
     return text

@@ -31,7 +31,9 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         print("anomaly-agent: topics.feedback is not set; name the feedback topic first", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        key, value = feedback_record(args.pattern, args.verdict, args.by, args.reason, template=args.template)
+        key, value = feedback_record(
+            args.pattern, args.verdict, args.by, args.reason, template=args.template, scope=args.scope
+        )
     except FeedbackError as exc:
         print(f"anomaly-agent: {exc}", file=sys.stderr)
         return 64  # EX_USAGE
@@ -50,5 +52,9 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         print(f"anomaly-agent: the verdict was not written to {topic}: {why}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     msg = outcome[0]
-    print(f"pattern {args.pattern} marked {args.verdict} on {topic}[{msg.partition()}] offset {msg.offset()}")
+    scope = "" if args.scope == "novelty" else f" ({args.scope})"
+    print(
+        f"pattern {args.pattern}{scope} marked {args.verdict} on {topic}[{msg.partition()}] "
+        f"offset {msg.offset()}"
+    )
     return 0

@@ -7,10 +7,12 @@ offsets (a change of an aborted batch is never visible to ``read_committed`` rea
 
 Two such topics:
 
-* the grouping changelog (``topics.groups``, default ``<alerts topic>.groups``): one record per
-  (input topic, partition, pattern), written to the changelog partition with the *input
-  partition's number*, so an agent restores only the partitions it was assigned — the layout of
-  Kafka Streams' changelogs. It needs at least as many partitions as the largest input topic.
+* the state changelog (``topics.groups``, default ``<alerts topic>.groups``): the grouping windows
+  (one record per input topic, partition and pattern), the rate keys and each input partition's
+  event time, every record written to the changelog partition with the *input partition's
+  number*, so an agent restores only the partitions it was assigned — the layout of Kafka
+  Streams' changelogs. It needs at least as many partitions as the largest input topic. Grouping
+  keys are JSON arrays, the others JSON objects naming their ``kind``.
 * the feedback topic (``topics.feedback``): operators' verdicts per pattern, read whole by every
   instance (``agent.alerts.verdicts``).
 
@@ -53,8 +55,9 @@ READ_SLICE_S = 0.5
 
 def ensure_changelog_topic(
     settings: Settings, watch: BrokerWatch, tick: Tick, kafka_log: logging.Logger
-) -> int:
-    """Make sure the grouping changelog exists with enough partitions; returns its partition count.
+) -> dict[str, int]:
+    """Make sure the state changelog exists with enough partitions; returns the input topics'
+    partition counts (those that exist).
 
     Raises ConfigError when it exists with fewer partitions than an input topic (records of the
     higher input partitions would have nowhere to go), KafkaPermissionError when it is missing and
@@ -86,10 +89,10 @@ def ensure_changelog_topic(
                     f"(kafka-topics.sh --alter --topic {name} --partitions {needed}) or name another"
                 )
             _require_compaction(admin, name)
-            return count
+            return inputs
         _create(admin, name, needed, settings)
         log.info("created the grouping changelog %s (compacted, %d partitions)", name, needed)
-        return needed
+        return inputs
     finally:
         calls.retire(admin)
 

@@ -11,6 +11,7 @@ Layout of a bundle directory (see docs/bundle.md)::
     known_patterns.npy        optional: sorted uint64 hashes of the training patterns (model/examples.py)
     normal_patterns.npy       optional: the same for patterns operators marked normal (train --feedback-from)
     examples.npy/.jsonl       optional: distinct training patterns (unit vectors float16 + texts)
+    rates.json                optional: each training template's rate baseline (train --time-field)
 
 Trust model: ``manifest.json`` lists the sha256 of every other file. ``load_bundle`` checks the
 format version, that every listed file exists and matches its hash, and that no unlisted file sits
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 NORMAL_PATTERNS = "normal_patterns.npy"
+RATE_SEEDS = "rates.json"
 TEXT_PREPARATION = "text_preparation.json"
 EMBEDDER_DIR = "embedder"
 DETECTOR_DIR = "detector"
@@ -91,6 +93,9 @@ class Bundle:
     normal_patterns: KnownPatterns | None = None
     """Patterns operators marked normal, folded in by ``train --feedback-from``
     (normal_patterns.npy): the agent does not alert them, whatever they score."""
+    rate_seeds: dict[str, Any] | None = None
+    """Rate baselines of the training templates (rates.json, ``train --time-field``): a known
+    pattern's rate needs no warm-up. None for bundles trained without timestamps."""
 
     @property
     def detector_name(self) -> str:
@@ -203,6 +208,14 @@ def load_bundle(path: Path) -> Bundle:
             normal_patterns = KnownPatterns.load(path / NORMAL_PATTERNS)
         except (OSError, ValueError) as exc:
             raise _fail(path, f"{NORMAL_PATTERNS} is invalid ({exc})") from None
+    rate_seeds = None
+    if RATE_SEEDS in manifest["files"]:
+        try:
+            rate_seeds = json.loads((path / RATE_SEEDS).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise _fail(path, f"{RATE_SEEDS} is invalid ({exc})") from None
+        if not isinstance(rate_seeds, dict) or not isinstance(rate_seeds.get("baselines"), dict):
+            raise _fail(path, f"{RATE_SEEDS} is not an object with baselines")
     return Bundle(
         path=path,
         manifest=manifest,
@@ -214,6 +227,7 @@ def load_bundle(path: Path) -> Bundle:
         examples=examples,
         known_patterns=known_patterns,
         normal_patterns=normal_patterns,
+        rate_seeds=rate_seeds,
     )
 
 
@@ -264,13 +278,15 @@ def write_bundle(
     known_patterns: KnownPatterns | None = None,
     examples: Examples | None = None,
     normal_patterns: KnownPatterns | None = None,
+    rate_seeds: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a complete bundle to ``out`` atomically (temp dir + rename) and return ``out``.
 
     ``training_summary``/``evaluation``/``detector_params`` must be JSON-serializable; they are
     recorded in the manifest for people and dashboards. ``training_sample`` (n, dim) is stored as
     ``training_sample.npy`` for report plots, ``known_patterns`` as ``known_patterns.npy`` and
-    ``examples`` as ``examples.npy`` + ``examples.jsonl`` (agent/model/examples.py). An existing bundle at
+    ``examples`` as ``examples.npy`` + ``examples.jsonl`` (agent/model/examples.py), ``rate_seeds``
+    (JSON) as ``rates.json``. An existing bundle at
     ``out`` is replaced; any other existing file or non-empty directory there is refused
     (BundleError) rather than deleted.
     """
@@ -309,6 +325,9 @@ def write_bundle(
             examples.save(tmp)
         if normal_patterns is not None:
             normal_patterns.save(tmp / NORMAL_PATTERNS)
+        if rate_seeds is not None:
+            seeds = json.dumps(rate_seeds, separators=(",", ":"))
+            (tmp / RATE_SEEDS).write_text(seeds + "\n", encoding="utf-8")
         files = _hash_tree(tmp)
         identity = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         manifest = {
