@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=50_000,
         help="at most this many distinct training texts kept as examples, most frequent first",
     )
+    p.add_argument(
+        "--time-field",
+        default=None,
+        help="field holding each record's event time (epoch s/ms or ISO 8601): learn every training"
+        " pattern's rate baseline, so the agent's rate alerts need no warm-up for known patterns",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and the detector")
     p.add_argument(
         "--feedback-from",

@@ -49,6 +49,7 @@ from agent.model.textprep import TextPreparation
 from training.evaluate import detection_metrics
 from training.feedback_fold import normal_templates
 from training.masking import decide_mask
+from training.rates import rate_seeds
 from training.records import (
     InputError,
     detect_format,
@@ -202,6 +203,10 @@ def _train(args: argparse.Namespace) -> int:
             "normal_without_template": folded.normal_without_template,
             "invalid_lines": folded.invalid_lines,
         }
+    seeds = None
+    if args.time_field is not None:
+        timed = [i for i in normal_idx.tolist() if i < len(records)]  # not the folded feedback
+        seeds, training["rates"] = rate_seeds(records, texts, timed, args.time_field, args.input)
     config = getattr(detector, "config", None)
     params: dict[str, Any] = (
         config() if callable(config) else {"target_fpr": args.target_fpr, "seed": args.seed}
@@ -222,6 +227,7 @@ def _train(args: argparse.Namespace) -> int:
             if folded is not None and folded.templates
             else None
         ),
+        rate_seeds=seeds,
     )
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     summary = {

@@ -24,7 +24,8 @@ partition of it: the seed is thinned to the partition's share, 1/partitions of t
 (sums and the busiest bucket scaled by it, the second moment as a binomial thinning, the longest
 gap stretched by its inverse), which assumes a pattern's events spread over the partitions (keys
 unrelated to the pattern, or one partition). Seeds are used only when the bundle learned them with
-this configuration's bucket and half-lives.
+this configuration's bucket and half-lives, and only those that cover the warm-up
+(``[rates] warmup_seconds`` of training time).
 """
 
 from __future__ import annotations
@@ -159,8 +160,11 @@ class RatePartitions:
                 self._settings.warmup_seconds,
             )
             return 0
+        covered = self._settings.warmup_seconds * 1000 / self._settings.bucket_ms()
         for tid, row in document.get("baselines", {}).items():
             since, buckets, fast_sum, fast_squares, slow_sum, busiest, worst_gap = row
+            if int(buckets) < covered:
+                continue  # learned on less than the warm-up: the key warms up live instead
             self._seeds[str(tid)] = Baseline(
                 int(since), int(buckets), fast_sum, fast_squares, slow_sum, busiest, worst_gap
             )
