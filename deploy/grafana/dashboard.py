@@ -223,6 +223,35 @@ def _alert_groups() -> timeseries.Panel:
     )
 
 
+def _rate_alerts() -> timeseries.Panel:
+    return (
+        _timeseries(
+            "Rate alerts: spikes and silences",
+            "Rate alerts published per second, by kind: spike (a known pattern far above its rate "
+            "baseline; one per key and cooldown, further spiking buckets go into its summary) and "
+            "silence (a steady pattern that stopped; one per episode). docs/rates.md.",
+            "short",
+        )
+        .with_target(
+            _query(f"sum by (kind) (rate(anomaly_agent_rate_alerts_total{{{SEL}}}[{RATE}]))", "{{kind}}", "A")
+        )
+        .span(12)
+    )
+
+
+def _rate_keys() -> timeseries.Panel:
+    return (
+        _timeseries(
+            "Rate keys",
+            "Keys (pattern and [rates] key_fields per input partition) with a rate baseline, per "
+            "instance; at most [rates] max_keys per partition, least recently seen evicted.",
+            "short",
+        )
+        .with_target(_query(f"sum by (instance) (anomaly_agent_rate_keys{{{SEL}}})", "{{instance}}", "A"))
+        .span(12)
+    )
+
+
 def _kafka_faults() -> timeseries.Panel:
     return (
         _timeseries(
@@ -397,6 +426,7 @@ def build() -> dash.Dashboard:
         # New rows go last: panel ids are positions, and Grafana keys links and state on them.
         ("Patterns", [_pattern_hits(), _pattern_table()]),
         ("Alert grouping", [_alert_grouping(), _alert_groups()]),
+        ("Pattern rates", [_rate_alerts(), _rate_keys()]),
     ]
     # Stable ids (1, 2, ...): Grafana keys panel links and per-panel state on them.
     next_id = 1
