@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 from agent import __version__
-from agent.config import EXIT_CONFIG, ConfigError, load_settings, masked_dump
+from agent.config import EXIT_CONFIG, ConfigError, explain, load_settings, masked_dump
 from agent.model.defaults import CALIBRATION_SPLITS, DEFAULT_CALIBRATION_SPLIT, DEFAULT_DETECTOR
 
 # The demo walkthrough of a source checkout (``make demo``).
@@ -42,7 +42,10 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"anomaly-agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(json.dumps(masked_dump(settings), indent=2, sort_keys=True))
+    if getattr(args, "explain", False):
+        print(explain(settings))
+    else:
+        print(json.dumps(masked_dump(settings), indent=2, sort_keys=True))
     return 0
 
 
@@ -101,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         "validate-config", help="print the effective configuration (secrets masked) or say what is wrong"
     )
     p.add_argument("file", type=Path, nargs="?", help="TOML config file (environment variables override it)")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print the effective settings as TOML, each key with what it does (secrets masked)",
+    )
 
     p = sub.add_parser(
         "export-embedder", help="export a sentence-transformer to ONNX (needs the 'train' extra)"

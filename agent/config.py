@@ -9,6 +9,7 @@ and never read the environment themselves.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from enum import StrEnum
@@ -472,3 +473,39 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
         if any(word in key for word in ("password", "secret", "token", "key")):
             data["kafka"]["librdkafka"][key] = "**********"
     return data
+
+
+def explain(settings: Settings) -> str:
+    """The effective settings as TOML (secrets masked), each key followed by its description where
+    the model gives one: ``validate-config --explain``."""
+    data = masked_dump(settings)
+    lines: list[str] = []
+    sections: list[tuple[str, BaseModel | None, dict[str, Any]]] = [("", None, {})]
+    for name, value in data.items():
+        if isinstance(value, dict) and isinstance(getattr(settings, name), BaseModel):
+            sections.append((name, getattr(settings, name), value))
+        else:
+            sections[0][2][name] = value
+    for name, model, values in sections:
+        if name:
+            doc = (type(model).__doc__ or "").strip().splitlines()
+            lines += ["", f"[{name}]"] + [f"# {line.strip()}" for line in doc if line.strip()]
+        fields = type(model).model_fields if model is not None else Settings.model_fields
+        for key, value in values.items():
+            description = fields[key].description if key in fields else None
+            line = f"# {key} is not set" if value is None else f"{key} = {_toml(value)}"
+            lines.append(line + (f"  # {description}" if description else ""))
+    return "\n".join(lines).strip() + "\n"
+
+
+def _toml(value: Any) -> str:
+    """A JSON-dumped value written as TOML (strings, numbers, booleans, arrays, inline tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))

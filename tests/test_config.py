@@ -159,3 +159,18 @@ def test_max_bytes_inconsistent_with_an_explicit_message_max_bytes_is_refused() 
     assert "at most 983616" in message
     assert load_settings(events={"max_bytes": 1_048_576}).producer_message_max_bytes() == 1_064_960
     assert load_settings().events.max_bytes + 16_384 <= 1_000_000, "the defaults agree with librdkafka's"
+
+
+def test_validate_config_explain_is_toml_that_gives_the_same_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``validate-config --explain``: every effective key as TOML with what it does; read back,
+    it is the same configuration (secrets aside, which it masks)."""
+    config = tmp_path / "agent.toml"
+    config.write_text('[rates]\nkey_fields = ["service"]\nbucket_seconds = 30\n[topics]\ninput = ["a"]\n')
+    assert main(["validate-config", "--explain", str(config)]) == 0
+    explained = capsys.readouterr().out
+    assert "[rates]" in explained and "min_count = 10  # a spike has at least this many events" in explained
+    again = tmp_path / "again.toml"
+    again.write_text(explained)
+    assert masked_dump(load_settings(again)) == masked_dump(load_settings(config))
