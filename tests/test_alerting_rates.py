@@ -215,3 +215,25 @@ def test_grouping_output_is_the_same_with_rates_on_and_off() -> None:
             agent.committed()
         outputs.append(shape(log.documents))
     assert outputs[0] == outputs[1] and outputs[0]
+
+
+def test_a_whole_source_stopping_is_one_silence_and_a_summary() -> None:
+    """Three steady patterns stop in the same minute (the producer died): one silence alert for
+    the partition's window, the others counted in its summary, not three pages."""
+    templates = [HEARTBEAT, "sync <HOST> done", "queue depth ok"]
+    rows: list[Row] = []
+    offset = 0
+    for minute in range(4 * 60):
+        stopped = 180 <= minute < 200
+        for k, template in enumerate(templates):
+            if not stopped:
+                rows.append(event(offset, minute * MINUTE + 1_000 * (k + 1), template))
+                offset += 1
+        rows.append(event(offset, minute * MINUTE + 30_000, CHATTY))  # the partition's clock goes on
+        offset += 1
+    log = run(rows, seed=0, crash=True, abort=True)
+    assert [(d["kind"], d["rate"]["kind"]) for d in log.documents] == [
+        ("silence", "silence"),
+        ("summary", "silence"),
+    ]
+    assert log.documents[1]["group"]["suppressed"] == 2

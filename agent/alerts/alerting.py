@@ -310,7 +310,10 @@ class Alerting:
         self, bundle: Bundle, decision: RateDecision, event: Scored | None, now: datetime
     ) -> list[OutgoingRecord]:
         """A spike (``event``: the one that crossed the threshold) or a silence (the key's example
-        event), unless muted; a spike goes through its partition's grouping like an anomaly."""
+        event), unless muted. Both go through their partition's grouping like anomalies: a key's
+        spikes one alert per cooldown, and a partition's silences one alert per cooldown (a whole
+        source that stops silences every steady pattern at once: one alert, then a summary
+        counting the others)."""
         assert self._rates is not None
         if event is not None:
             shown = example(
@@ -344,14 +347,14 @@ class Alerting:
         }
         group: GroupInfo | None = None
         out: list[OutgoingRecord] = []
-        if decision.kind == "spike" and self._grouping:
+        if self._grouping:
             grouper = self._grouper((topic, partition))
             verdict = grouper.decide(
-                (topic, partition, _spike_group(decision)),
+                (topic, partition, _rate_group(decision)),
                 decision.at_ms,
                 decision.score,
                 {**shown, "rate": rate, "known": _known(bundle, str(shown["prepared"]))} | _model(bundle),
-                alert_id=rate_alert_id("spike", decision.basis()),
+                alert_id=rate_alert_id(decision.kind, decision.basis()),
                 position={"offset": shown["offset"], "timestamp_ms": shown["timestamp_ms"]},
             )
             out += [self._summary(s, now) for s in verdict.summaries]
@@ -729,9 +732,12 @@ def _known(bundle: Bundle, prepared: str) -> bool | None:
     return None if bundle.known_patterns is None else prepared in bundle.known_patterns
 
 
-def _spike_group(decision: RateDecision) -> str:
-    """The grouping key of a rate key's spikes: ``spike:<template id>[:<hash of field values>]``
-    (a window of spikes is not the pattern's window of anomalies)."""
+def _rate_group(decision: RateDecision) -> str:
+    """The grouping key of rate alerts: a key's spikes ``spike:<template id>[:<hash of field
+    values>]`` (a window of spikes is not the pattern's window of anomalies); a partition's
+    silences ``silence``, all in one window."""
+    if decision.kind == "silence":
+        return "silence"
     _, _, template, values = decision.key
     if not values:
         return f"spike:{template}"
