@@ -106,8 +106,14 @@ def test_bounded_demo_alerts_on_the_anomalies_and_stops_cleanly(kafka_bootstrap:
     assert "ALERT" in done.stdout
     assert summary["metrics_url"] in done.stdout
     assert "alerts received" in done.stdout
+    # The history: one spike (the stampede's line) and one silence (the heartbeat), nothing else.
+    assert summary["rate_alerts_received"] == summary["rate_alerts_expected"] == {"spike": 1, "silence": 1}
+    assert summary["rate_alert_templates"]["spike"][0].startswith("Cache miss for key product:")
+    assert summary["rate_alert_templates"]["silence"][0].startswith("Connection pool stats:")
+    assert "SPIKE" in done.stdout and "SILENCE" in done.stdout
     # The agent's own counters agree with what the read_committed reader saw.
     counters = summary["agent_counters"]
-    published = summary["alerts_received"] + summary["summaries_received"]
+    rate_alerts = sum(summary["rate_alerts_received"].values())
+    published = summary["alerts_received"] + summary["summaries_received"] + rate_alerts
     assert counters["anomaly_agent_alerts_published_total"] == published
-    assert counters["anomaly_agent_events_consumed_total"] == 500
+    assert counters["anomaly_agent_events_consumed_total"] == 500 + summary["history_events_sent"]

@@ -18,6 +18,13 @@ string>}``: the demo sends ``value`` (JSON-encoded when it is an object, verbati
 string) and keeps ``label`` to itself so it can say which alerts were expected. Anomalies are spread
 evenly from the start of the stream, so any prefix (``anomaly-agent demo --events 200``) holds a
 proportional share of them.
+
+``history.jsonl`` is 45 minutes of the platform's own logs, replayed at once with their own times
+(``at_ms`` after the history's start) as Kafka timestamps on a partition of their own: every line
+is normal on its own, but a cache stampede makes the search service's "Cache miss" line surge
+about 30x for a minute (``label: "spike"``), and the orders service's heartbeat (its connection
+pool stats every 10 s, ``label: "heartbeat"``) stops after 30 minutes. The agent's rates see one
+spike and one silence (docs/rates.md).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 TRAIN_FILE = HERE / "train.jsonl"
 STREAM_FILE = HERE / "stream.jsonl"
+HISTORY_FILE = HERE / "history.jsonl"
 
 TRAIN_EVENTS = 800
 STREAM_EVENTS = 500
@@ -336,6 +344,46 @@ def stream_records() -> list[dict[str, Any]]:
     return records
 
 
+HISTORY_MINUTES = 45
+HEARTBEAT_STOPS_MIN = 30
+STAMPEDE_MIN = 20
+# Periodic lines of NORMAL whose template is one pattern once masked: the heartbeat that stops,
+# two that go on, and the line the stampede multiplies.
+HEARTBEAT = ("orders-svc", "INFO", "Connection pool stats: active={int:1:30} idle={int:5:40} max=50")
+STEADY = [
+    ("search-svc", "INFO", "Cache hit ratio {int:82:99}% over last 60s (keys={int:10000:80000})"),
+    ("platform", "INFO", "Autoscaler: desired replicas {int:2:8}, current {int:2:8} (cpu {int:20:75}%)"),
+]
+CACHE_MISS = ("search-svc", "INFO", "Cache miss for key product:{int:1000:99999}, loading from database")
+
+
+def history_records() -> list[dict[str, Any]]:
+    """45 minutes of platform logs, every line normal: a heartbeat every 10 s that stops after 30
+    minutes, two steady lines every 15 and 30 s, and about 3 cache misses a minute that surge to 90
+    in the stampede's minute. (No sporadic lines: the demo shortens the warm-up to 10 minutes, too
+    little to learn a line that comes once in a while; production keeps a day.)"""
+    r = random.Random(20260304)
+    rows: list[tuple[int, str, tuple[str, str, str]]] = []
+    for second in range(0, HISTORY_MINUTES * 60, 10):
+        if second < HEARTBEAT_STOPS_MIN * 60:
+            rows.append((second * 1000 + r.randint(0, 300), "heartbeat", HEARTBEAT))
+        if second % 30 == 0:
+            rows.append((second * 1000 + r.randint(0, 300), "normal", STEADY[0]))
+            rows.append((second * 1000 + 15_000 + r.randint(0, 300), "normal", STEADY[0]))
+            rows.append((second * 1000 + r.randint(0, 300), "normal", STEADY[1]))
+    for minute in range(HISTORY_MINUTES):
+        stampede = minute == STAMPEDE_MIN
+        label = "spike" if stampede else "normal"
+        for _ in range(90 if stampede else r.randint(2, 4)):
+            rows.append((minute * 60_000 + r.randrange(60_000), label, CACHE_MISS))
+    rows.sort(key=lambda row: row[0])
+    start = START + timedelta(hours=1)
+    return [
+        {"at_ms": at, "label": label, "value": _event(r, start + timedelta(milliseconds=at), template)}
+        for at, label, template in rows
+    ]
+
+
 def _jsonl(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
 
@@ -348,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 1 if the committed files differ from what this script generates",
     )
     args = parser.parse_args(argv)
-    outputs = {TRAIN_FILE: _jsonl(train_events()), STREAM_FILE: _jsonl(stream_records())}
+    outputs = {
+        TRAIN_FILE: _jsonl(train_events()),
+        STREAM_FILE: _jsonl(stream_records()),
+        HISTORY_FILE: _jsonl(history_records()),
+    }
     if args.check:
         stale = [
             path.name for path, text in outputs.items() if not path.is_file() or path.read_text() != text

@@ -16,10 +16,13 @@ What it does, in order (docs/demo.md shows a session):
    deploy/demo/agent.toml`` in its own process, with environment overrides for the broker
    address, the bundle path and, if 9464/8080 are taken, the metrics/health ports, and waits for
    ``/readyz``;
-5. replays ``deploy/demo/stream.jsonl`` (normal events with stack traces, OOM kills, disk failures,
-   brute-force attempts... spread through it, and three malformed records) at ``--rate`` events/s,
-   printing every alert (read with ``isolation.level=read_committed``) and dead letter as it
-   arrives, with whether that event was meant to be anomalous;
+5. replays ``deploy/demo/history.jsonl`` first, at once, on the input topic's partition 1 with its
+   own event times (45 minutes of platform logs in which a cache stampede makes one line surge and a
+   heartbeat stops: one ``spike`` and one ``silence``, docs/rates.md), then
+   ``deploy/demo/stream.jsonl`` on partition 0 (normal events with stack traces, OOM kills, disk
+   failures, brute-force attempts... spread through it, and three malformed records) at ``--rate``
+   events/s, printing every alert (read with ``isolation.level=read_committed``) and dead letter as
+   it arrives, with whether that event was meant to be anomalous;
 6. keeps running until Ctrl-C (or, with ``--exit-after-replay``, until the agent has committed
    the offsets of every replayed event and the alerts have been read), then stops the agent with
    SIGTERM (it drains its batch, commits and exits 0), closes the clients, stops the broker it
@@ -51,7 +54,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -78,6 +81,13 @@ DEMO_DIR = REPO_ROOT / "deploy" / "demo"
 CONFIG_FILE = DEMO_DIR / "agent.toml"
 TRAIN_FILE = DEMO_DIR / "train.jsonl"
 STREAM_FILE = DEMO_DIR / "stream.jsonl"
+HISTORY_FILE = DEMO_DIR / "history.jsonl"
+# The input topic's partitions: the live stream on 0, the platform's history (rates) on 1, each
+# with its own event time.
+STREAM_PARTITION, HISTORY_PARTITION = 0, 1
+INPUT_PARTITIONS = 2
+# What history.jsonl holds for the agent's rates: one stampede (spike), one heartbeat that stops.
+EXPECTED_RATE_ALERTS = {"spike": 1, "silence": 1}
 KAFKA_SH = REPO_ROOT / "deploy" / "local" / "kafka.sh"
 DEFAULT_STATE_DIR = REPO_ROOT / "var" / "demo"
 DETECTOR = "knn"
@@ -117,6 +127,23 @@ class StreamRecord:
         event = dict(self.value)
         event["ts"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return json.dumps(event, ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    """One line of history.jsonl: an event ``at_ms`` after the history's start, and what it is
+    (normal, part of the stampede, or the heartbeat that stops)."""
+
+    at_ms: int
+    label: str
+    value: dict[str, Any]
+
+    def payload(self) -> bytes:
+        return json.dumps(self.value, ensure_ascii=False).encode("utf-8")
+
+
+def load_history(path: Path) -> list[HistoryRecord]:
+    return [HistoryRecord(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
 def load_stream(path: Path, count: int | None) -> list[StreamRecord]:
@@ -188,7 +215,13 @@ class Console:
         width = shutil.get_terminal_size((160, 24)).columns
         room = max(20, width - len(prefix))
         shown = first if len(first) <= room else first[: room - 1] + "…"
-        colour = {"ALERT": "31" if truth == "anomaly" else "33", "SUMMARY": "36", "DLQ": "35"}.get(kind, "0")
+        colour = {
+            "ALERT": "31" if truth == "anomaly" else "33",
+            "SPIKE": "31",
+            "SILENCE": "31",
+            "SUMMARY": "36",
+            "DLQ": "35",
+        }.get(kind, "0")
         self.line(self._paint(prefix, colour) + shown)
 
 
@@ -281,9 +314,8 @@ class Names:
 
 def create_topics(bootstrap: str, names: Names) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    wanted = [
-        NewTopic(t, num_partitions=1, replication_factor=1)
-        for t in (names.input, names.alerts, names.dead_letter)
+    wanted = [NewTopic(names.input, num_partitions=INPUT_PARTITIONS, replication_factor=1)] + [
+        NewTopic(t, num_partitions=1, replication_factor=1) for t in (names.alerts, names.dead_letter)
     ]
     for topic, future in admin.create_topics(wanted, operation_timeout=30).items():
         try:
@@ -442,6 +474,9 @@ class Tally:
     dead_letters: dict[int, str] = field(default_factory=dict)
     delivery_errors: list[str] = field(default_factory=list)
     prepare: Callable[[str], str] | None = None  # the bundle's text preparation
+    # The history's rate alerts: kind -> templates alerted (spike, silence), and events sent.
+    rate_alerts: dict[str, list[str]] = field(default_factory=dict)
+    history_sent: int = 0
 
     def summary(self) -> dict[str, Any]:
         anomalous = {o for o, r in self.by_offset.items() if r.label == "anomaly"}
@@ -467,6 +502,10 @@ class Tally:
             "dead_letters_received": len(self.dead_letters),
             "dead_letter_reasons": dict(Counter(self.dead_letters.values())),
             "malformed_not_dead_lettered_offsets": sorted(malformed - set(self.dead_letters)),
+            "history_events_sent": self.history_sent,
+            "rate_alerts_received": {kind: len(t) for kind, t in sorted(self.rate_alerts.items())},
+            "rate_alerts_expected": EXPECTED_RATE_ALERTS,
+            "rate_alert_templates": self.rate_alerts,
             "delivery_errors": self.delivery_errors,
         }
 
@@ -511,6 +550,10 @@ class Readers:
         if message.topic() == self.names.alerts:
             alert = json.loads(message.value() or b"null")
             offset = int(alert["source"]["offset"])
+            rate = alert.get("rate")
+            if rate is not None:
+                self._rate(alert, rate, offset)
+                return
             record = self.tally.by_offset.get(offset)
             text = str(alert["text"])
             if alert.get("kind") == "summary":
@@ -541,6 +584,31 @@ class Readers:
                 service=reason, text=raw,
             )  # fmt: skip
 
+    def _rate(self, alert: dict[str, Any], rate: dict[str, Any], offset: int) -> None:
+        """A spike, a silence, or the summary of a window of them (from the history)."""
+        template = str(alert["pattern"]["template"])
+        if alert.get("kind") == "summary":
+            counted = int(alert["group"]["suppressed"])
+            self.tally.summaries.append(counted)
+            kind, text = "SUMMARY", f"{counted} more {rate['kind']}(s) within the cooldown: {template}"
+        else:
+            self.tally.rate_alerts.setdefault(str(rate["kind"]), []).append(template)
+            kind = str(rate["kind"]).upper()
+            bucket = float(rate["bucket_seconds"])
+            if rate["kind"] == "spike":
+                text = (
+                    f"{rate['observed']} in {bucket:g} s, {float(rate['expected']):.1f} expected: {template}"
+                )
+            else:
+                text = (
+                    f"none for {int(rate['buckets']) * bucket:g} s, {float(rate['expected']):.1f} "
+                    f"expected: {template}"
+                )
+        self.console.record(
+            kind=kind, score=float(alert["score"]), offset=offset, truth="history",
+            service=str(alert.get("fields", {}).get("service", "-")), text=text,
+        )  # fmt: skip
+
     def close(self) -> None:
         self.consumer.close()
 
@@ -568,15 +636,19 @@ def _truth(record: StreamRecord | None, expected: str) -> str:
 
 
 def committed_all(bootstrap: str, names: Names) -> bool:
-    """Whether the agent's group has committed the input topic's end offset (everything processed)."""
+    """Whether the agent's group has committed every input partition's end offset (everything
+    processed)."""
     probe = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": names.group_id, "enable.auto.commit": False}
     )
     try:
-        tp = TopicPartition(names.input, 0)
-        _, high = probe.get_watermark_offsets(tp, timeout=10)
-        committed = probe.committed([tp], timeout=10)[0].offset
-        return bool(high > 0 and committed >= high)
+        partitions = [TopicPartition(names.input, p) for p in range(INPUT_PARTITIONS)]
+        committed = probe.committed(partitions, timeout=10)
+        for tp, done in zip(partitions, committed, strict=True):
+            low, high = probe.get_watermark_offsets(tp, timeout=10)
+            if high > low and done.offset < high:
+                return False
+        return True
     except KafkaException:
         return False
     finally:
@@ -616,11 +688,42 @@ def replay(
                 producer.poll(0)
                 readers.poll(min(0.05, max(0.0, due - time.monotonic())))
         producer.produce(
-            topic, value=record.payload(datetime.now(UTC)), key=f"demo-{index}", on_delivery=delivered(index)
+            topic,
+            value=record.payload(datetime.now(UTC)),
+            key=f"demo-{index}",
+            partition=STREAM_PARTITION,
+            on_delivery=delivered(index),
         )
         tally.sent[record.label] += 1
         producer.poll(0)
     producer.flush(30)
+
+
+def replay_history(producer: Producer, history: list[HistoryRecord], *, topic: str, tally: Tally) -> datetime:
+    """Sends the history at once to its own partition, each event with its own time as the Kafka
+    timestamp: it ends a minute before now, so its event time runs 45 minutes in a few seconds.
+    Returns when it started."""
+    span = max(r.at_ms for r in history)
+    # On a minute: the history's minutes are the rates' 60 s buckets (the stampede is one bucket).
+    base = (
+        round((datetime.now(UTC) - timedelta(milliseconds=span + 60_000)).timestamp() * 1000)
+        // 60_000
+        * 60_000
+    )
+    start = datetime.fromtimestamp(base / 1000, UTC)
+    for index, record in enumerate(history):
+        producer.produce(
+            topic,
+            value=record.payload(),
+            key=f"history-{index}",
+            partition=HISTORY_PARTITION,
+            timestamp=base + record.at_ms,
+        )
+        tally.history_sent += 1
+        if index % 100 == 0:
+            producer.poll(0)
+    producer.flush(30)
+    return start
 
 
 # --- the command --------------------------------------------------------------------------------
@@ -739,13 +842,17 @@ def run_demo(args: argparse.Namespace, console: Console, stop: StopFlag) -> dict
         producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
         labels = Counter(r.label for r in records)
         pace = f"{args.rate:g} events/s" if args.rate > 0 else "full speed"
+        history = load_history(HISTORY_FILE)
         console.step(
             5, "replay",
-            f"{len(records)} events at {pace}: {labels['normal']} normal, {labels['anomaly']} anomalous, "
-            f"{labels['malformed']} malformed → {names.input}",
+            f"{len(history)} events of history (45 minutes of platform logs: a cache stampede, a "
+            f"heartbeat that stops) → {names.input}[{HISTORY_PARTITION}], then {len(records)} events at "
+            f"{pace}: {labels['normal']} normal, {labels['anomaly']} anomalous, {labels['malformed']} "
+            f"malformed → {names.input}[{STREAM_PARTITION}]",
         )  # fmt: skip
         console.header()
         t = time.monotonic()
+        replay_history(producer, history, topic=names.input, tally=tally)
         replay(
             producer,
             records,
@@ -851,6 +958,13 @@ def print_summary(console: Console, summary: Mapping[str, Any]) -> None:
         f"grouped            {summary.get('anomalies_grouped', 0)} more anomalies counted under their "
         f"pattern's alert; {summary.get('summaries_received', 0)} summaries carried "
         f"{summary.get('events_in_summaries', 0)} events (one alert per pattern and cooldown)"
+    )
+    got = summary.get("rate_alerts_received", {})
+    console.info(
+        f"rate alerts        {got.get('spike', 0)} spike, {got.get('silence', 0)} silence from "
+        f"{summary.get('history_events_sent', 0)} events of history (expected "
+        + ", ".join(f"{n} {k}" for k, n in EXPECTED_RATE_ALERTS.items())
+        + ")"
     )
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("dead_letter_reasons", {}).items()))
     console.info(
