@@ -33,3 +33,17 @@ def test_logs_split_trains_on_two_systems_and_flags_the_third(datasets_dir: Path
     assert split.train_labels[:2] == ["thunderbird", "hdfs"]  # interleaved like one stream
     assert {label for label, a in zip(split.test_labels, split.test_is_anomaly, strict=True) if a} == {"bgl"}
     assert not any(r["line"].startswith("- ") for r in split.train_records)
+
+
+def test_payload_sets_are_the_stated_generator_and_agree_with_each_other(datasets_dir: Path) -> None:
+    lines = devdata.load("payloads", datasets_dir)
+    values = devdata.load("payload-values", datasets_dir)
+    assert len(lines.train_records) == len(values.train_records) == 4_000
+    assert lines.test_labels == values.test_labels and sum(lines.test_is_anomaly) == 500
+    for line, value in zip(lines.test_records, values.test_records, strict=True):
+        assert value["text"] in line["text"]  # the value is one parameter of the same request
+    benign, attacks = devdata.payload_requests(datasets_dir, n_benign=50, n_attacks=50)
+    assert (benign, attacks) == devdata.payload_requests(datasets_dir, n_benign=50, n_attacks=50)
+    assert all(line.split(" ", 1)[0] in ("GET", "POST") for line, _ in benign + attacks)
+    markers = ("'", '"', "<", "..", "://", "$(", "`", "|", ";", "%2", "SELECT", "SLEEP")
+    assert all(any(m in value for m in markers) for _, value in attacks)

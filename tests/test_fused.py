@@ -1,13 +1,24 @@
-"""The fused detector's parts: tail evidence, leave-one-out calibration, lexical measures, and
-that a lexical anomaly is caught where the vectors alone cannot tell (the contract suite in
-tests/test_detector_contract.py covers the rest)."""
+"""The fused detector's parts: tail evidence, leave-one-out calibration, lexical measures, and how
+embedding and text evidence are fused — corroborated by default, Fisher's sum on request and for
+bundles saved before the option (the contract suite in tests/test_detector_contract.py covers the
+rest)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.model.detectors.fused import COMPONENTS, FusedDetector, held_out_evidence, tail_evidence
+from agent.model.detectors.fused import (
+    COMPONENTS,
+    DEFAULT_COMPONENTS,
+    FUSIONS,
+    FusedDetector,
+    held_out_evidence,
+    tail_evidence,
+)
 from agent.model.detectors.lexical import CharNgramNeighbours, UnseenTokens, tokens
 
 
@@ -75,28 +86,58 @@ def _vectors(n: int, seed: int) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_a_lexical_anomaly_with_a_normal_vector_is_flagged() -> None:
-    """Identical vectors, different texts: only the text measures can tell, and they do."""
+def test_a_lexical_anomaly_with_a_normal_vector_is_flagged_by_fisher_only() -> None:
+    """Identical vectors, different texts: only the text measures can tell. Fisher's sum lets them
+    alert on their own; the corroborated default counts them only as far as the embedding is
+    unusual too, so a paraphrase that reads differently but means the same stays quiet."""
     rng = np.random.default_rng(3)
     words = [f"w{i}" for i in range(30)]
     texts = [" ".join(rng.choice(words, size=6)) for _ in range(600)]
     vectors = _vectors(600, 4)
-    detector = FusedDetector(target_fpr=0.02)
-    detector.fit(vectors, texts=texts)
     probe = np.repeat(vectors[:1], 2, axis=0)
-    scores = detector.score(probe, [texts[0], "zzkq plxv qqrt vvnm ooiu"]).score
+    probe_texts = [texts[0], "zzkq plxv qqrt vvnm ooiu"]
+    fisher = FusedDetector(components=COMPONENTS, fusion="fisher", target_fpr=0.02)
+    fisher.fit(vectors, texts=texts)
+    scores = fisher.score(probe, probe_texts).score
     assert scores[0] <= 1.0 < scores[1]
+    corroborated = FusedDetector(target_fpr=0.02)
+    corroborated.fit(vectors, texts=texts)
+    assert corroborated.fusion == "corroborated" and corroborated.components == DEFAULT_COMPONENTS
+    quiet = corroborated.score(probe, probe_texts).score
+    # at most twice the embedding's own evidence, which is that of a training vector: tiny
+    assert quiet[1] <= 2.0 * quiet[0] + 1e-12 and quiet[1] <= 1.0
     vector_only = FusedDetector(components=["knn", "kmeans"], target_fpr=0.02)
     vector_only.fit(vectors, texts=texts)
-    same = vector_only.score(probe, [texts[0], "zzkq plxv qqrt vvnm ooiu"]).score
+    same = vector_only.score(probe, probe_texts).score
     assert same[0] == same[1]
 
 
-def test_components_are_validated() -> None:
+def test_text_evidence_counts_up_to_the_embeddings() -> None:
+    """corroborated: raw = e_knn + min(e_tfidf + e_unseen, e_knn)."""
+    rng = np.random.default_rng(9)
+    words = [f"w{i}" for i in range(30)]
+    texts = [" ".join(rng.choice(words, size=6)) for _ in range(400)]
+    vectors = _vectors(400, 10)
+    detector = FusedDetector()
+    detector.fit(vectors, texts=texts)
+    probe_texts = [*texts[:5], "zzkq plxv w1 w2", "w3 w4 w5 qqqq", "zzkq plxv qqrt vvnm"]
+    probe = np.r_[vectors[:5], _vectors(3, 11)]
+    measures, _ = detector._measures(probe, probe_texts)
+    e = {c: tail_evidence(detector._null[c], measures[c]) for c in DEFAULT_COMPONENTS}
+    expected = e["knn"] + np.minimum(e["tfidf"] + e["unseen"], e["knn"])
+    np.testing.assert_allclose(detector.score(probe, probe_texts).distance, expected, rtol=1e-12)
+    assert np.any(e["tfidf"] + e["unseen"] > e["knn"])  # the cap is exercised
+    assert detector.held_out_scores is not None and len(detector.held_out_scores) == 80
+
+
+def test_components_and_fusion_are_validated() -> None:
     assert set(COMPONENTS) == {"knn", "kmeans", "tfidf", "unseen"}
     for bad in ([], ["knn", "knn"], ["bm25"]):
         with pytest.raises(ValueError, match="components"):
             FusedDetector(components=bad)
+    assert FUSIONS == ("corroborated", "fisher")
+    with pytest.raises(ValueError, match="fusion"):
+        FusedDetector(fusion="max")
 
 
 def test_tail_calibration_split_is_saved_and_used() -> None:
@@ -109,13 +150,13 @@ def test_tail_calibration_split_is_saved_and_used() -> None:
         FusedDetector(calibration_split="newest")
 
 
-def test_embedding_measures_vote_once_and_text_measures_add() -> None:
-    """raw = max(e_knn, e_kmeans) + e_tfidf + e_unseen, each evidence against its held-out null."""
+def test_fisher_embedding_measures_vote_once_and_text_measures_add() -> None:
+    """fisher: raw = max(e_knn, e_kmeans) + e_tfidf + e_unseen, each against its held-out null."""
     rng = np.random.default_rng(6)
     words = [f"w{i}" for i in range(30)]
     texts = [" ".join(rng.choice(words, size=6)) for _ in range(400)]
     vectors = _vectors(400, 7)
-    detector = FusedDetector()
+    detector = FusedDetector(components=COMPONENTS, fusion="fisher")
     detector.fit(vectors, texts=texts)
     probe_texts = [*texts[:5], "zzkq plxv w1 w2", "w3 w4 w5 qqqq"]
     probe = np.r_[vectors[:5], _vectors(2, 8)]
@@ -123,3 +164,23 @@ def test_embedding_measures_vote_once_and_text_measures_add() -> None:
     e = {c: tail_evidence(detector._null[c], measures[c]) for c in COMPONENTS}
     expected = np.maximum(e["knn"], e["kmeans"]) + e["tfidf"] + e["unseen"]
     np.testing.assert_allclose(detector.score(probe, probe_texts).distance, expected, rtol=1e-12)
+
+
+def test_a_bundle_saved_before_the_fusion_option_loads_as_fisher(tmp_path: Path) -> None:
+    """Its detector.json has no fusion: it summed, and its threshold was set on the sum."""
+    rng = np.random.default_rng(12)
+    words = [f"w{i}" for i in range(30)]
+    texts = [" ".join(rng.choice(words, size=6)) for _ in range(300)]
+    vectors = _vectors(300, 13)
+    detector = FusedDetector(components=COMPONENTS, fusion="fisher")
+    detector.fit(vectors, texts=texts)
+    detector.save(tmp_path)
+    meta = json.loads((tmp_path / "detector.json").read_text(encoding="utf-8"))
+    del meta["config"]["fusion"], meta["extra"]["fusion"]
+    (tmp_path / "detector.json").write_text(json.dumps(meta), encoding="utf-8")
+    old = FusedDetector.load(tmp_path)
+    assert old.fusion == "fisher" and old.components == COMPONENTS
+    probe_texts = [*texts[:3], "zzkq plxv w1 w2"]
+    probe = np.r_[vectors[:3], _vectors(1, 14)]
+    expected = detector.score(probe, probe_texts).score
+    np.testing.assert_array_equal(old.score(probe, probe_texts).score, expected)

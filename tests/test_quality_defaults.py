@@ -44,11 +44,11 @@ def test_every_detector_is_in_the_quality_table() -> None:
         assert f"| {name}" in text, f"docs/detectors.md quality table has no row for {name}"
 
 
-def test_quality_summary_ranks_by_worst_case_and_margin_over_the_seeds() -> None:
+def test_quality_summary_ranks_by_worst_gap_to_the_better_anchor() -> None:
     import sys
 
     sys.path.insert(0, str(DOCS.parent.parent / "bench"))
-    from quality import summarize
+    from quality import DEFAULT_CANDIDATE, TARGET_GAP, summarize
 
     def row(dataset: str, candidate: str, auroc: float, **extra: object) -> dict[str, object]:
         base = {"mask_by_rule": True, "labels": False, "test_normal_fpr": 0.01}
@@ -58,12 +58,18 @@ def test_quality_summary_ranks_by_worst_case_and_margin_over_the_seeds() -> None
         row("a", "kmeans", 0.60), row("b", "kmeans", 0.95),
         row("a", "steady", 0.85), row("b", "steady", 0.93),
         row("a", "spiky", 0.90), row("b", "spiky", 0.70),
+        row("a", DEFAULT_CANDIDATE, 0.895), row("b", DEFAULT_CANDIDATE, 0.96),
         row("a", "other view", 0.99, mask_by_rule=False),  # not what train would fit: ignored
         row("a", "with labels", 0.99, labels=True),  # needs labels: ignored
     ]  # fmt: skip
-    summary = summarize(results, ["a", "b"])
-    assert summary["best_per_set"] == {"a": 0.90, "b": 0.95}
-    assert summary["by_worst_case"] == ["steady", "spiky", "kmeans"]  # worst gaps 0.05, 0.25, 0.30
+    anchors = {"a": {"better": 0.90}, "b": {"better": 0.94}}
+    summary = summarize(results, ["a", "b"], anchors)
+    assert summary["better_anchor"] == {"a": 0.90, "b": 0.94}
+    # worst gaps to the better anchor: default 0.005, steady 0.05, spiky 0.24, kmeans 0.30
+    assert summary["by_worst_case"] == [DEFAULT_CANDIDATE, "steady", "spiky", "kmeans"]
     steady = summary["candidates"]["steady"]
-    assert steady["worst_gap"] == 0.05 and steady["worst_set"] == "a"
-    assert steady["vs_seeds"] == -0.02  # 0.93 - 0.95 on b
+    assert steady["gap_to_anchor"] == {"a": 0.05, "b": 0.01} and steady["worst_set"] == "a"
+    assert not steady["meets_target"] and steady["vs_seeds"] == -0.02  # 0.93 - 0.95 on b
+    default = summary["default"]
+    assert default["worst_gap"] == 0.005 <= TARGET_GAP and default["meets_target"]
+    assert default["gap_to_best"] == {"a": 0.005, "b": 0.0}

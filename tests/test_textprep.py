@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 
 from agent.model.textprep import (
+    _SENTINEL_SETS,
     _TIMESTAMP,
     MASKS,
     MAX_MASKED_INPUT_CHARS,
     MissingTextError,
+    SlotValues,
     TextPreparation,
     mask_text,
+    mask_values,
 )
 
 
@@ -252,3 +255,76 @@ def test_masking_reads_a_bounded_prefix() -> None:
     text = "disk 42 full " * 10_000
     assert len(text) > MAX_MASKED_INPUT_CHARS
     assert prep.prepare(text + "tail") == prep.prepare(text[:MAX_MASKED_INPUT_CHARS])
+
+
+# The value view's input: what each placeholder replaced. The masked text must be mask_text's to
+# the character (bundles were trained on it), and the values put back into the placeholders, in
+# order, must give the original text back.
+_ANY_PLACEHOLDER = re.compile("|".join(sorted({re.escape(m.placeholder) for m in MASKS})))
+
+
+def _put_back(masked: str, values: tuple[str, ...]) -> str:
+    found = iter(values)
+    restored = _ANY_PLACEHOLDER.sub(lambda m: next(found), masked)
+    assert next(found, None) is None, "more values than placeholders"
+    return restored
+
+
+def _check_values(text: str) -> None:
+    masked, slots = mask_values(text)
+    assert masked == mask_text(text), repr(text)
+    assert slots.values is not None and len(slots.values) == len(slots.placeholders)
+    assert list(slots.placeholders) == _ANY_PLACEHOLDER.findall(masked)
+    assert _put_back(masked, slots.values) == text, repr(text)
+
+
+def test_values_of_all_dev_data_put_back_give_the_text(datasets_dir: Path) -> None:
+    texts = _dev_texts(datasets_dir)
+    assert not any(_ANY_PLACEHOLDER.search(t) for t in texts)  # no literal placeholders to confuse
+    prep = TextPreparation()
+    for text in texts:
+        _check_values(text)
+        assert prep.prepare_values(text)[0] == prep.prepare(text)
+
+
+def test_values_match_the_reference_on_fuzz() -> None:
+    rng = random.Random(20261203)
+    pieces = ["12:01:01", "::", "fe80", "0x1f", "deadbeef42", "10.0.0.1:80", "/var/log", "~/x", "../y",
+              "2005-06-03", "Nov 9 12:00:00", "a@b.com", "http://h/p?q=1", "blk_-12", "R02-M1-N0",
+              "123e4567-e89b-12d3-a456-426614174000", "00:1a:2b:3c:4d:5e", "7", "3.5", "a", "-", ".",
+              " ", "\t", "é", "<", ">"]  # fmt: skip
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12)))
+        if not _ANY_PLACEHOLDER.search(text):
+            _check_values(text)
+
+
+def test_prepare_values_keeps_the_values_truncation_keeps() -> None:
+    text = "id 42 at 10.0.0.1 took 7 ms"
+    for max_chars in range(1, 40):
+        prep = TextPreparation(max_chars=max_chars)
+        prepared, slots = prep.prepare_values(text)
+        assert prepared == prep.prepare(text)
+        assert list(slots.placeholders) == _ANY_PLACEHOLDER.findall(prepared)
+        assert slots.values == ("42", "10.0.0.1", "7")[: len(slots.placeholders)]
+
+
+def test_whitespace_inside_values_and_around_them() -> None:
+    prepared, slots = TextPreparation().prepare_values("  at Nov  9 12:01:01\tuser   bob@x.org  ")
+    assert prepared == "at <TS> user <EMAIL>"
+    assert slots == SlotValues(("Nov  9 12:01:01", "bob@x.org"), ("<TS>", "<EMAIL>"))
+
+
+def test_texts_holding_sentinel_characters() -> None:
+    """One set's character: the next set reads the values; all three: no values, same text."""
+    prep = TextPreparation()
+    for held in range(len(_SENTINEL_SETS)):
+        text = "".join(f"{s.chars[0]} " for s in _SENTINEL_SETS[: held + 1]) + "disk 42 at /tmp/x"
+        prepared, slots = prep.prepare_values(text)
+        assert prepared == prep.prepare(text)
+        if held < len(_SENTINEL_SETS) - 1:
+            _check_values(text)
+            assert slots.values == ("42", "/tmp/x")
+        else:
+            assert slots.values is None
+    assert TextPreparation(mask=False).prepare_values("disk 42") == ("disk 42", SlotValues((), ()))

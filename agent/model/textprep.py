@@ -14,6 +14,10 @@ from the text it was fitted on. Two steps:
     addresses, URLs, node/block ids) into stable placeholders such as ``<NUM>`` or ``<IP>``,
     collapses whitespace, and truncates to ``max_chars``. Masking keeps "same message, different
     numbers" close together in embedding space, which is what clustering normal log traffic needs.
+``prepare_values(text)``
+    the same prepared text, character for character, and ``SlotValues``: the raw text each
+    placeholder replaced, in text order — what the value view (agent.model.values) scores, so
+    that what masking hides still counts. ``prepare`` itself does not pay for it.
 
 The masks are a data table (``MASKS``: name, compiled pattern, placeholder, optional validator),
 applied in table order, each pattern compiled once at import. Order matters: specific shapes go
@@ -29,7 +33,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.decode import lookup_field
 
@@ -90,6 +94,36 @@ class Mask:
             return self.pattern.sub(self.placeholder, text)
         accept = self.accept
         return self.pattern.sub(lambda m: self.placeholder if accept(m) else m.group(0), text)
+
+    def collect(self, text: str, sentinel: str, values: list[str]) -> str:
+        """``apply`` that writes ``sentinel`` instead of the placeholder and appends each replaced
+        match to ``values`` (in match order). Same prechecks and matches as ``apply``: the two
+        differ only in what replaces a match (see ``mask_values``)."""
+        if self.required is not None and (
+            self.required not in text
+            if self.required_count == 1
+            else text.count(self.required) < self.required_count
+        ):
+            return text
+        if self.precheck is not None and self.precheck.search(text) is None:
+            return text
+        append = values.append
+        accept = self.accept
+        if accept is None:
+
+            def replace(m: re.Match[str]) -> str:
+                append(m[0])
+                return sentinel
+
+        else:
+
+            def replace(m: re.Match[str]) -> str:
+                if not accept(m):
+                    return m[0]
+                append(m[0])
+                return sentinel
+
+        return self.pattern.sub(replace, text)
 
 
 def _is_ipv6(match: re.Match[str]) -> bool:
@@ -227,6 +261,105 @@ def mask_text(text: str, masks: tuple[Mask, ...] = MASKS) -> str:
     return text
 
 
+# What masking replaced, in text order. Each mask writes its own sentinel character instead of its
+# placeholder; after the last mask the sentinels, read left to right, say which mask's next value
+# each slot holds, and are then replaced by the placeholders. A sentinel is, like a placeholder's
+# "<" and ">", a non-word, non-space character that no rule's character class contains, and no
+# rule matches a placeholder's letters or spans a "<" or ">", so every later rule matches exactly
+# what it matches after the placeholder: the masked text is ``mask_text``'s to the character
+# (tests/test_textprep.py checks it on every dev text and on fuzz). The sentinels are C1 control
+# characters (U+0086-U+0091; U+0085 is whitespace), which keep an ASCII line one byte per
+# character so the later rules scan it as fast as ``mask_text`` does; a text that holds one of
+# them (mis-decoded Windows-1252 does) gets private-use characters of the BMP, then of plane 15.
+# A text holding characters of all three sets cannot be read: its values are None (its masked
+# text is still exact).
+class _Sentinels(NamedTuple):
+    chars: tuple[str, ...]  # one per mask, in MASKS order
+    any: re.Pattern[str]
+    placeholder_of: dict[str, str]
+
+
+def _sentinels(base: int) -> _Sentinels:
+    chars = tuple(chr(base + i) for i in range(len(MASKS)))
+    placeholder_of = {c: m.placeholder for c, m in zip(chars, MASKS, strict=True)}
+    return _Sentinels(chars, re.compile(f"[{chars[0]}-{chars[-1]}]"), placeholder_of)
+
+
+_SENTINEL_SETS = (_sentinels(0x86), _sentinels(0xE000), _sentinels(0xF0000))
+
+
+class SlotValues(NamedTuple):
+    """What the placeholders of a masked text replaced, in text order (the value view's input).
+
+    ``values[n]`` is the raw text behind the n-th placeholder, ``placeholders[n]`` that placeholder
+    (``"<NUM>"``, ``"<PATH>"``, ...). ``values`` is None where they could not be read (a text that
+    holds characters of every sentinel set, see ``mask_values``). A named tuple: one is
+    made per event on the agent's hot path, and a tuple is the cheapest record Python builds.
+    """
+
+    values: tuple[str, ...] | None
+    placeholders: tuple[str, ...]
+
+
+NO_VALUES = SlotValues((), ())
+
+
+def _sentinel_mask(text: str) -> tuple[str, list[list[str]], _Sentinels] | None:
+    """``text`` with each mask's matches replaced by its sentinel, each mask's matches in order,
+    and the sentinels used; None when the text holds characters of every sentinel set."""
+    if text.isascii():
+        sentinels = _SENTINEL_SETS[0]
+    else:
+        usable = [s for s in _SENTINEL_SETS if s.any.search(text) is None]
+        if not usable:
+            return None
+        sentinels = usable[0]
+    found: list[list[str]] = [[] for _ in MASKS]
+    for m, sentinel, values in zip(MASKS, sentinels.chars, found, strict=True):
+        text = m.collect(text, sentinel, values)
+    return text, found, sentinels
+
+
+def mask_values(text: str) -> tuple[str, SlotValues]:
+    """``mask_text(text)`` and what each of its placeholders replaced (``SlotValues``).
+
+    Cost: ``mask_text``'s plus a Python call per replaced token and one scan for the sentinels
+    (measured by bench/quality.py, docs/detectors.md "The value view").
+    """
+    marked = _sentinel_mask(text)
+    if marked is None:
+        return mask_text(text), SlotValues(None, ())
+    text, found, sentinels = marked
+    order = sentinels.any.findall(text)
+    if not order:
+        return text, NO_VALUES
+    pending = {}
+    for sentinel, m, matched in zip(sentinels.chars, MASKS, found, strict=True):
+        if matched:
+            pending[sentinel] = iter(matched)
+            text = text.replace(sentinel, m.placeholder)
+    values = tuple([next(pending[c]) for c in order])
+    return text, SlotValues(values, tuple([sentinels.placeholder_of[c] for c in order]))
+
+
+def _slots_within(text: str, limit: int) -> int:
+    """How many placeholders of the masked, collapsed and stripped ``text`` end within its first
+    ``limit`` characters (what truncation to ``max_chars`` keeps). Only for texts that truncation
+    cuts, so the second masking pass it takes is rare."""
+    marked = _sentinel_mask(text)
+    assert marked is not None  # the caller read values from this text
+    sentinel_text, _, sentinels = marked
+    collapsed = _WHITESPACE.sub(" ", sentinel_text).strip()
+    kept, shift = 0, 0
+    for match in sentinels.any.finditer(collapsed):
+        placeholder = sentinels.placeholder_of[match.group(0)]
+        if match.start() + shift + len(placeholder) > limit:
+            break
+        kept += 1
+        shift += len(placeholder) - 1
+    return kept
+
+
 @dataclass(frozen=True)
 class TextPreparation:
     """How a record becomes embedder input; stored in every bundle (see module docstring).
@@ -283,11 +416,33 @@ class TextPreparation:
         whitespace, truncate to ``max_chars``."""
         if self.mask:
             text = mask_text(text[:MAX_MASKED_INPUT_CHARS])
+        return self._collapse(text)[: self.max_chars].rstrip()
+
+    @staticmethod
+    def _collapse(text: str) -> str:
         # Every whitespace character but " " is unprintable, so a printable text without a double
         # space has nothing to collapse (most log lines: the substitution is then skipped).
         if "  " in text or not text.isprintable():
             text = _WHITESPACE.sub(" ", text)
-        return text.strip()[: self.max_chars].rstrip()
+        return text.strip()
+
+    def prepare_values(self, text: str) -> tuple[str, SlotValues]:
+        """``prepare(text)`` and what its placeholders replaced (``SlotValues``; the value view's input).
+
+        The prepared text is ``prepare``'s, character for character. The values are those of the
+        placeholders that survive truncation to ``max_chars``; without masking there are none.
+        Cost: ``prepare``'s plus about 0.3 µs per placeholder (docs/detectors.md, "The value view").
+        """
+        if not self.mask:
+            return self.prepare(text), NO_VALUES
+        text = text[:MAX_MASKED_INPUT_CHARS]
+        masked, slots = mask_values(text)
+        collapsed = self._collapse(masked)
+        prepared = collapsed[: self.max_chars].rstrip()
+        if len(collapsed) > self.max_chars and slots.values:
+            kept = _slots_within(text, self.max_chars)
+            slots = SlotValues(slots.values[:kept], slots.placeholders[:kept])
+        return prepared, slots
 
     def __call__(self, record: Mapping[str, Any]) -> str:
         """``prepare(extract(record))``: what the embedder sees for a record."""

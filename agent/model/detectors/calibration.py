@@ -26,12 +26,22 @@ clusters differ by factors, not offsets.
 
 Thresholds are floored at ``floor`` (> 0) so that a raw score of exactly 0 everywhere (duplicate
 log lines) cannot produce a zero threshold and infinite scores.
+
+Evidence and drift
+------------------
+``tail_evidence`` / ``held_out_evidence`` turn a measure into ``-log`` of its tail probability
+among held-out normals (leave-one-out for the held-out values themselves): the common currency
+in which the fused detector adds its measures and the value view (agent.model.values) adds a
+pattern's score to its values' evidence. ``drift_margin`` measures how much higher a threshold
+had to be to hold the target one time slice later in the training data (bench/quality.py's
+forward chain; docs/detectors.md, "Calibration under drift and its limits": on the dev logs no
+margin learned this way anticipated the drift, so none is applied).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,3 +215,60 @@ def calibrate(
         weight = members.size / (members.size + strength)
         per_cluster[c] = math.exp(weight * math.log(local) + (1.0 - weight) * math.log(priors[c]))
     return Thresholds(target_fpr, global_t, per_cluster, counts)
+
+
+#: the scale a measure is compared at when every held-out value is 0 (duplicates of training texts).
+_ZERO_SCALE = 1e-6
+
+
+def tail_evidence(null: Float64Array, values: Float64Array) -> Float64Array:
+    """Evidence ``-log p(x) + log max(1, x / max(null))`` per value; ``null``: sorted held-out values.
+
+    ``p(x) = (1 + n(x)) / (m + 1)`` where ``n(x)`` counts the held-out values ``>= x``, taken
+    piecewise-linearly between held-out values so that the evidence is continuous in ``x`` (a
+    float rounding of ``x`` cannot jump a rank) and, past the largest held-out value ``h``, decays
+    as ``n(h) * h / x`` while the ratio term grows. 0 at or below the null's bulk, about
+    ``log(m + 1)`` past its maximum, growing with the ratio beyond it.
+    """
+    m = len(null)
+    distinct, first = np.unique(null, return_index=True)
+    at_least = np.interp(values, distinct, (m - first).astype(np.float64))
+    top = float(distinct[-1])
+    ratio = values / top if top > 0 else 1.0 + np.maximum(values, 0.0) / _ZERO_SCALE
+    over = values > top
+    at_least[over] = at_least[over] / ratio[over]
+    return np.asarray(-np.log((1.0 + at_least) / (m + 1.0)) + np.log(np.maximum(ratio, 1.0)), np.float64)
+
+
+def held_out_evidence(null: Float64Array) -> Float64Array:
+    """``tail_evidence`` of each value of the sorted ``null`` against the others (leave one out).
+
+    Scoring the held-out values against a null that contains them would make each one look less
+    extreme than a fresh value (its own copy counts as "at least as large"), and the threshold
+    set on them would let too many fresh normals through. At a held-out value the count of the
+    others ``>=`` it is exact; the largest value is measured against the second largest.
+    """
+    m = len(null)
+    if m < 2:
+        return np.zeros(m, dtype=np.float64)
+    at_least_others = (m - np.searchsorted(null, null, side="left") - 1).astype(np.float64)
+    evidence = -np.log((at_least_others + 1.0) / m)
+    second = float(null[-2])
+    if null[-1] > second:  # past the others' maximum: the same decay and ratio as tail_evidence
+        ratio = null[-1] / second if second > 0 else 1.0 + null[-1] / _ZERO_SCALE
+        ties = float(np.sum(null[:-1] == second))
+        evidence[-1] = -np.log((1.0 + ties / ratio) / m) + np.log(ratio)
+    return np.asarray(evidence, dtype=np.float64)
+
+
+def drift_margin(later_scores: Sequence[npt.ArrayLike], target_fpr: float) -> float:
+    """How much higher a threshold had to be to hold ``target_fpr`` on later data (>= 1).
+
+    ``later_scores``: for each forward step over a training set in time order (fit and calibrate
+    on the first slices, score the next one), the calibrated scores of that next slice. The
+    margin is the largest ``1 - target_fpr`` quantile among them: dividing scores by it would
+    have kept every step's later FPR at or below the target. 1.0 when no step drifted.
+    """
+    check_target_fpr(target_fpr)
+    needed = [quantile_threshold(scores, target_fpr) for scores in later_scores]
+    return max([1.0, *needed])
