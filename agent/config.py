@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -257,8 +258,66 @@ class RateSettings(_Section):
         return max(1, round(self.bucket_seconds * 1000))
 
 
+class SessionSettings(_Section):
+    """``[sessions]``: events that share a session key (a block, a request, a job) are one
+    session; a session whose steps go wrong alerts even when every line looks normal
+    (docs/sessions.md). Needs a bundle with a session model (``train --session-key-pattern``)."""
+
+    enabled: bool = Field(default=False, description="track sessions and alert on anomalous ones")
+    key_pattern: str | None = Field(
+        default=None,
+        description="regex with one group, matched on the RAW text (before masking), e.g. "
+        "'(blk_-?\\d+)'; exactly one of key_pattern and key_field",
+    )
+    key_field: str | None = Field(
+        default=None, description="dotted event field holding the session id, e.g. 'trace_id'"
+    )
+    gap_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="event-time inactivity that closes a session; unset = the session model's (it "
+        "was trained with it; another value stops start-up)",
+    )
+    max_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="a session closes this long after its first event; unset = the model's",
+    )
+    max_events: int | None = Field(
+        default=None, ge=1, description="a session closes at this many events; unset = the model's"
+    )
+    max_open: int = Field(
+        default=100_000,
+        ge=1,
+        description="open sessions per input partition (about 1.5 KB each: 100,000 are about 150 MB); "
+        "beyond it the least recently active is closed and scored early (reason evicted)",
+    )
+    max_runs: int = Field(
+        default=32, ge=1, description="pattern runs a session keeps for its alert (the rest are counted)"
+    )
+
+    @model_validator(mode="after")
+    def _one_key(self) -> SessionSettings:
+        if self.enabled and (self.key_pattern is None) == (self.key_field is None):
+            raise ValueError(
+                "sessions.enabled needs exactly one of sessions.key_pattern and sessions.key_field"
+            )
+        if self.key_pattern is not None:
+            try:
+                compiled = re.compile(self.key_pattern)
+            except re.error as exc:
+                raise ValueError(f"sessions.key_pattern does not compile: {exc}") from None
+            if compiled.groups != 1:
+                raise ValueError(f"sessions.key_pattern must have exactly one group, has {compiled.groups}")
+        return self
+
+
 # The kinds of alert beside anomalous events, and their default Alertmanager alertname.
-DEFAULT_ALERTNAMES = {"spike": "TextPatternSpike", "silence": "TextPatternSilence"}
+DEFAULT_ALERTNAMES = {
+    "spike": "TextPatternSpike",
+    "silence": "TextPatternSilence",
+    "session": "TextSessionAnomaly",
+}
 
 
 class AlertmanagerSettings(_Section):
@@ -327,6 +386,7 @@ class Settings(BaseSettings):
     patterns: PatternSettings = Field(default_factory=PatternSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     rates: RateSettings = Field(default_factory=RateSettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
     alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)

@@ -42,7 +42,7 @@ from confluent_kafka import KafkaException, Message
 from agent.alerts.alerting import Alerting, Scored
 from agent.alerts.feedback import Verdicts
 from agent.alerts.verdicts import VerdictReader
-from agent.config import DEAD_LETTER_HEADROOM_BYTES, Delivery, Settings
+from agent.config import DEAD_LETTER_HEADROOM_BYTES, ConfigError, Delivery, Settings
 from agent.decode import DeadLetterReason, DecodedEvent, Rejected, decode_event
 from agent.health import HealthState
 from agent.kafka.calls import CALL_TIMEOUT_S, kafka_error
@@ -276,6 +276,7 @@ class Pipeline:
             log.warning(
                 "kafka.librdkafka[%r] is ignored: the agent sets it to keep its delivery guarantees", key
             )
+        self._alerting.use_session_model(self._model.bundle.sessions)  # ConfigError: no or another model
         if self._alerting.stateful:
             inputs = ensure_changelog_topic(settings, self._watch, self._waiting, self._kafka_log)
             if self._alerting.rates is not None:
@@ -653,6 +654,12 @@ class Pipeline:
             offered, self._offered = self._offered, None
         if offered is None:
             return
+        if self._settings.sessions.enabled:
+            try:
+                self._alerting.use_session_model(offered.bundle.sessions)
+            except ConfigError as exc:
+                log.error("reload refused, the running model stays: %s", exc)
+                return
         old = self._model
         self._model = offered
         self._patterns = self._new_patterns(offered)  # nothing scored by the old model carries over

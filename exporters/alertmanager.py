@@ -62,7 +62,11 @@ ERROR_BODY_MAX_BYTES = 2048
 FIXED_LABELS = frozenset({"alertname", "pattern_id", "cluster", "detector", "model_id"})
 DEFAULT_ALERTNAME = "TextAnomaly"
 # alertname per kind of alert beside anomalous events (a summary takes its window's kind).
-DEFAULT_ALERTNAMES: Mapping[str, str] = {"spike": "TextPatternSpike", "silence": "TextPatternSilence"}
+DEFAULT_ALERTNAMES: Mapping[str, str] = {
+    "spike": "TextPatternSpike",
+    "silence": "TextPatternSilence",
+    "session": "TextSessionAnomaly",
+}
 
 _LABEL_NAME_INVALID = re.compile(r"[^a-zA-Z0-9_]")
 _WHITESPACE_RUN = re.compile(r"\s+")
@@ -111,6 +115,8 @@ def alertmanager_alert(
         raise ValueError(f"cooldown_seconds must be finite and >= 0, got {cooldown_seconds}")
     rate = _mapping(alert.get("rate"))
     family = rate.get("kind") if isinstance(rate.get("kind"), str) else alert.get("kind")
+    if alert.get("session") is not None:
+        family = "session"
     labels: dict[str, str] = {"alertname": alertnames.get(str(family), alertname)}
     pattern = _mapping(alert.get("pattern"))
     _put_label(labels, "pattern_id", _label_value(pattern.get("id")))

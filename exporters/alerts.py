@@ -37,6 +37,8 @@ CLOUDEVENTS_TYPE = "io.kafka-anomaly-agent.alert.v1"
 SUMMARY_CLOUDEVENTS_TYPE = "io.kafka-anomaly-agent.alert-summary.v1"
 # A spike or a silence of a pattern's rate (schema 3): the event is not anomalous, its rate is.
 RATE_CLOUDEVENTS_TYPE = "io.kafka-anomaly-agent.rate-alert.v1"
+# A session whose steps went wrong (schema 3): no line of it need be anomalous.
+SESSION_CLOUDEVENTS_TYPE = "io.kafka-anomaly-agent.session-alert.v1"
 CONTENT_TYPE = "application/json"
 # Fixed forever: changing it would change every alert id and break subscribers' dedupe.
 # Derived, not random, so other implementations can recompute ids from the documented recipe.
@@ -128,6 +130,12 @@ def rate_alert_id(kind: str, basis: str) -> str:
     return str(uuid.uuid5(ALERT_ID_NAMESPACE, f"{kind}/{basis}"))
 
 
+def session_alert_id(topic: str, partition: int, session: str, first_offset: int) -> str:
+    """The id of a session alert: UUIDv5 of ``"session/<topic>/<partition>/<key>/<first offset>"``
+    (a session is its key and where it began; the same session always gives the same id)."""
+    return str(uuid.uuid5(ALERT_ID_NAMESPACE, f"session/{topic}/{partition}/{session}/{first_offset}"))
+
+
 def summary_id(topic: str, partition: int, pattern: str, window_start_ms: int) -> str:
     """The id of the summary closing the window of ``pattern`` opened at ``window_start_ms`` on
     (topic, partition): the same window always gives the same id, whoever publishes it."""
@@ -185,6 +193,7 @@ def build_alert(
     rate: RateInfo | None = None,
     rate_basis: str | None = None,
     group_name: str | None = None,
+    session: Mapping[str, Any] | None = None,
 ) -> AlertRecord:
     """Build the alert for one anomalous event.
 
@@ -215,6 +224,9 @@ def build_alert(
     a summary of spikes stays "summary" with its ``rate``), the source is the example event, the
     id is ``rate_alert_id(rate.kind, rate_basis)``. ``group_name`` is what a summary's id names
     instead of the pattern id (a window of spikes is not the pattern's window of anomalies).
+    ``session`` (schema 3) makes it a session alert (kind "session"; a summary of a window of
+    them stays "summary"): the JSON object of the session (its key, events, first and last event,
+    unexpected steps, pattern runs, signature); its id is ``session_alert_id``.
 
     Raises ValueError for a NaN score or a naive ``detected_at``: both are caller bugs.
     """
@@ -237,6 +249,9 @@ def build_alert(
         if rate_basis is None:
             raise ValueError("a rate alert's id needs rate_basis")
         aid, kind = rate_alert_id(rate.kind, rate_basis), rate.kind
+    elif session is not None:
+        first = int(session["first"]["offset"])
+        aid, kind = session_alert_id(source.topic, source.partition, str(session["key"]), first), "session"
     else:
         aid, kind = alert_id(source.topic, source.partition, source.offset), "alert"
     key = alert_key(model_id, cluster_id, template)
@@ -287,6 +302,7 @@ def build_alert(
             "last": _position(group.last),
         },
         "rate": None if rate is None else _rate_json(rate),
+        "session": None if session is None else json_safe(dict(session)),
     }
     headers = [
         ("ce_specversion", b"1.0"),
@@ -336,6 +352,8 @@ def _fit(document: dict[str, Any], value: bytes, budget: int) -> bytes:
 def _ce_type(kind: str) -> str:
     if kind == "summary":
         return SUMMARY_CLOUDEVENTS_TYPE
+    if kind == "session":
+        return SESSION_CLOUDEVENTS_TYPE
     return RATE_CLOUDEVENTS_TYPE if kind in ("spike", "silence") else CLOUDEVENTS_TYPE
 
 

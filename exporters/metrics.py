@@ -65,6 +65,16 @@ class RateKind(StrEnum):
     SILENCE = "silence"
 
 
+class SessionCloseReason(StrEnum):
+    """The ``reason`` label of ``anomaly_agent_sessions_closed_total`` (``agent.model.sessions.REASONS``
+    but offline's end of input)."""
+
+    GAP = "gap"
+    MAX_SECONDS = "max_seconds"
+    MAX_EVENTS = "max_events"
+    EVICTED = "evicted"
+
+
 class ReloadResult(StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
@@ -290,6 +300,31 @@ class AgentMetrics:
             "every few seconds.",
             registry=r,
         )
+        self.sessions_open = Gauge(
+            "anomaly_agent_sessions_open",
+            "Sessions open now (a key's events within its gap), all assigned partitions; recomputed "
+            "every few seconds.",
+            registry=r,
+        )
+        self.sessions_closed = Counter(
+            "anomaly_agent_sessions_closed_total",
+            "Sessions closed and scored, by reason: gap (inactive for [sessions] gap_seconds), "
+            "max_seconds or max_events (a cap), evicted (closed early: max_open reached).",
+            ["reason"],
+            registry=r,
+        )
+        self.session_alerts = Counter(
+            "anomaly_agent_session_alerts_total",
+            "Session alerts published (a decisive step or an anomalous close; a window of sessions "
+            "that failed alike counts once, its summary as a summary).",
+            registry=r,
+        )
+        self.session_keys_split = Counter(
+            "anomaly_agent_session_keys_split_total",
+            "Events whose session key was open on another input partition at the same time: their "
+            "producer does not key records by session, so the session is split.",
+            registry=r,
+        )
         self.patterns_muted = Gauge(
             "anomaly_agent_patterns_muted",
             "Patterns whose latest feedback verdict is normal.",
@@ -356,6 +391,8 @@ class AgentMetrics:
             self.pattern_lookups.labels(result=lookup.value)
         for kind in RateKind:
             self.rate_alerts.labels(kind=kind.value)
+        for close in SessionCloseReason:
+            self.sessions_closed.labels(reason=close.value)
         for call in KafkaCall:
             self.kafka_calls_hung.labels(call=call.value)
         for reason_ in ReplaceReason:

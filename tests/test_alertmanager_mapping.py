@@ -371,3 +371,13 @@ def test_rate_alerts_get_an_alertname_per_kind_and_say_what_was_counted() -> Non
         alertnames={"silence": "HeartbeatMissing"},
     )  # fmt: skip
     assert renamed["labels"]["alertname"] == "HeartbeatMissing"
+
+
+def test_a_session_alert_and_its_summary_map_to_the_session_alertname() -> None:
+    session = {"key": "req-7", "events": 3, "reason": "gap", "signature": "ab" * 8}
+    for kind in ("session", "summary"):
+        mapped = alertmanager_alert(
+            alert_doc(kind=kind, detector="sessions", session=session),
+            label_fields=(), alertname="TextAnomaly", cooldown_seconds=600, generator_url=None,
+        )  # fmt: skip
+        assert mapped["labels"]["alertname"] == "TextSessionAnomaly"

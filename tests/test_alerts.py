@@ -116,6 +116,7 @@ def test_value_has_every_documented_field(validator: Draft202012Validator) -> No
         "neighbours": [],
         "group": None,
         "rate": None,
+        "session": None,
     }
 
 
@@ -311,7 +312,19 @@ def test_detected_at_defaults_to_now_utc_and_is_normalised_to_utc() -> None:
 def test_schema_rejects_a_malformed_alert(validator: Draft202012Validator) -> None:
     """The schema is a real check: it refuses documents that break the contract."""
     good = doc(make())
-    for field in ("id", "score", "source", "detected_at", "pattern", "kind", "neighbours", "group", "rate"):
+    fields = (
+        "id",
+        "score",
+        "source",
+        "detected_at",
+        "pattern",
+        "kind",
+        "neighbours",
+        "group",
+        "rate",
+        "session",
+    )
+    for field in fields:
         broken = dict(good)
         del broken[field]
         assert not validator.is_valid(broken), field

@@ -280,9 +280,9 @@ def test_changes_hold_tombstones_and_the_clock(model: SessionModel) -> None:
     changes = dict(t.changes())
     assert changes[encode_key(ChangelogKey("session", "events", 2, "a"))] is None
     assert changes[encode_key(ChangelogKey("session", "events", 2, "b"))] is not None
-    assert decode_clock(changes[encode_key(ChangelogKey("clock", "events", 2, None))] or b"") == (GAP_MS, 0)
+    assert decode_clock(changes[encode_key(ChangelogKey("session_clock", "events", 2, None))] or b"") == (GAP_MS, 0)
     with pytest.raises(RuntimeError, match="uncommitted"):
-        t.restore(encode_key(ChangelogKey("clock", "events", 2, None)), encode_clock(0, 0))
+        t.restore(encode_key(ChangelogKey("session_clock", "events", 2, None)), encode_clock(0, 0))
 
 
 def test_trackers_route_partitions_and_notice_keys_on_two_partitions(model: SessionModel) -> None:
@@ -336,7 +336,7 @@ def test_keys_round_trip_and_are_canonical() -> None:
     for key in (
         ChangelogKey("session", "t", 0, "blk_1"),
         ChangelogKey("session", "tö", 12, 'quote " and \\ and ☃'),
-        ChangelogKey("clock", "t", 3, None),
+        ChangelogKey("session_clock", "t", 3, None),
     ):
         data = encode_key(key)
         assert decode_key(data) == key and data.isascii()
@@ -352,7 +352,7 @@ def test_keys_round_trip_and_are_canonical() -> None:
         b'{"kind":"session","topic":"t","partition":0,"session":"a"}',  # not sorted
         b'{"kind": "session", "partition": 0, "session": "a", "topic": "t"}',  # not compact
         b'{"kind":"session","partition":0,"topic":"t"}',
-        b'{"kind":"clock","partition":0,"session":"a","topic":"t"}',
+        b'{"kind":"session_clock","partition":0,"session":"a","topic":"t"}',
         b'{"kind":"group","partition":0,"topic":"t"}',
         b'{"kind":"session","partition":-1,"session":"a","topic":"t"}',
         b'{"kind":"session","partition":true,"session":"a","topic":"t"}',
@@ -409,4 +409,4 @@ def test_session_decoding_refuses_garbage(model: SessionModel) -> None:
 def test_restore_refuses_another_partitions_records(model: SessionModel) -> None:
     t = SessionTracker(model, "events", 0)
     with pytest.raises(ValueError, match="not of this partition"):
-        t.restore(encode_key(ChangelogKey("clock", "events", 1, None)), encode_clock(0, 0))
+        t.restore(encode_key(ChangelogKey("session_clock", "events", 1, None)), encode_clock(0, 0))

@@ -7,16 +7,21 @@ back the records to produce in the batch's transaction:
    pattern's key in event-time buckets; a **spike** (a known pattern surging) is grouped like an
    anomaly (one alert per key and cooldown, then a summary), a **silence** (a steady pattern
    stopped) is one alert per episode;
-2. **muted** patterns are dropped: an operator's latest verdict on the pattern is ``normal``
+2. **sessions** (``[sessions] enabled``, ``agent.alerts.sessions``): an event with a session key
+   (a block, a request, a job) is its session's next step, scored as it arrives; a step that is
+   decisive on its own alerts at once, else the session alerts when it closes (its gap passed, a
+   cap, eviction) if it scored anomalous. Session alerts are grouped by how the session failed
+   (its signature): one alert per signature and cooldown, then a summary;
+3. **muted** patterns are dropped: an operator's latest verdict on the pattern is ``normal``
    (``topics.feedback``, ``agent.alerts.verdicts``; the ``rate`` scope mutes spikes and silences);
-3. with ``alerts.group_by = "pattern"`` (the default) each anomalous event (score > 1.0) is decided
+4. with ``alerts.group_by = "pattern"`` (the default) each anomalous event (score > 1.0) is decided
    by its partition's ``Grouper`` (``agent.alerts.grouping``): the first anomalous event of a
    pattern on an input partition is an **alert** and opens a cooldown window; the next ones inside
    it are counted; a window that counted any closes with one **summary** (count, window, first and
    last counted event, the highest-scoring one); with ``"event"`` every anomalous event is an
    alert, as before;
-4. the **changelog** records (``agent.kafka.changelog``, one compacted topic, three kinds of key):
-   every grouping window state, rate key state and partition event time the batch changed, to the
+5. the **changelog** records (``agent.kafka.changelog``, one compacted topic, several kinds of
+   key): every grouping window, rate key, open session and partition event time the batch changed, to the
    changelog partition of the same number as its input partition, in the same transaction — so
    the state a restarted agent reads back is exactly that of its last committed batch, and a
    redelivered batch is decided exactly as before, its timestamps included.
@@ -59,11 +64,14 @@ from agent.alerts.feedback import Verdicts
 from agent.alerts.grouping import Grouper, Summary, decode_key, decode_state, encode_key, encode_state
 from agent.alerts.partition_rates import RatePartitions, example
 from agent.alerts.rates import RateDecision
-from agent.config import GroupBy, Settings
+from agent.alerts.sessions import SessionTrackers, SessionVerdict, compile_key_pattern, session_key
+from agent.config import ConfigError, GroupBy, Settings
 from agent.kafka.delivery import OutgoingRecord
 from agent.kafka.source import PartitionKey
 from agent.model.bundle import Bundle
+from agent.model.examples import pattern_hash
 from agent.model.patterns import PatternScore
+from agent.model.sessions import SessionModel
 from exporters.alerts import (
     AlertSource,
     GroupInfo,
@@ -74,6 +82,7 @@ from exporters.alerts import (
     json_safe,
     pattern_id,
     rate_alert_id,
+    session_alert_id,
 )
 from exporters.metrics import AgentMetrics
 
@@ -117,6 +126,9 @@ class _Pending:
     suppressed: int = 0
     muted: int = 0
     rate_alerts: Counter[str] = field(default_factory=Counter)
+    session_alerts: int = 0
+    sessions_closed: Counter[str] = field(default_factory=Counter)
+    session_keys_split: int = 0
 
 
 class Alerting:
@@ -132,6 +144,12 @@ class Alerting:
         self._cooldown_ms = round(alerts.cooldown_seconds * 1000)
         self._grouping = alerts.group_by is GroupBy.PATTERN
         self._rates = RatePartitions(settings.rates) if settings.rates.enabled else None
+        sessions = settings.sessions
+        self._session_pattern = (
+            None if sessions.key_pattern is None else compile_key_pattern(sessions.key_pattern)
+        )
+        self._sessions: SessionTrackers | None = None  # with the bundle's model: use_session_model
+        self._session_hashes: dict[str, int] = {}
         # One grouper per assigned input partition: its event time, its windows, its bound.
         self._groupers: dict[PartitionKey, Grouper] = {}
         self._event_time: dict[PartitionKey, int] = {}
@@ -149,8 +167,38 @@ class Alerting:
 
     @property
     def stateful(self) -> bool:
-        """Whether decisions keep state per partition (grouping or rates): the changelog is needed."""
-        return self._grouping or self._rates is not None
+        """Whether decisions keep state per partition (grouping, rates, sessions): the changelog
+        is needed."""
+        return self._grouping or self._rates is not None or self._settings.sessions.enabled
+
+    def use_session_model(self, model: SessionModel | None) -> None:
+        """Track sessions with ``model`` (the bundle's; called at start and on a reload). A model
+        with other windows than ``[sessions]`` names is a ConfigError; a new model starts the
+        sessions afresh (the open ones of the old model are not scored: their states do not fit)."""
+        settings = self._settings.sessions
+        if not settings.enabled:
+            return
+        if model is None:
+            raise ConfigError(
+                "sessions.enabled but the bundle has no session model: train it with "
+                "--session-key-pattern or --session-key-field, or set sessions.enabled = false"
+            )
+        windows = model.windows
+        for name in ("gap_seconds", "max_seconds", "max_events"):
+            wanted = getattr(settings, name)
+            if wanted is not None and wanted != getattr(windows, name):
+                raise ConfigError(
+                    f"sessions.{name} = {wanted} but the bundle's session model was trained with "
+                    f"{getattr(windows, name)}: leave it unset (the model's) or re-train with it"
+                )
+        if self._sessions is not None and self._sessions.model.fingerprint == model.fingerprint:
+            return
+        if self._sessions is not None:
+            log.warning(
+                "a new session model: %d open session(s) of the old one are not scored",
+                self._sessions.open_sessions(),
+            )
+        self._sessions = SessionTrackers(model, max_open=settings.max_open, max_runs=settings.max_runs)
 
     @property
     def rates(self) -> RatePartitions | None:
@@ -194,6 +242,8 @@ class Alerting:
                 out += self._advance(partition, at_ms, now)
             if self._rates is not None:
                 out += self._count(bundle, event, partition, now, reject)
+            if self._sessions is not None:
+                out += self._step(bundle, event, at_ms, now)
             if event.result.score <= 1.0:
                 continue
             pattern = pattern_id(bundle.model_id, event.prepared)
@@ -225,6 +275,8 @@ class Alerting:
                 out.append(OutgoingRecord(topic, encode_key(key), value, [], partition=key[1]))
         if self._rates is not None:
             out += [OutgoingRecord(topic, k, v, [], partition=p) for p, k, v in self._rates.changes()]
+        if self._sessions is not None:
+            out += [OutgoingRecord(topic, k, v, [], partition=p) for p, k, v in self._sessions.changes()]
         for partition in self._event_time_undo:
             clock = self._event_time.get(partition)
             value = None if clock is None else _encode_clock(clock)
@@ -264,7 +316,11 @@ class Alerting:
             if partition in seen or clock - self._last_record.get(partition, clock) < IDLE_CLOSE_S:
                 continue
             grouper = self._groupers.get(partition)
-            pending = (grouper is not None and len(grouper)) or self._rates is not None
+            pending = (
+                (grouper is not None and len(grouper))
+                or self._rates is not None
+                or self._sessions is not None
+            )
             if not pending or not caught_up(partition):
                 continue
             if grouper is not None and len(grouper):
@@ -275,7 +331,126 @@ class Alerting:
             if self._rates is not None:
                 for decision in self._rates.advance(partition, wall_ms):
                     out += self._rate_alert(bundle, decision, None, now)
+            if self._sessions is not None:
+                for verdict in self._sessions.tracker(*partition).due(wall_ms):
+                    out += self._session_verdict(bundle, verdict, now)
         return out
+
+    # ----------------------------------------------------------------- sessions
+
+    def _step(self, bundle: Bundle, event: Scored, at_ms: int, now: datetime) -> list[OutgoingRecord]:
+        """``event`` as the next step of its session (or only the event time, without a key)."""
+        assert self._sessions is not None
+        settings = self._settings.sessions
+        key = session_key(event.text, event.fields, pattern=self._session_pattern, field=settings.key_field)
+        tracker = self._sessions.tracker(event.topic, event.partition)
+        if (
+            key is not None
+            and key not in tracker
+            and self._sessions.seen_elsewhere(event.topic, event.partition, key)
+        ):
+            self._pending.session_keys_split += 1
+        code = self._session_hashes.get(event.prepared)
+        if code is None:
+            if len(self._session_hashes) >= 200_000:
+                self._session_hashes.clear()
+            code = self._session_hashes[event.prepared] = pattern_hash(event.prepared)
+        out: list[OutgoingRecord] = []
+        for verdict in tracker.event(key, code, timestamp_ms=at_ms, offset=event.offset, text=event.prepared):
+            out += self._session_verdict(bundle, verdict, now)
+        return out
+
+    def _session_verdict(
+        self, bundle: Bundle, verdict: SessionVerdict, now: datetime
+    ) -> list[OutgoingRecord]:
+        """Count a closed session; a verdict to alert goes through its partition's grouping under
+        its signature (sessions failing the same way during an incident: one alert per cooldown)."""
+        if verdict.kind == "close":
+            self._pending.sessions_closed[verdict.result.reason] += 1
+        if not verdict.alert:
+            return []
+        topic, partition = verdict.topic, verdict.partition
+        session = _session_json(verdict)
+        top = {
+            "offset": verdict.last_offset,
+            "key": None,
+            "timestamp_ms": verdict.last_ms,
+            "text": _session_text(session),
+            "text_length": len(_session_text(session)),
+            "prepared": f"session {verdict.result.signature}",
+            "fields": {},
+            "fields_truncated": False,
+            "session": session,
+        } | _model(bundle)
+        group: GroupInfo | None = None
+        out: list[OutgoingRecord] = []
+        if self._grouping:
+            grouper = self._grouper((topic, partition))
+            decided = grouper.decide(
+                (topic, partition, f"session:{verdict.result.signature}"),
+                verdict.last_ms,
+                verdict.result.score,
+                top,
+                alert_id=session_alert_id(topic, partition, verdict.session, verdict.first_offset),
+                position={"offset": verdict.last_offset, "timestamp_ms": verdict.last_ms},
+            )
+            out += [self._summary(s, now) for s in decided.summaries]
+            if not decided.publish:
+                self._pending.suppressed += 1
+                return out
+            start = _datetime(decided.window_start_ms)
+            group = GroupInfo(
+                self._cooldown_s, start, start + timedelta(seconds=self._cooldown_s), 0, verdict.result.score
+            )
+        out.append(self._session_record(top, topic, partition, now, group=group, score=verdict.result.score))
+        self._pending.session_alerts += 1
+        return out
+
+    def _session_record(
+        self,
+        top: dict[str, Any],
+        topic: str,
+        partition: int,
+        now: datetime,
+        *,
+        group: GroupInfo | None,
+        score: float,
+        summary: Summary | None = None,
+    ) -> OutgoingRecord:
+        """The record of a session alert, or of the summary of a window of them (``summary``)."""
+        session = top["session"]
+        record = build_alert(
+            source=AlertSource(topic, partition, int(top["offset"]), None, top.get("timestamp_ms")),
+            text=str(top["text"]),
+            text_length=int(top["text_length"]),
+            score=score,
+            threshold=1.0,
+            detector="sessions",
+            cluster_id=None,
+            cluster_label=None,
+            distance=None,
+            model_id=str(top["model_id"]),
+            model_sha256=str(top["model_sha256"]),
+            instance_id=self._settings.instance_id,
+            text_max_chars=self._settings.alerts.text_max_chars,
+            source_uri=self._settings.alerts.source_uri,
+            fields={},
+            detected_at=now,
+            prepared_text=str(top["prepared"]),
+            max_bytes=self.record_max_bytes,
+            pattern=PatternInfo(
+                pattern_id(str(top["model_id"]), str(top["prepared"])),
+                str(top["prepared"]),
+                None,
+                _datetime(int(session["first"]["timestamp_ms"])),
+            ),
+            group=group,
+            summary=summary is not None,
+            session=session,
+            group_name=None if summary is None else summary.key[2],
+        )
+        self._pending.documents.append(record.document)
+        return OutgoingRecord(self._settings.topics.alerts, record.key, record.value, list(record.headers))
 
     # ----------------------------------------------------------------- rates
 
@@ -470,6 +645,12 @@ class Alerting:
         self._event_time_undo = {}
         if self._rates is not None:
             self._rates.committed()
+        if self._sessions is not None:
+            self._sessions.commit()
+            self._metrics.session_alerts.inc(pending.session_alerts)
+            self._metrics.session_keys_split.inc(pending.session_keys_split)
+            for reason, count in pending.sessions_closed.items():
+                self._metrics.sessions_closed.labels(reason=reason).inc(count)
         self._metrics.alerts_published.inc(len(pending.documents))
         self._metrics.alert_summaries.inc(pending.summaries)
         self._metrics.alerts_suppressed.inc(pending.suppressed)
@@ -488,6 +669,8 @@ class Alerting:
         self._touched = set()
         if self._rates is not None:
             self._rates.aborted()
+        if self._sessions is not None:
+            self._sessions.rollback()
         for partition, before in self._event_time_undo.items():
             if before is None:
                 self._event_time.pop(partition, None)
@@ -502,6 +685,7 @@ class Alerting:
             self._open_counted_at = clock
             self._metrics.alert_groups_open.set(sum(g.open_windows() for g in self._groupers.values()))
             self._metrics.rate_keys.set(0 if self._rates is None else len(self._rates))
+            self._metrics.sessions_open.set(0 if self._sessions is None else self._sessions.open_sessions())
 
     # ----------------------------------------------------------------- assignment
 
@@ -514,6 +698,9 @@ class Alerting:
             self._last_record.pop(partition, None)
         if self._rates is not None:
             self._rates.forget(partitions)
+        if self._sessions is not None:
+            for topic, number in partitions:
+                self._sessions.drop_partition(topic, number)
         self._count_states(force=True)
 
     def restore(self, partitions: set[PartitionKey], read: Callable[[list[int]], Iterator[Message]]) -> int:
@@ -527,6 +714,7 @@ class Alerting:
         groupers = {p: Grouper(self._cooldown_ms, self._settings.alerts.max_groups) for p in partitions}
         trackers = {} if self._rates is None else self._rates.restore(partitions)
         clocks: dict[PartitionKey, int] = {}
+        sessions: list[tuple[bytes, bytes | None]] = []
         restored = 0
         for msg in read(sorted({p for _, p in partitions})):
             raw_key, value = msg.key() or b"", msg.value()
@@ -551,6 +739,9 @@ class Alerting:
                             clocks.pop(partition, None)
                         else:
                             clocks[partition] = _decode_clock(value)
+                elif kind in ("session", "session_clock") and self._sessions is not None:
+                    sessions.append((raw_key, value))  # decoded by the session trackers below
+                    continue
                 else:
                     continue  # a kind of state this agent does not keep (sessions with it off)
                 restored += 1
@@ -567,6 +758,8 @@ class Alerting:
             self._groupers[partition] = grouper
             self._last_record[partition] = clock  # its records may be on their way: not idle yet
         self._event_time.update(clocks)
+        if self._sessions is not None:
+            restored += self._sessions.restore(sessions, partitions)
         self._count_states(force=True)
         return restored
 
@@ -613,6 +806,19 @@ class Alerting:
     def _summary(self, summary: Summary, now: datetime) -> OutgoingRecord:
         top = summary.top_event
         topic, partition, pattern = summary.key
+        if "session" in top:  # a window of sessions that failed alike
+            group = GroupInfo(
+                self._cooldown_s,
+                _datetime(summary.window_start_ms),
+                _datetime(summary.window_end_ms),
+                summary.suppressed,
+                summary.max_score,
+                first=_position(summary.first_suppressed),
+                last=_position(summary.last_suppressed),
+            )
+            self._pending.summaries += 1
+            score = summary.max_score
+            return self._session_record(top, topic, partition, now, group=group, score=score, summary=summary)
         if "rate" in top:  # a window of spikes
             group = GroupInfo(
                 self._cooldown_s,
@@ -717,6 +923,41 @@ def _position(where: dict[str, Any] | None) -> tuple[int, int | None] | None:
 
 def _datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _session_json(verdict: SessionVerdict) -> dict[str, Any]:
+    """The alert's ``session``: the verdict without what the alert says elsewhere."""
+    doc = verdict.to_dict()
+    session = {
+        "key": doc["session"],
+        "events": doc["events"],
+        "first": doc["first"],
+        "last": doc["last"],
+        "reason": doc["reason"],
+        "decisive": doc["decisive"],
+        "signature": doc["signature"],
+        "evidence": doc["evidence"],
+        "unexpected": doc["unexpected"],
+        "sequence": doc["sequence"],
+        "sequence_omitted": doc["sequence_omitted"],
+    }
+    return session
+
+
+def _session_text(session: dict[str, Any]) -> str:
+    """What a person reads first: which session, how long, how it went wrong."""
+    steps = session["unexpected"]
+    first = steps[0] if steps else None
+    how = "decided at a step" if session["decisive"] else f"closed ({session['reason']})"
+    what = ""
+    if first is not None:
+        shown = first.get("template", first["pattern"])
+        expected = first.get("expected_template", first["expected"])
+        if first["kind"] == "end":
+            what = f"; it ended after step {first['position']} where {expected!r} was expected"
+        else:
+            what = f"; step {first['position'] + 1} was {shown!r} where {expected!r} was expected"
+    return f"session {session['key']}: {session['events']} events, {how}{what}"
 
 
 def _example(event: Scored) -> dict[str, Any]:

@@ -394,7 +394,7 @@ class SessionTracker:
         if (
             moved or (self._late_undo is not _UNSET and self._late_undo != self.late)
         ) and self._event_time is not None:
-            clock = ChangelogKey("clock", self.topic, self.partition, None)
+            clock = ChangelogKey("session_clock", self.topic, self.partition, None)
             out.append((encode_key(clock), encode_clock(self._event_time, self.late)))
         return sorted(out)
 
@@ -436,7 +436,7 @@ class SessionTracker:
             raise ValueError(
                 f"changelog record of {decoded.topic}[{decoded.partition}], not of this partition"
             )
-        if decoded.kind == "clock":
+        if decoded.kind == "session_clock":
             if value is None:
                 self._event_time, self.late = None, 0
             else:
@@ -631,8 +631,8 @@ class SessionTrackers:
 
 @dataclass(frozen=True, slots=True)
 class ChangelogKey:
-    """A session changelog key: ``kind`` ``"session"`` (with ``session``, the key) or ``"clock"``
-    (the partition's event time; ``session`` None)."""
+    """A session changelog key: ``kind`` ``"session"`` (with ``session``, the key) or ``"session_clock"``
+    (the partition's event time as the sessions see it; ``session`` None)."""
 
     kind: str
     topic: str
@@ -643,7 +643,7 @@ class ChangelogKey:
 def encode_key(key: ChangelogKey) -> bytes:
     """Compact ASCII JSON **object** with sorted keys, e.g.
     ``{"kind":"session","partition":0,"session":"blk_1","topic":"t"}`` or
-    ``{"kind":"clock","partition":0,"topic":"t"}``: canonical (compaction compares bytes), and never
+    ``{"kind":"session_clock","partition":0,"topic":"t"}``: canonical (compaction compares bytes), and never
     confused with grouping's keys, which are JSON arrays."""
     _check_key(key, "session changelog key")
     document: dict[str, Any] = {"kind": key.kind, "partition": key.partition, "topic": key.topic}
@@ -661,8 +661,8 @@ def decode_key(data: bytes) -> ChangelogKey:
         raise ValueError(f"{what}: expected a JSON object, got {type(doc).__name__} (a grouping key?)")
     kind = doc.get("kind")
     expected = {"kind", "partition", "topic"} | ({"session"} if kind == "session" else set())
-    if kind not in ("session", "clock") or set(doc) != expected:
-        raise ValueError(f"{what}: expected the keys {sorted(expected)} with kind session or clock")
+    if kind not in ("session", "session_clock") or set(doc) != expected:
+        raise ValueError(f"{what}: expected the keys {sorted(expected)} with kind session or session_clock")
     key = ChangelogKey(kind, doc["topic"], doc["partition"], doc.get("session"))
     _check_key(key, what)
     if encode_key(key) != bytes(data):
@@ -791,10 +791,10 @@ def _check_key(key: ChangelogKey, what: str) -> None:
         raise ValueError(f"{what}: partition must be an int >= 0, got {key.partition!r}")
     if key.kind == "session" and (not isinstance(key.session, str) or not key.session):
         raise ValueError(f"{what}: session must be a non-empty string")
-    if key.kind == "clock" and key.session is not None:
+    if key.kind == "session_clock" and key.session is not None:
         raise ValueError(f"{what}: a clock key has no session")
-    if key.kind not in ("session", "clock"):
-        raise ValueError(f"{what}: kind must be session or clock, got {key.kind!r}")
+    if key.kind not in ("session", "session_clock"):
+        raise ValueError(f"{what}: kind must be session or session_clock, got {key.kind!r}")
 
 
 def _loads(data: bytes, what: str) -> Any:

@@ -12,6 +12,8 @@ Layout of a bundle directory (see docs/bundle.md)::
     normal_patterns.npy       optional: the same for patterns operators marked normal (train --feedback-from)
     examples.npy/.jsonl       optional: distinct training patterns (unit vectors float16 + texts)
     rates.json                optional: each training template's rate baseline (train --time-field)
+    sessions/                 optional: the session model (train --session-key-pattern/-field; npy + JSON)
+    values/                   optional: the value view, per-slot descriptors of what masking replaced
 
 Trust model: ``manifest.json`` lists the sha256 of every other file. ``load_bundle`` checks the
 format version, that every listed file exists and matches its hash, and that no unlisted file sits
@@ -33,17 +35,19 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from agent.model.detectors.base import Detector, FloatArray
 from agent.model.examples import EXAMPLE_TEXTS, EXAMPLE_VECTORS, KNOWN_PATTERNS, Examples, KnownPatterns
+from agent.model.sessions import SessionModel
 from agent.model.textprep import TextPreparation
+from agent.model.values import ValueView
 
 if TYPE_CHECKING:
     from agent.model.embedder import OnnxEmbedder
@@ -52,6 +56,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 NORMAL_PATTERNS = "normal_patterns.npy"
 RATE_SEEDS = "rates.json"
+SESSIONS_DIR = "sessions"
+VALUES_DIR = "values"
 TEXT_PREPARATION = "text_preparation.json"
 EMBEDDER_DIR = "embedder"
 DETECTOR_DIR = "detector"
@@ -63,6 +69,7 @@ REQUIRED_FILES = (
     f"{EMBEDDER_DIR}/embedder.json",
 )
 _FIX = "re-train or restore the bundle"
+T = TypeVar("T")
 
 
 class BundleError(Exception):
@@ -96,6 +103,11 @@ class Bundle:
     rate_seeds: dict[str, Any] | None = None
     """Rate baselines of the training templates (rates.json, ``train --time-field``): a known
     pattern's rate needs no warm-up. None for bundles trained without timestamps."""
+    sessions: SessionModel | None = None
+    """The session model (sessions/, ``train --session-key-pattern``); None without one."""
+    values: ValueView | None = None
+    """The value view (values/): what each placeholder replaced, scored per event beside the
+    pattern; None for bundles without one."""
 
     @property
     def detector_name(self) -> str:
@@ -228,7 +240,20 @@ def load_bundle(path: Path) -> Bundle:
         known_patterns=known_patterns,
         normal_patterns=normal_patterns,
         rate_seeds=rate_seeds,
+        sessions=_load_part(path, manifest, SESSIONS_DIR, SessionModel.load),
+        values=_load_part(path, manifest, VALUES_DIR, ValueView.load),
     )
+
+
+def _load_part(path: Path, manifest: dict[str, Any], directory: str, load: Callable[[Path], T]) -> T | None:
+    """An optional model part stored in ``directory`` (verified with the rest), None when the
+    manifest lists no file in it."""
+    if not any(name.startswith(directory + "/") for name in manifest["files"]):
+        return None
+    try:
+        return load(path / directory)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _fail(path, f"{directory}/ is invalid ({exc})") from None
 
 
 def _load_patterns(path: Path, manifest: dict[str, Any]) -> tuple[KnownPatterns | None, Examples | None]:
@@ -279,6 +304,8 @@ def write_bundle(
     examples: Examples | None = None,
     normal_patterns: KnownPatterns | None = None,
     rate_seeds: Mapping[str, Any] | None = None,
+    sessions: SessionModel | None = None,
+    values: ValueView | None = None,
 ) -> Path:
     """Write a complete bundle to ``out`` atomically (temp dir + rename) and return ``out``.
 
@@ -286,7 +313,8 @@ def write_bundle(
     recorded in the manifest for people and dashboards. ``training_sample`` (n, dim) is stored as
     ``training_sample.npy`` for report plots, ``known_patterns`` as ``known_patterns.npy`` and
     ``examples`` as ``examples.npy`` + ``examples.jsonl`` (agent/model/examples.py), ``rate_seeds``
-    (JSON) as ``rates.json``. An existing bundle at
+    (JSON) as ``rates.json``, ``sessions`` and ``values`` in ``sessions/`` and ``values/``. An
+    existing bundle at
     ``out`` is replaced; any other existing file or non-empty directory there is refused
     (BundleError) rather than deleted.
     """
@@ -328,6 +356,10 @@ def write_bundle(
         if rate_seeds is not None:
             seeds = json.dumps(rate_seeds, separators=(",", ":"))
             (tmp / RATE_SEEDS).write_text(seeds + "\n", encoding="utf-8")
+        if sessions is not None:
+            sessions.save(tmp / SESSIONS_DIR)
+        if values is not None:
+            values.save(tmp / VALUES_DIR)
         files = _hash_tree(tmp)
         identity = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         manifest = {

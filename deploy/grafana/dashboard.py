@@ -252,6 +252,44 @@ def _rate_keys() -> timeseries.Panel:
     )
 
 
+def _session_alerts() -> timeseries.Panel:
+    return (
+        _timeseries(
+            "Sessions closed and session alerts",
+            "Sessions closed per second by reason (gap: inactive for [sessions] gap_seconds; "
+            "max_seconds / max_events: a cap; evicted: max_open reached, closed early) and session "
+            "alerts published per second (a decisive step, or an anomalous close; sessions failing "
+            "alike are one alert per cooldown). docs/sessions.md.",
+            "short",
+        )
+        .with_target(
+            _query(
+                f"sum by (reason) (rate(anomaly_agent_sessions_closed_total{{{SEL}}}[{RATE}]))",
+                "closed: {{reason}}",
+                "A",
+            )
+        )
+        .with_target(_query(f"sum(rate(anomaly_agent_session_alerts_total{{{SEL}}}[{RATE}]))", "alerts", "B"))
+        .with_target(
+            _query(f"sum(rate(anomaly_agent_session_keys_split_total{{{SEL}}}[{RATE}]))", "keys split", "C")
+        )
+        .span(12)
+    )
+
+
+def _sessions_open() -> timeseries.Panel:
+    return (
+        _timeseries(
+            "Open sessions",
+            "Sessions open per instance (at most [sessions] max_open per input partition, about "
+            "1.5 KB each).",
+            "short",
+        )
+        .with_target(_query(f"sum by (instance) (anomaly_agent_sessions_open{{{SEL}}})", "{{instance}}", "A"))
+        .span(12)
+    )
+
+
 def _kafka_faults() -> timeseries.Panel:
     return (
         _timeseries(
@@ -427,6 +465,7 @@ def build() -> dash.Dashboard:
         ("Patterns", [_pattern_hits(), _pattern_table()]),
         ("Alert grouping", [_alert_grouping(), _alert_groups()]),
         ("Pattern rates", [_rate_alerts(), _rate_keys()]),
+        ("Sessions", [_session_alerts(), _sessions_open()]),
     ]
     # Stable ids (1, 2, ...): Grafana keys panel links and per-panel state on them.
     next_id = 1
