@@ -194,6 +194,7 @@ def build_alert(
     rate_basis: str | None = None,
     group_name: str | None = None,
     session: Mapping[str, Any] | None = None,
+    value: Mapping[str, Any] | None = None,
 ) -> AlertRecord:
     """Build the alert for one anomalous event.
 
@@ -226,7 +227,9 @@ def build_alert(
     instead of the pattern id (a window of spikes is not the pattern's window of anomalies).
     ``session`` (schema 3) makes it a session alert (kind "session"; a summary of a window of
     them stays "summary"): the JSON object of the session (its key, events, first and last event,
-    unexpected steps, pattern runs, signature); its id is ``session_alert_id``.
+    unexpected steps, pattern runs, signature); its id is ``session_alert_id``. ``value``
+    (schema 3): for an anomalous event whose value made the difference, which slot of its
+    pattern, the value, and what normal values of that slot look like.
 
     Raises ValueError for a NaN score or a naive ``detected_at``: both are caller bugs.
     """
@@ -303,6 +306,7 @@ def build_alert(
         },
         "rate": None if rate is None else _rate_json(rate),
         "session": None if session is None else json_safe(dict(session)),
+        "value": None if value is None else json_safe(dict(value)),
     }
     headers = [
         ("ce_specversion", b"1.0"),

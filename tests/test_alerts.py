@@ -117,6 +117,7 @@ def test_value_has_every_documented_field(validator: Draft202012Validator) -> No
         "group": None,
         "rate": None,
         "session": None,
+        "value": None,
     }
 
 
