@@ -20,6 +20,15 @@ from agent import __version__
 from agent.config import EXIT_CONFIG, ConfigError, explain, load_settings, masked_dump
 from agent.model.defaults import CALIBRATION_SPLITS, DEFAULT_CALIBRATION_SPLIT, DEFAULT_DETECTOR
 
+# Session defaults (agent.model.sessions, agent.alerts.sessions), repeated here so that --help
+# imports no model code; tests/test_train_sessions.py checks that they agree.
+SESSION_GAP_SECONDS = 600.0
+SESSION_MAX_SECONDS = 86_400.0
+SESSION_MAX_EVENTS = 10_000
+SESSION_MAX_OPEN = 100_000
+SESSION_ORDER = 2
+SESSION_TARGET_FPR = 0.002
+
 # The demo walkthrough of a source checkout (``make demo``).
 DEMO_WALKTHROUGH = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "walkthrough.py"
 
@@ -92,6 +101,41 @@ def _add_input_args(p: argparse.ArgumentParser, text_field_default: str | None =
     )
 
 
+def _add_session_key_args(p: argparse.ArgumentParser, *, training: bool) -> None:
+    """The session key flags of train (which fits the model by them) and score/evaluate (which
+    read sessions as training did unless told otherwise)."""
+    stored = "" if training else " (default: the key the bundle's session model was trained with)"
+    key = p.add_mutually_exclusive_group()
+    key.add_argument(
+        "--session-key-pattern",
+        default=None,
+        metavar="REGEX",
+        help="session key: a regex with one group, searched in the raw text before masking"
+        f" (HDFS: '(blk_-?\\d+)'){stored}",
+    )
+    key.add_argument(
+        "--session-key-field",
+        default=None,
+        metavar="FIELD",
+        help=f"session key: a dotted event field such as trace_id{stored}",
+    )
+    p.add_argument(
+        "--session-time-field",
+        default=None,
+        metavar="FIELD",
+        help="field holding each record's event time (epoch milliseconds or ISO 8601), the time the"
+        " records carry as Kafka timestamps; without it only the caps and the end of the input close"
+        f" sessions{stored}",
+    )
+    p.add_argument(
+        "--session-max-open",
+        type=int,
+        default=SESSION_MAX_OPEN,
+        help="open sessions at most (the agent's [sessions] max_open per partition); beyond, the one"
+        " nearest its deadline is closed early",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anomaly-agent",
@@ -143,7 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="replace variable tokens (numbers, ids, IPs, timestamps, paths) with placeholders"
-        " (default: when that merges >= 10%% of the distinct training texts, as in logs)",
+        " (default: always with the value view, which scores what they replaced; with"
+        " --no-value-view, when that merges >= 10%% of the distinct training texts). --no-mask"
+        " keeps raw text: nothing is hidden, so no value view is fitted",
+    )
+    p.add_argument(
+        "--value-view",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit the value view beside the detector: what each placeholder replaced is scored per"
+        " event against the values its slot had in training, under one calibration (default: on;"
+        " docs/detectors.md)",
     )
     p.add_argument(
         "--calibration-split",
@@ -181,6 +235,45 @@ def build_parser() -> argparse.ArgumentParser:
         " pattern's rate baseline, so the agent's rate alerts need no warm-up for known patterns",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and the detector")
+    _add_session_key_args(p, training=True)
+    p.add_argument(
+        "--session-labels",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="key,label CSV (loghub's BlockId,Label with Normal/Anomaly): anomalous sessions are left"
+        " out of fitting and give the validation figures",
+    )
+    p.add_argument(
+        "--session-gap-seconds",
+        type=float,
+        default=SESSION_GAP_SECONDS,
+        help="event-time inactivity that closes a session",
+    )
+    p.add_argument(
+        "--session-max-seconds",
+        type=float,
+        default=SESSION_MAX_SECONDS,
+        help="a session closes this long after its first event",
+    )
+    p.add_argument(
+        "--session-max-events",
+        type=int,
+        default=SESSION_MAX_EVENTS,
+        help="a session closes at its this-many-th event",
+    )
+    p.add_argument(
+        "--session-order",
+        type=int,
+        default=SESSION_ORDER,
+        help="n-gram order of the next-pattern model (2: the previous pattern)",
+    )
+    p.add_argument(
+        "--session-target-fpr",
+        type=float,
+        default=SESSION_TARGET_FPR,
+        help="share of normal sessions the session threshold is calibrated to flag",
+    )
     p.add_argument(
         "--feedback-from",
         type=Path,
@@ -203,13 +296,39 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="score every record on its own instead of each distinct prepared text once (slow; a reference)",
     )
+    p.add_argument(
+        "--sessions",
+        action="store_true",
+        help="one JSON line per session (the bundle's session model, as the agent decides) instead of"
+        " per record",
+    )
+    _add_session_key_args(p, training=False)
 
     p = sub.add_parser("evaluate", help="measure detection quality on labelled data and write a report")
     p.add_argument("--bundle", type=Path, required=True)
     _add_input_args(p, text_field_default=None)
-    p.add_argument("--label-field", required=True)
-    p.add_argument("--normal-labels", required=True, help="comma-separated labels that count as normal")
+    p.add_argument(
+        "--label-field", default=None, help="field/column holding the labels (required without --sessions)"
+    )
+    p.add_argument(
+        "--normal-labels",
+        default=None,
+        help="comma-separated labels that count as normal (required without --sessions)",
+    )
     p.add_argument("--report", type=Path, default=None, help="directory for plots and report.json")
+    p.add_argument(
+        "--sessions",
+        action="store_true",
+        help="session-level figures of the bundle's session model (needs --session-labels)",
+    )
+    p.add_argument(
+        "--session-labels",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="key,label CSV (BlockId,Label with Normal/Anomaly) for --sessions",
+    )
+    _add_session_key_args(p, training=False)
 
     p = sub.add_parser("run", help="run the agent: consume, embed, score, alert")
     p.add_argument(

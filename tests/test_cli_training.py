@@ -151,14 +151,26 @@ def test_score_keeps_input_order_and_agrees_across_formats(
     for row in rows:
         assert row["is_anomaly"] == (row["score"] > 1.0)
         assert row["cluster_label"] in (None, "-")
-        assert row["threshold"] is None or row["distance"] / row["threshold"] == pytest.approx(row["score"])
+        assert row["threshold"] is None or row["distance"] / row["threshold"] == pytest.approx(
+            row["pattern_score"]
+        )
+        finding = row["value"]
+        assert finding is None or (row["is_anomaly"] and set(finding) >= {"slot", "value", "expected"})
     # Each row's score is its own record's: recompute a few directly with the bundle's parts.
     loaded = load_bundle(bundle)
+    assert loaded.values is not None, "train fits the value view by default"
     picks = [0, data["labels"].index("KERNDTLB"), N_LINES - 1]
     picked = [rows[i]["text"] for i in picks]
     direct = loaded.detector.score(loaded.load_embedder().embed(picked), picked)
-    np.testing.assert_allclose([rows[i]["score"] for i in picks], direct.score, rtol=1e-5)
-    assert len({rows[i]["score"] for i in picks}) == len(picks)
+    np.testing.assert_allclose([rows[i]["pattern_score"] for i in picks], direct.score, rtol=1e-5)
+    assert len({rows[i]["pattern_score"] for i in picks}) == len(picks)
+    # ... and its event score is the pattern's fused with the record's own values, as the agent's.
+    raw = [data["bodies"][i] for i in picks]
+    for i, text, pattern_score in zip(picks, raw, direct.score.tolist(), strict=True):
+        prepared, values = loaded.text_prep.prepare_values(text)
+        assert prepared == rows[i]["text"]
+        expected = loaded.values.bind(prepared, pattern_score).score(values.values)
+        assert rows[i]["score"] == pytest.approx(expected, rel=1e-5)
     assert not rows[0]["text"].startswith("- ")  # the label column never reaches the model
     assert rows[0]["text"].startswith("<NUM> <TS> <NODE> <TS> <NODE> RAS KERNEL")
 
@@ -326,9 +338,9 @@ def test_score_with_and_without_the_pattern_table_agree(
     assert code == 0, stderr
     table_rows, plain_rows = _jsonl(with_table), _jsonl(without)
     assert len({r["text"] for r in table_rows}) < len(table_rows) / 2, "the data repeats patterns"
-    for key in ("line", "text", "is_anomaly", "cluster", "cluster_label"):
+    for key in ("line", "text", "is_anomaly", "cluster", "cluster_label", "value"):
         assert [r[key] for r in table_rows] == [r[key] for r in plain_rows], key
-    for key in ("score", "distance"):
+    for key in ("score", "pattern_score", "distance"):
         np.testing.assert_allclose(
             [r[key] for r in table_rows], [r[key] for r in plain_rows], rtol=1e-5, atol=1e-6, err_msg=key
         )
@@ -406,6 +418,9 @@ def test_no_examples_keeps_no_training_text_and_max_examples_bounds(
     bundle = load_bundle(out)
     assert bundle.examples is None
     assert bundle.known_patterns is not None and all(text in bundle.known_patterns for text in normal)
+    # The value view is fitted without category tests: it keeps no training value as text.
+    assert bundle.values is not None and len(bundle.values.arrays()["category_values"]) == 0
+    assert json.loads(stdout)["training"]["value_view"]["category_tests"] is False
     # No training text anywhere in the bundle, prepared or raw, plain or JSON-escaped.
     needles = {t for t in normal + anomalous + data["bodies"] if len(t) >= 20}
     needles |= {json.dumps(t)[1:-1] for t in needles}

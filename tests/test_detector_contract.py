@@ -5,7 +5,10 @@ and planted outliers in directions no blob occupies, each vector with a prepared
 class's vocabulary; outliers: words no class uses) for the detectors that read texts (``uses_texts``)
 and passed to all of them, as the agent does. Every detector in ``DETECTORS`` must satisfy
 the same promises the runtime, the bundle and alert consumers rely on; a new detector gets these
-checks by registering itself. One check at the end uses real embeddings of real text.
+checks by registering itself. One check uses real embeddings of real text. The last ones run the
+default ``fused`` detector with the value view beside it (what ``train`` fits): through the
+pattern table and ``event_score``, as the agent scores, every event gets what direct scoring
+gives it, whatever the batches.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from sklearn.metrics import roc_auc_score
 
 from agent.model.detectors import DETECTORS, create_detector, load_detector
 from agent.model.detectors.base import Detector, Scores
-from agent.model.patterns import PatternScore, PatternTable, score_patterns
+from agent.model.detectors.fused import FusedDetector
+from agent.model.patterns import PatternScore, PatternTable, event_score, score_patterns
+from agent.model.textprep import TextPreparation
+from agent.model.values import ValueFinding, fit_value_view
 
 DIM = 24
 CLASSES = np.array(["anger", "joy", "sadness"])
@@ -349,3 +355,106 @@ def test_pattern_table_hits_equal_direct_scoring(fitted: Detector) -> None:
     assert [g.cluster for g in got if g] == direct.cluster.tolist()
     assert sorted(embedder.embedded) == sorted(set(events)), "each distinct text embedded once"
     assert table.misses == len(set(events)) and table.hits == len(events) - len(set(events))
+
+
+# -- the fused detector with the value view (issue 19) ---------------------------------------------
+
+
+class _FusedWithValues:
+    """train's default: fused on masked texts, the value view beside it (``fit_value_view``)."""
+
+    def __init__(self, train_data: TrainData) -> None:
+        vectors, _, texts = train_data  # every text ends with a number 0-98: one <NUM> slot
+        self.prep = TextPreparation()
+        pairs = [self.prep.prepare_values(t) for t in texts]
+        patterns = [p for p, _ in pairs]
+        self.detector = FusedDetector(target_fpr=TARGET_FPR, seed=0)
+        self.detector.fit(vectors, None, patterns)
+        view = fit_value_view(self.detector, vectors, None, patterns, [v for _, v in pairs])
+        assert view is not None
+        self.view = view
+
+
+@pytest.fixture(scope="module")
+def fused_with_values(train_data: TrainData) -> _FusedWithValues:
+    return _FusedWithValues(train_data)
+
+
+def _value_events(n: int, seed: int) -> tuple[list[str], dict[str, npt.NDArray[np.float32]]]:
+    """``n`` raw events over 50 patterns (40 normal, 10 outliers), each event with its own value:
+    mostly what training saw (0-98), some far out of range; and each pattern's vector."""
+    rng = np.random.default_rng(seed)
+    words = [t.rsplit(" ", 1)[0] for t in normal_texts(40, seed=41)] + outlier_texts(10, seed=42)
+    vectors = np.r_[normal_sample(40, seed=41)[0], outlier_sample(10, seed=42)]
+    by_pattern = {f"{w} <NUM>": v for w, v in zip(words, vectors, strict=True)}
+    events = []
+    for i in rng.integers(0, len(words), size=n).tolist():
+        value = int(rng.integers(0, 99)) if rng.random() > 0.1 else int(rng.integers(10**5, 10**7))
+        events.append(f"{words[i]} {value}")
+    return events, by_pattern
+
+
+def _through_the_table(
+    model: _FusedWithValues, events: list[str], sizes: Sequence[int], embedder: _VectorsByText
+) -> list[tuple[float, ValueFinding | None]]:
+    """What the agent decides per event: prepare_values, the pattern table (bound on the miss),
+    event_score, over batches of ``sizes``."""
+    table = PatternTable("sha", max_entries=1_000)
+    out: list[tuple[float, ValueFinding | None]] = []
+    start = 0
+    for size in sizes:
+        batch = [model.prep.prepare_values(raw) for raw in events[start : start + size]]
+        results = score_patterns(
+            [p for p, _ in batch], embedder=embedder, detector=model.detector, table=table, values=model.view
+        )
+        for result, (_, values) in zip(results, batch, strict=True):
+            assert result is not None and result.values is not None
+            out.append(event_score(result, values))
+        start += size
+    assert start == len(events)
+    return out
+
+
+def test_with_the_value_view_table_hits_equal_direct_scoring_in_any_batches(
+    fused_with_values: _FusedWithValues,
+) -> None:
+    """The fused detector with the value view: every event through the pattern table (each pattern
+    embedded, scored and bound once) gets what binding its directly scored pattern gives it, over
+    batches of every size and in another composition; value anomalies of known patterns are
+    flagged with the slot and value, their normal twins are not."""
+    model = fused_with_values
+    events, by_pattern = _value_events(600, seed=43)
+    embedder = _VectorsByText(by_pattern)
+    got = _through_the_table(model, events, (1, 7, 64, 128, 400), embedder)
+    assert sorted(embedder.embedded) == sorted({model.prep.prepare(e) for e in events}), "each pattern once"
+    again = _through_the_table(model, events, (600,), _VectorsByText(by_pattern))
+    prepared = [model.prep.prepare_values(raw) for raw in events]
+    patterns = [p for p, _ in prepared]
+    direct_scores = model.detector.score(np.stack([by_pattern[p] for p in patterns]), patterns).score
+    direct = [
+        model.view.bind(p, float(s)).decide(v.values)
+        for (p, v), s in zip(prepared, direct_scores.tolist(), strict=True)
+    ]
+    for other in (again, direct):
+        np.testing.assert_allclose([s for s, _ in got], [s for s, _ in other], rtol=1e-4, atol=1e-6)
+        assert [(f.slot, f.value) if f else None for (s, f) in got if abs(s - 1.0) > 1e-3] == [
+            (f.slot, f.value) if f else None for (s, f) in other if abs(s - 1.0) > 1e-3
+        ]
+    # A normal pattern's event: flagged by its value alone when the value is far out of range.
+    normal = [i for i, raw in enumerate(events) if not raw.startswith("zq")]
+    odd = [i for i in normal if int(events[i].rsplit(" ", 1)[1]) >= 10**5]
+    usual = [i for i in normal if int(events[i].rsplit(" ", 1)[1]) < 99]
+    assert odd and usual
+    assert all(got[i][0] > 1.0 and got[i][1] is not None for i in odd)
+    findings = [got[i][1] for i in odd]
+    assert [(f.slot, f.value) for f in findings if f] == [(0, events[i].rsplit(" ", 1)[1]) for i in odd]
+    assert np.mean([got[i][0] > 1.0 for i in usual]) < 0.2
+    assert all(got[i][1] is None for i in usual)
+    # The outliers' patterns stay anomalous whatever their values.
+    assert all(got[i][0] > 1.0 for i, raw in enumerate(events) if raw.startswith("zq"))
+
+
+def test_without_a_value_view_an_event_scores_as_its_pattern() -> None:
+    pattern = PatternScore(1.5, 0.3, 2)
+    assert event_score(pattern, TextPreparation().prepare_values("disk 99% full")[1]) == (1.5, None)
+    assert event_score(pattern, None) == (1.5, None)

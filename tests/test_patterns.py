@@ -1,4 +1,5 @@
-"""The pattern table: bounded LRU, per-model, exact lookups; score_patterns' dedup and failures."""
+"""The pattern table: bounded LRU, per-model, exact lookups; score_patterns' dedup and failures; the
+value view bound once per pattern and scored per event (event_score)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import pytest
 
 from agent.config import load_settings
 from agent.model.detectors import create_detector
-from agent.model.patterns import PatternScore, PatternTable, score_patterns
+from agent.model.examples import KnownPatterns
+from agent.model.patterns import AlertContext, PatternScore, PatternTable, event_score, score_patterns
+from agent.model.textprep import TextPreparation
+from agent.model.values import ValueView
 from agent.pipeline import Pipeline, load_model
 
 
@@ -105,3 +109,35 @@ def test_a_reloaded_model_starts_an_empty_table(agent_bundle: Path) -> None:
     assert len(pipeline.patterns) == 0
     off = Pipeline(load_settings(model={"bundle": agent_bundle}, patterns={"enabled": False}), model)
     assert off.patterns is None
+
+
+def test_with_a_value_view_each_pattern_is_bound_once_and_known_is_always_said() -> None:
+    """``values=``: each computed pattern carries its BoundPattern (bound on the miss, kept by the
+    table: a hit returns the same one); any event of any pattern may alert through its values, so
+    ``known`` is filled for every pattern; ``event_score`` is the per-event call."""
+    prep = TextPreparation()
+    took = np.random.default_rng(0).integers(5, 95, size=400).tolist()
+    pairs = [prep.prepare_values(f"request took {ms} ms") for ms in took]
+    patterns, values = [p for p, _ in pairs], [v for _, v in pairs]
+    view = ValueView.fit(patterns[:200], values[:200])
+    view.calibrate(np.random.default_rng(1).exponential(0.3, 200), patterns[200:], values[200:], 0.05)
+    embedder, table = _Embedder(), PatternTable("sha")
+    context = AlertContext(known=KnownPatterns.from_texts(["request took <NUM> ms"]))
+    texts = ["request took <NUM> ms", "other <NUM>", "request took <NUM> ms"]
+    first = score_patterns(
+        texts, embedder=embedder, detector=_detector(), table=table, values=view, context=context
+    )  # type: ignore[arg-type]
+    assert [r.known for r in first if r] == [True, False, True]
+    assert all(r is not None and r.values is not None for r in first)
+    assert first[0] is first[2]
+    again = score_patterns(texts[:1], embedder=embedder, detector=_detector(), table=table, values=view)  # type: ignore[arg-type]
+    assert again[0] is first[0] and len(embedder.calls) == 1, "a hit: nothing embedded, nothing bound again"
+    hit = first[0]
+    assert hit is not None and hit.values is not None
+    quiet = event_score(hit, prep.prepare_values("request took 50 ms")[1])
+    assert quiet == (hit.values.base_score, None)
+    score, finding = event_score(hit, prep.prepare_values("request took 90000 ms")[1])
+    assert score > 1.0 and finding is not None and finding.value == "90000"
+    assert (score, finding) == hit.values.decide(("90000",)) and score == hit.values.score(("90000",))
+    plain = PatternScore(0.7, 0.1, 0)
+    assert event_score(plain, prep.prepare_values("request took 90000 ms")[1]) == (0.7, None)

@@ -73,3 +73,18 @@ def test_quality_summary_ranks_by_worst_gap_to_the_better_anchor() -> None:
     default = summary["default"]
     assert default["worst_gap"] == 0.005 <= TARGET_GAP and default["meets_target"]
     assert default["gap_to_best"] == {"a": 0.005, "b": 0.0}
+
+
+def test_train_fits_the_documented_value_view_and_masks_with_it() -> None:
+    """With the value view (the default) train keeps both views: masked text for the detector, the
+    values for the view (training.masking's rule); --no-value-view falls back to the merge rule."""
+    from agent.model.textprep import TextPreparation
+    from training.masking import decide_mask
+
+    args = build_parser().parse_args(["train", "--input", "x.jsonl", "--out", "b"])
+    assert args.value_view is True and _documented("Default value view") == "on"
+    off = build_parser().parse_args(["train", "--input", "x.jsonl", "--out", "b", "--no-value-view"])
+    assert off.value_view is False
+    prose = [f"i feel {w} today" for w in ("happy", "sad", "tired", "calm")]
+    assert decide_mask(prose, TextPreparation(), args.mask, value_view=args.value_view).mask
+    assert not decide_mask(prose, TextPreparation(), off.mask, value_view=off.value_view).mask

@@ -5,7 +5,15 @@ Prints one JSON object: threshold-free ranking quality (``auroc``, ``average_pre
 quality of the bundle's actual decision (score > 1.0): ``precision``, ``recall``, ``f1``,
 ``false_positive_rate`` and the confusion counts, plus a per-label breakdown (how many of each
 label were flagged) so a person sees *which* anomalies are missed. With ``--report DIR`` it also
-writes ``report.json``, plots and ``index.html`` there (training/report.py).
+writes ``report.json``, plots and ``index.html`` there (training/report.py). A record's score is
+the one the agent gives it (``agent.model.patterns.event_score``: with the bundle's value view,
+its pattern's score fused with its own values' evidence), as ``score`` writes it.
+
+``--sessions --session-labels CSV`` measures the bundle's session model instead: the input's
+records are cut into sessions and scored exactly as the agent's tracker decides
+(``training.sessions.score_sessions``), and each labelled key (a key is flagged when any of its
+sessions is) gives AUROC, AP, precision / recall / F1 at the calibrated threshold and the
+decisive share (``training.sessions.evaluate_sessions``).
 
 Runtime-only imports at module level; matplotlib is imported only when a report is asked for.
 """
@@ -21,17 +29,26 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.model.bundle import Bundle
 from agent.model.detectors.base import Scores
 from agent.model.embedder import EmbedderError
+from agent.model.patterns import event_score
 from training.records import (
     InputError,
     labels_of,
     parse_normal_labels,
-    prepared_texts,
     read_records,
     text_prep_for_input,
 )
-from training.score import embed_texts, fail, load_bundle_or_fail, score_texts
+from training.score import (
+    embed_texts,
+    fail,
+    load_bundle_or_fail,
+    prepare_for,
+    score_texts,
+    session_model_or_fail,
+    session_rows,
+)
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -93,12 +110,44 @@ def per_label(
     return out
 
 
+def _evaluate_sessions(args: argparse.Namespace, bundle: Bundle) -> dict[str, Any]:
+    """``evaluate --sessions``: the session figures of the bundle's session model on the input."""
+    from training.sessions import evaluate_sessions, read_session_labels
+
+    if args.session_labels is None:
+        raise InputError("--sessions needs --session-labels (a key,label CSV: BlockId,Label)")
+    model = session_model_or_fail(bundle)
+    labels = read_session_labels(args.session_labels)
+    records = read_records(args.input, label_field=args.label_field)
+    scored = session_rows(args, bundle, records)
+    return {
+        "bundle": str(args.bundle),
+        "model_id": bundle.model_id,
+        "sha256": bundle.sha256,
+        "unit": "session",
+        "input": str(args.input),
+        "session_labels": str(args.session_labels),
+        "session_model": {"threshold": model.threshold, "target_fpr": model.target_fpr},
+        **evaluate_sessions(scored, labels),
+    }
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if getattr(args, "sessions", False):
+        try:
+            print(json.dumps(_evaluate_sessions(args, load_bundle_or_fail(args.bundle)), indent=2))
+        except InputError as exc:
+            return fail(str(exc))
+        return 0
     try:
+        if args.label_field is None or args.normal_labels is None:
+            raise InputError(
+                "evaluate needs --label-field and --normal-labels (or --sessions --session-labels CSV)"
+            )
         bundle = load_bundle_or_fail(args.bundle)
         records = read_records(args.input, label_field=args.label_field)
         text_prep = text_prep_for_input(args.input, args.text_field, bundle.text_prep)
-        texts = prepared_texts(records, text_prep, args.input)
+        texts, values = prepare_for(bundle, records, text_prep, args.input)
         labels = labels_of(records, args.label_field, args.input)
         normal = parse_normal_labels(args.normal_labels, labels, args.label_field)
         embedder = bundle.load_embedder()
@@ -106,7 +155,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return fail(str(exc))
     results = score_texts(bundle, embedder, texts, desc="evaluating")
     scores = Scores(
-        score=np.array([r.score for r in results], dtype=np.float64),
+        score=np.array(
+            [event_score(r, None if values is None else values[i])[0] for i, r in enumerate(results)],
+            dtype=np.float64,
+        ),
         cluster=np.array([r.cluster for r in results], dtype=np.int64),
         distance=np.array([r.distance for r in results], dtype=np.float64),
     )

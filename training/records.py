@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.decode import lookup_field
-from agent.model.textprep import MissingTextError, TextPreparation
+from agent.model.textprep import MissingTextError, SlotValues, TextPreparation
 
 Format = Literal["jsonl", "json-array", "csv", "tsv", "text"]
 TEXT_FIELD = "text"
@@ -200,6 +200,15 @@ def text_prep_for_input(path: Path, text_field: str | None, base: TextPreparatio
 def prepared_texts(records: Iterable[Record], text_prep: TextPreparation, path: Path) -> list[str]:
     """``text_prep(record)`` for each record; a missing/empty text field is an InputError naming the line."""
     return [text_prep.prepare(text) for text in extracted_texts(records, text_prep, path)]
+
+
+def prepared_values(
+    records: Iterable[Record], text_prep: TextPreparation, path: Path
+) -> tuple[list[str], list[SlotValues]]:
+    """``prepared_texts`` (the same texts, character for character) and what each text's placeholders
+    replaced (``TextPreparation.prepare_values``: the value view's input); InputError naming the line."""
+    pairs = [text_prep.prepare_values(text) for text in extracted_texts(records, text_prep, path)]
+    return [text for text, _ in pairs], [values for _, values in pairs]
 
 
 def extracted_texts(records: Iterable[Record], text_prep: TextPreparation, path: Path) -> list[str]:

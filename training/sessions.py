@@ -31,7 +31,7 @@ import csv
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from agent.model.sessions import (
     DEFAULT_FOLDS,
     DEFAULT_ORDER,
     DEFAULT_TARGET_FPR,
+    SessionKey,
     SessionModel,
     SessionSequence,
     SessionWindows,
@@ -66,6 +67,7 @@ __all__ = [
     "cut_sessions",
     "evaluate_sessions",
     "fit_sessions",
+    "key_for",
     "read_session_labels",
     "score_sessions",
     "session_events",
@@ -119,6 +121,27 @@ def session_events(
         when = None if time_field is None else _timestamp(record, time_field, path)
         out.append(SessionEvent(record.line, key, pattern_hash(prepared), prepared, when))
     return out
+
+
+def key_for(
+    model: SessionModel, *, key_pattern: str | None, key_field: str | None, time_field: str | None
+) -> SessionKey:
+    """The key ``score --sessions`` and ``evaluate --sessions`` read sessions by: the flags' where
+    given, else the one training stored with the model (``SessionModel.key``); ``time_field``
+    overrides the stored time field. InputError when neither names a key."""
+    stored = model.key
+    if key_pattern is not None or key_field is not None:
+        when = time_field if time_field is not None else (None if stored is None else stored.time_field)
+        try:
+            return SessionKey(pattern=key_pattern, field=key_field, time_field=when)
+        except ValueError as exc:
+            raise InputError(f"session key: {exc}") from None
+    if stored is None:
+        raise InputError(
+            "the bundle's session model records no session key:"
+            " give --session-key-pattern or --session-key-field"
+        )
+    return stored if time_field is None else replace(stored, time_field=time_field)
 
 
 def _timestamp(record: Record, name: str, path: Path) -> int | None:
@@ -233,6 +256,8 @@ def fit_sessions(
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     seed: int = 0,
     max_open: int = DEFAULT_MAX_OPEN,
+    key: SessionKey | None = None,
+    templates: bool = True,
 ) -> tuple[SessionModel, dict[str, Any]]:
     """Fit the session model on the normal sessions of ``events``; returns it and a JSON summary.
 
@@ -240,7 +265,9 @@ def fit_sessions(
     count as normal). ``validation_fraction`` of the normal *keys* (seeded; all sessions of a key on
     the same side) is kept away from fitting: the summary's ``validation`` gives their false-positive
     rate at score > 1.0 and, with anomalous keys, the figures of ``evaluate_sessions`` on those
-    keys and the validation keys. InputError when fewer than 2 normal sessions are left to fit."""
+    keys and the validation keys. ``key`` (where the keys came from) is stored with the model, and
+    with ``templates`` the prepared text of each pattern (what session alerts show; not kept
+    for ``train --no-examples``). InputError when fewer than 2 normal sessions are left to fit."""
     if not 0.0 <= validation_fraction < 1.0:
         raise InputError(f"--validation-fraction must be in [0, 1), got {validation_fraction}")
     sessions = cut_sessions(events, windows, max_open=max_open)
@@ -251,7 +278,7 @@ def fit_sessions(
     fit = [s.sequence for s in sessions if s.key not in anomalous and s.key not in held]
     if len(fit) < 2:
         raise InputError(f"{len(fit)} normal sessions to fit; the session model needs at least 2")
-    templates = {event.pattern: event.prepared for event in events}
+    texts = {event.pattern: event.prepared for event in events} if templates else None
     try:
         model = SessionModel.fit(
             fit,
@@ -260,7 +287,8 @@ def fit_sessions(
             target_fpr=target_fpr,
             folds=folds,
             seed=seed,
-            templates=templates,
+            templates=texts,
+            key=key,
         )
     except ValueError as exc:
         raise InputError(f"session model: {exc}") from None

@@ -19,6 +19,15 @@ embedder call: the embedder's token budget bounds each model run), and stores th
 returns exactly what the miss computed; a miss computed in another batch may differ from a fresh
 one by float rounding of the batch's BLAS kernels (≤ 1e-4 relative, see the detector contract
 suite), far below any threshold decision.
+
+**The value view** (agent.model.values). With a bundle's ``ValueView`` passed as ``values``, each
+computed pattern is also *bound* once, on the miss (``ValueView.bind``: its slots and its pattern
+evidence), and the ``PatternScore`` keeps the ``BoundPattern``. An event's score is then its
+pattern's score fused with the evidence of its own values — what masking replaced, different for
+every event — so it is computed per event, on the hit path, by ``event_score(pattern_score,
+slot_values)``: the one per-event call of the agent, ``score`` and ``evaluate``, a few µs (only
+the value checks: the table still saves the embedding and the detector). Without a value view
+``event_score`` returns the pattern's score unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ import numpy as np
 from agent.model.detectors.base import Detector
 from agent.model.embedder import Embedder
 from agent.model.examples import Examples, KnownPatterns
+from agent.model.textprep import SlotValues
+from agent.model.values import BoundPattern, ValueFinding, ValueView
 
 # ~100,000 patterns: about 50 MB (a 150-character text, its score and the table's links), within
 # the agent's 500 MiB memory target; real log streams have hundreds to a few thousand patterns.
@@ -43,13 +54,45 @@ class PatternScore:
     """What the model said about one pattern: the ``Detector.score`` row of its vector; for an
     anomalous one (score > 1.0) also ``known`` (the exact prepared text was in the normal training
     data; None when the bundle does not record it) and ``neighbours``, the nearest training
-    examples as (text, cosine similarity), computed once with the vector at hand."""
+    examples as (text, cosine similarity), computed once with the vector at hand.
+
+    With a value view, ``values`` is the pattern bound to it (``ValueView.bind``, once per
+    pattern) and an *event*'s score is ``event_score(this, its slot values)``, not ``score``
+    (which stays the detector's, the pattern part). Then ``known`` is filled for every pattern
+    (any event may alert through its values) and ``neighbours`` for the patterns whose events
+    are anomalous even without value evidence (``values.base_score > 1.0``) or whose detector
+    score is.
+    """
 
     score: float
     distance: float
     cluster: int
     known: bool | None = None
     neighbours: tuple[tuple[str, float], ...] = ()
+    values: BoundPattern | None = None
+
+    @property
+    def anomalous(self) -> bool:
+        """Whether an event of this pattern is anomalous without value evidence."""
+        return (self.score if self.values is None else self.values.base_score) > 1.0
+
+
+def event_score(pattern: PatternScore, values: SlotValues | None) -> tuple[float, ValueFinding | None]:
+    """An event's score (> 1.0: anomalous) and, when its values made or helped make it anomalous,
+    the unusual value (``ValueFinding``: slot, value, what normal looks like; the alert's ``value``).
+
+    ``pattern``: its pattern's ``PatternScore`` (a table hit or a fresh miss); ``values``: what its
+    placeholders replaced (``TextPreparation.prepare_values(raw)[1]``; None when not extracted).
+    Without a value view in the bundle (``pattern.values`` None) it is ``(pattern.score, None)``.
+    With one, ``BoundPattern.decide``: the fused score ``(e_p + e_v) / T`` of agent.model.values,
+    computed from the event's own values — the only per-event model work on a table hit. The one
+    function the agent, ``anomaly-agent score`` and ``evaluate`` call per event, so they decide
+    alike.
+    """
+    bound = pattern.values
+    if bound is None:
+        return pattern.score, None
+    return bound.decide(None if values is None else values.values)
 
 
 @dataclass(frozen=True)
@@ -108,6 +151,7 @@ def score_patterns(
     dedup: bool = True,
     context: AlertContext | None = None,
     progress: Callable[[], None] | None = None,
+    values: ValueView | None = None,
 ) -> list[PatternScore | None]:
     """Scores of ``texts`` (prepared), in order. Each distinct text missing from ``table`` (all of
     them when ``table`` is None) is embedded and scored once per call; with ``dedup=False`` (and
@@ -118,17 +162,20 @@ def score_patterns(
     the first exception is raised). Results are stored in ``table`` only when computed.
     ``context`` fills ``known`` and ``neighbours`` of the anomalous ones. ``progress()`` runs
     after every embedder micro-batch and every detector call (the caller's liveness stamp).
+    ``values`` (the bundle's value view, None without one) binds each computed pattern
+    (``PatternScore.values``); an event's score is then ``event_score(result, its values)``.
+    The table belongs to one model, value view included.
     """
     if not dedup and table is None:
         try:
-            return list(_score(list(texts), embedder, detector, context, progress))
+            return list(_score(list(texts), embedder, detector, context, progress, values))
         except Exception:
             if on_failure is None:
                 raise
         out: list[PatternScore | None] = []
         for text in texts:
             try:
-                out += _score([text], embedder, detector, context, progress)
+                out += _score([text], embedder, detector, context, progress, values)
             except Exception as exc:
                 on_failure(text, exc)
                 out.append(None)
@@ -147,14 +194,16 @@ def score_patterns(
         table.hits += len(texts) - len(missing)
     if missing:
         try:
-            computed: list[PatternScore | None] = list(_score(missing, embedder, detector, context, progress))
+            computed: list[PatternScore | None] = list(
+                _score(missing, embedder, detector, context, progress, values)
+            )
         except Exception:
             if on_failure is None:
                 raise
             computed = []
             for text in missing:
                 try:
-                    computed += _score([text], embedder, detector, context, progress)
+                    computed += _score([text], embedder, detector, context, progress, values)
                 except Exception as exc:
                     on_failure(text, exc)
                     computed.append(None)
@@ -171,6 +220,7 @@ def _score(
     detector: Detector,
     context: AlertContext | None,
     progress: Callable[[], None] | None,
+    values: ValueView | None,
 ) -> list[PatternScore]:
     vectors = embedder.embed(texts, progress=progress)
     scores = detector.score(vectors, texts)
@@ -178,17 +228,23 @@ def _score(
         progress()
     rows = zip(scores.score.tolist(), scores.distance.tolist(), scores.cluster.tolist(), strict=True)
     results = [PatternScore(float(s), float(d), int(c)) for s, d, c in rows]
+    if values is not None:
+        results = [
+            PatternScore(r.score, r.distance, r.cluster, values=values.bind(text, r.score))
+            for text, r in zip(texts, results, strict=True)
+        ]
     if context is None:
         return results
-    anomalous = [i for i, r in enumerate(results) if r.score > 1.0]
+    anomalous = [i for i, r in enumerate(results) if r.score > 1.0 or r.anomalous]
     nearest: dict[int, tuple[tuple[str, float], ...]] = {}
     if anomalous and context.examples is not None and context.neighbours > 0 and len(context.examples):
         found = context.examples.nearest(np.asarray(vectors)[anomalous], k=context.neighbours)
         nearest = {
             i: tuple((n.text, n.similarity) for n in row) for i, row in zip(anomalous, found, strict=True)
         }
-    for i in anomalous:
+    # With a value view any event may alert through its values: every pattern says whether it is known.
+    for i in range(len(results)) if values is not None else anomalous:
         known = None if context.known is None else texts[i] in context.known
         r = results[i]
-        results[i] = PatternScore(r.score, r.distance, r.cluster, known, nearest.get(i, ()))
+        results[i] = PatternScore(r.score, r.distance, r.cluster, known, nearest.get(i, ()), r.values)
     return results

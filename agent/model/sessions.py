@@ -103,6 +103,7 @@ __all__ = [
     "REASONS",
     "START_CODE",
     "UNKNOWN_CODE",
+    "SessionKey",
     "SessionModel",
     "SessionScore",
     "SessionSequence",
@@ -213,6 +214,42 @@ class SessionWindows:
             max_seconds=float(data["max_seconds"]),
             max_events=int(data["max_events"]),
         )
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    """Where training read each event's session key and time: ``pattern`` (a regex with one group,
+    searched in the raw text) or ``field`` (a dotted event field), exactly one; ``time_field``
+    (the field holding event times, None when the input had none). Stored with the model so
+    ``score --sessions`` and ``evaluate --sessions`` read sessions as training did, and so the
+    agent's ``[sessions]`` key can be checked against it; the agent itself takes event time from
+    the record timestamps, which should carry the same times. Not part of the ``fingerprint``: a
+    session's state does not depend on where its key came from."""
+
+    pattern: str | None = None
+    field: str | None = None
+    time_field: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.pattern is None) == (self.field is None):
+            raise ValueError("a session key is a pattern or a field, exactly one")
+        for name, value in (
+            ("pattern", self.pattern),
+            ("field", self.field),
+            ("time_field", self.time_field),
+        ):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"session key {name} must be a non-empty string, got {value!r}")
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"pattern": self.pattern, "field": self.field, "time_field": self.time_field}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SessionKey:
+        unknown = sorted(set(data) - {"pattern", "field", "time_field"})
+        if unknown:
+            raise ValueError(f"unknown session key entries: {', '.join(unknown)}")
+        return cls(pattern=data.get("pattern"), field=data.get("field"), time_field=data.get("time_field"))
 
 
 # --------------------------------------------------------------------- state and results
@@ -450,6 +487,7 @@ class SessionModel:
         neighbours: int = DEFAULT_NEIGHBOURS,
         limits: Mapping[str, int] | None = None,
         fit_summary: Mapping[str, Any] | None = None,
+        key: SessionKey | None = None,
     ) -> None:
         if order < 1:
             raise ValueError(f"order must be >= 1, got {order}")
@@ -466,6 +504,8 @@ class SessionModel:
         self.neighbours = int(neighbours)
         self.limits = dict(limits or {})
         self.fit_summary: dict[str, Any] = dict(fit_summary or {})
+        #: where training read the session keys and times (None: not recorded).
+        self.key = key
         self.vocab = np.asarray(vocab, dtype=np.uint64)
         n = len(self.vocab)
         # Pattern ids: 0..n-1 the vocabulary, then the unknown pattern, the start padding, the end,
@@ -675,6 +715,7 @@ class SessionModel:
         max_distinct: int = DEFAULT_MAX_DISTINCT,
         max_unexpected: int = DEFAULT_MAX_UNEXPECTED,
         neighbours: int = DEFAULT_NEIGHBOURS,
+        key: SessionKey | None = None,
     ) -> SessionModel:
         """Fit on normal ``sessions`` (cut by ``windows``, as the agent will cut them).
 
@@ -689,7 +730,8 @@ class SessionModel:
         about 2 s in all).
 
         ``templates``: prepared text per pattern hash, kept (cut to ``TEMPLATE_MAX_CHARS``) for the
-        vocabulary so alerts can show them. ValueError for fewer than 2 sessions or bad bounds."""
+        vocabulary so alerts can show them. ``key``: where the sessions' keys came from (stored
+        with the model). ValueError for fewer than 2 sessions or bad bounds."""
         check_target_fpr(target_fpr)
         if order < 1:
             raise ValueError(f"order must be >= 1, got {order}")
@@ -749,7 +791,15 @@ class SessionModel:
             "seed": seed,
         }
         threshold = quantile_threshold(raw, target_fpr)
-        return cls(**shared, **tables, templates=texts, nulls=nulls, threshold=threshold, fit_summary=summary)
+        return cls(
+            **shared,
+            **tables,
+            templates=texts,
+            nulls=nulls,
+            threshold=threshold,
+            fit_summary=summary,
+            key=key,
+        )
 
     # ----------------------------------------------------------------- persistence
 
@@ -800,6 +850,7 @@ class SessionModel:
             "neighbours": self.neighbours,
             "limits": self.limits,
             "fit": self.fit_summary,
+            "key": None if self.key is None else self.key.to_dict(),
             "templates": None
             if not self.templates
             else [self.templates[int(h)] for h in self.vocab.tolist()],
@@ -869,6 +920,7 @@ class SessionModel:
                 neighbours=int(meta["neighbours"]),
                 limits=meta.get("limits") or {},
                 fit_summary=meta.get("fit") or {},
+                key=None if meta.get("key") is None else SessionKey.from_dict(meta["key"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"session model {directory}: {exc}") from None
@@ -890,6 +942,7 @@ class SessionModel:
             "max_distinct": self.max_distinct,
             "max_unexpected": self.max_unexpected,
             "neighbours": self.neighbours,
+            "key": None if self.key is None else self.key.to_dict(),
             "fit": self.fit_summary,
         }
 

@@ -33,6 +33,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from dataclasses import field as dataclass_field
 from typing import Any, NamedTuple
 
 from agent.decode import lookup_field
@@ -80,6 +81,7 @@ class Mask:
     required: str | None = None
     required_count: int = 1
     precheck: re.Pattern[str] | None = None
+    _split: re.Pattern[str] | None = dataclass_field(default=None, init=False, repr=False, compare=False)
 
     def apply(self, text: str) -> str:
         if self.required is not None and (
@@ -95,6 +97,18 @@ class Mask:
         accept = self.accept
         return self.pattern.sub(lambda m: self.placeholder if accept(m) else m.group(0), text)
 
+    def __post_init__(self) -> None:
+        # ``collect`` of a rule without ``accept``: the same pattern inside one capturing group, so
+        # ``split`` returns the text between matches and the matches themselves in one C call (no
+        # Python call per match). Only for patterns without groups of their own, whose ``split``
+        # would return those groups too.
+        grouped = (
+            re.compile(f"({self.pattern.pattern})", self.pattern.flags)
+            if self.accept is None and self.pattern.groups == 0
+            else None
+        )
+        object.__setattr__(self, "_split", grouped)
+
     def collect(self, text: str, sentinel: str, values: list[str]) -> str:
         """``apply`` that writes ``sentinel`` instead of the placeholder and appends each replaced
         match to ``values`` (in match order). Same prechecks and matches as ``apply``: the two
@@ -107,6 +121,14 @@ class Mask:
             return text
         if self.precheck is not None and self.precheck.search(text) is None:
             return text
+        grouped = self._split
+        if grouped is not None:
+            # split and sub find the same matches (empty ones included, Python >= 3.7)
+            parts = grouped.split(text)
+            if len(parts) == 1:
+                return text
+            values += parts[1::2]
+            return sentinel.join(parts[0::2])
         append = values.append
         accept = self.accept
         if accept is None:
@@ -304,9 +326,10 @@ class SlotValues(NamedTuple):
 NO_VALUES = SlotValues((), ())
 
 
-def _sentinel_mask(text: str) -> tuple[str, list[list[str]], _Sentinels] | None:
-    """``text`` with each mask's matches replaced by its sentinel, each mask's matches in order,
-    and the sentinels used; None when the text holds characters of every sentinel set."""
+def _sentinel_mask(text: str) -> tuple[str, list[tuple[str, str, list[str]]], _Sentinels] | None:
+    """``text`` with each mask's matches replaced by its sentinel; (sentinel, placeholder, matches
+    in order) of each mask that matched, in mask order; and the sentinels used. None when the text
+    holds characters of every sentinel set."""
     if text.isascii():
         sentinels = _SENTINEL_SETS[0]
     else:
@@ -314,32 +337,37 @@ def _sentinel_mask(text: str) -> tuple[str, list[list[str]], _Sentinels] | None:
         if not usable:
             return None
         sentinels = usable[0]
-    found: list[list[str]] = [[] for _ in MASKS]
-    for m, sentinel, values in zip(MASKS, sentinels.chars, found, strict=True):
+    used: list[tuple[str, str, list[str]]] = []
+    for m, sentinel in zip(MASKS, sentinels.chars, strict=True):
+        values: list[str] = []
         text = m.collect(text, sentinel, values)
-    return text, found, sentinels
+        if values:
+            used.append((sentinel, m.placeholder, values))
+    return text, used, sentinels
 
 
 def mask_values(text: str) -> tuple[str, SlotValues]:
     """``mask_text(text)`` and what each of its placeholders replaced (``SlotValues``).
 
-    Cost: ``mask_text``'s plus a Python call per replaced token and one scan for the sentinels
-    (measured by bench/quality.py, docs/detectors.md "The value view").
+    Cost: ``mask_text``'s plus, per event, one scan for the sentinels and a few tuple operations
+    when more than one rule matched (bench/values.py; docs/detectors.md "The value view").
     """
     marked = _sentinel_mask(text)
     if marked is None:
         return mask_text(text), SlotValues(None, ())
-    text, found, sentinels = marked
-    order = sentinels.any.findall(text)
-    if not order:
+    text, used, sentinels = marked
+    if not used:
         return text, NO_VALUES
+    if len(used) == 1:  # one rule matched: its matches are the values, in order
+        sentinel, placeholder, matched = used[0]
+        return text.replace(sentinel, placeholder), SlotValues(tuple(matched), (placeholder,) * len(matched))
+    order = sentinels.any.findall(text)
     pending = {}
-    for sentinel, m, matched in zip(sentinels.chars, MASKS, found, strict=True):
-        if matched:
-            pending[sentinel] = iter(matched)
-            text = text.replace(sentinel, m.placeholder)
-    values = tuple([next(pending[c]) for c in order])
-    return text, SlotValues(values, tuple([sentinels.placeholder_of[c] for c in order]))
+    for sentinel, placeholder, matched in used:
+        pending[sentinel] = iter(matched).__next__
+        text = text.replace(sentinel, placeholder)
+    placeholder_of = sentinels.placeholder_of
+    return text, SlotValues(tuple([pending[c]() for c in order]), tuple([placeholder_of[c] for c in order]))
 
 
 def _slots_within(text: str, limit: int) -> int:
