@@ -27,6 +27,8 @@ PREP = TextPreparation()
 #: more pages than a category test keeps: the URL slot's own values are not categorical, its origin is.
 PAGES = [f"{a}-{b}" for a in ("cart", "home", "help", "shop", "deals") for b in ("new", "top", "all", "sale")]
 TARGET_FPR = 0.02
+# Pattern scores of a detector calibrated to the target: P(score > 1) = TARGET_FPR.
+DETECTOR_SCALE = 1.0 / np.log(1.0 / TARGET_FPR)
 
 
 def _normal_events(n: int, seed: int) -> list[str]:
@@ -61,7 +63,7 @@ def view() -> ValueView:
     patterns, values = _prepared(_normal_events(4000, seed=0))
     fitted = ValueView.fit(patterns, values)
     held_patterns, held_values = _prepared(_normal_events(1000, seed=1))
-    scores = np.random.default_rng(2).exponential(0.3, size=len(held_patterns))
+    scores = np.random.default_rng(2).exponential(DETECTOR_SCALE, size=len(held_patterns))
     fitted.calibrate(scores, held_patterns, held_values, TARGET_FPR)
     return fitted
 
@@ -116,9 +118,10 @@ def test_normal_values_stay_quiet(view: ValueView) -> None:
 
 
 def test_the_combined_threshold_holds_the_target_on_held_out_events(view: ValueView) -> None:
-    """Fresh normal events with fresh pattern scores: the alert rate is the target's, give or take."""
+    """Fresh normal events with fresh pattern scores (from a detector calibrated to the target, as
+    train's are): the alert rate with the values is still the target's, give or take."""
     patterns, values = _prepared(_normal_events(5000, seed=7))
-    scores = np.random.default_rng(8).exponential(0.3, size=len(patterns))
+    scores = np.random.default_rng(8).exponential(DETECTOR_SCALE, size=len(patterns))
     final = [view.bind(p, s).score(v.values) for p, v, s in zip(patterns, values, scores, strict=True)]
     assert 0.5 * TARGET_FPR <= np.mean(np.asarray(final) > 1.0) <= 2.0 * TARGET_FPR
 
@@ -240,3 +243,13 @@ def test_a_pattern_table_hit_scores_like_a_fresh_bind_in_any_order(view: ValueVi
         hits.append(bound.score(values.values))
     fresh = [view.bind(p, 0.4).score(v.values) for p, v in map(PREP.prepare_values, texts)]
     assert hits[::-1] == fresh
+
+
+def test_a_pattern_anomalous_on_its_own_keeps_the_detector_s_score(view: ValueView) -> None:
+    """A tail probability flattens everything past the held-out maximum: the fused score must not
+    pull a pattern at 2.5 times its threshold back to the threshold, and values only add."""
+    pattern, values = PREP.prepare_values("request served in 35 ms status 200")
+    for score in (1.01, 2.5, 40.0):
+        strong = view.bind(pattern, score)
+        assert strong.score(values.values) >= score and strong.decide(values.values)[0] >= score
+    assert view.bind(pattern, 40.0).score(values.values) == pytest.approx(40.0)
