@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from confluent_kafka import KafkaException, Message
@@ -60,7 +61,8 @@ from agent.kafka.permissions import Permissions
 from agent.kafka.source import Batch, InputSource, RewindError, message_offset, partition_key
 from agent.model.bundle import Bundle, BundleError, load_bundle
 from agent.model.embedder import Embedder, EmbedderError
-from agent.model.patterns import AlertContext, PatternScore, PatternTable, score_patterns
+from agent.model.patterns import AlertContext, PatternScore, PatternTable, event_score, score_patterns
+from agent.model.textprep import SlotValues
 from exporters.alertmanager import AlertmanagerSink
 from exporters.dead_letters import OriginalHeaders, build_dead_letter, dead_letter_headers, read_headers
 from exporters.metrics import AgentMetrics, LookupResult, Stage
@@ -150,6 +152,7 @@ class _Event:
     msg: Message
     event: DecodedEvent
     prepared: str
+    slots: SlotValues | None  # what masking replaced (with a value view in the bundle)
 
 
 class Pipeline:
@@ -436,13 +439,20 @@ class Pipeline:
 
         with self._metrics.timed(Stage.EMBED):
             events: list[_Event] = []
-            prepared: dict[str, str] = {}  # a raw text repeated in the batch is prepared once
+            # A raw text repeated in the batch is prepared once; with a value view the values
+            # masking replaced come out too (scored per event beside the pattern).
+            prepared: dict[str, tuple[str, SlotValues | None]] = {}
+            text_prep, with_values = model.bundle.text_prep, model.bundle.values is not None
             for msg, event in decoded:
                 try:
-                    text = prepared.get(event.text)
-                    if text is None:
-                        text = prepared[event.text] = model.bundle.text_prep.prepare(event.text)
-                    events.append(_Event(msg, event, text))
+                    done = prepared.get(event.text)
+                    if done is None:
+                        done = prepared[event.text] = (
+                            text_prep.prepare_values(event.text)
+                            if with_values
+                            else (text_prep.prepare(event.text), None)
+                        )
+                    events.append(_Event(msg, event, done[0], done[1]))
                 except Exception as exc:
                     reject(msg, DeadLetterReason.INTERNAL_ERROR, _internal("preparing the text", exc))
             results = self._score(model, events, reject)
@@ -456,9 +466,10 @@ class Pipeline:
             for item, outcome in zip(events, results, strict=True):
                 if outcome is None:
                     continue
-                scored.append(outcome.score)
+                score, finding = event_score(outcome, item.slots)  # the pattern's, with its values
+                scored.append(score)
                 timestamps.append(item.event.timestamp_ms)
-                in_order.append(_scored(item, outcome))
+                in_order.append(_scored(item, outcome, score, None if finding is None else finding.to_dict()))
 
             def not_built(event: Scored, exc: Exception) -> None:
                 msg = next(
@@ -530,6 +541,7 @@ class Pipeline:
                 model.bundle.known_patterns, model.bundle.examples, self._settings.alerts.neighbours
             ),
             progress=self._health.progress,  # busy, not stuck: the watchdog keeps pinging
+            values=model.bundle.values,
         )
         if table is not None:
             self._metrics.pattern_lookups.labels(result=LookupResult.HIT.value).inc(table.hits - before[0])
@@ -683,7 +695,7 @@ class Pipeline:
         )
 
 
-def _scored(item: _Event, result: PatternScore) -> Scored:
+def _scored(item: _Event, result: PatternScore, score: float, value: dict[str, Any] | None) -> Scored:
     topic, partition = partition_key(item.msg)
     fields = item.event.fields
     return Scored(
@@ -696,6 +708,8 @@ def _scored(item: _Event, result: PatternScore) -> Scored:
         item.prepared,
         fields if fields is not None else {},
         result,
+        score,
+        value,
     )
 
 

@@ -320,10 +320,10 @@ def build_alert(
     ]
     if fields_truncated:
         document["fields_truncated"] = True
-    value = _dumps(document)
+    encoded = _dumps(document)
     if max_bytes is not None:
-        value = _fit(document, value, max_bytes - len(key) - headers_size(headers))
-    return AlertRecord(key=key, value=value, headers=headers, id=aid, document=document)
+        encoded = _fit(document, encoded, max_bytes - len(key) - headers_size(headers))
+    return AlertRecord(key=key, value=encoded, headers=headers, id=aid, document=document)
 
 
 def _fit(document: dict[str, Any], value: bytes, budget: int) -> bytes:

@@ -351,8 +351,10 @@ def pipeline_settings(
         "model": {"bundle": bundle, "intra_op_threads": 1, "watch": False},
         "batch": {"max_size": batch_size, "max_wait_ms": 100},
         # One alert per anomalous event: the per-event guarantees (exactly once, nothing lost)
-        # are checked event by event. Grouping (the product default) has tests of its own.
+        # are checked event by event. Grouping and rates (the product defaults, which need the
+        # state changelog and its ACLs) have tests of their own.
         "alerts": {"group_by": "event"},
+        "rates": {"enabled": False},
     }
     for name, value in sections.items():
         settings[name] = {**settings.get(name, {}), **value} if isinstance(value, dict) else value
@@ -389,6 +391,7 @@ def agent_env(
         "BATCH__MAX_WAIT_MS": "100",
         "LIFECYCLE__SHUTDOWN_GRACE_SECONDS": "15",
         "ALERTS__GROUP_BY": "event",  # see pipeline_settings
+        "RATES__ENABLED": "false",
     }
     env.update({k.upper(): v for k, v in extra.items()})
     return {f"ANOMALY_AGENT_{k}": v for k, v in env.items()}

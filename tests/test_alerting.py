@@ -37,12 +37,19 @@ TEMPLATES = ("disk <PATH> full", "x509: certificate has expired", "raft: lost le
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 Row = Scored
+
+
+def scored(*fields: Any) -> Scored:
+    """A ``Scored`` event whose score is its pattern's (no value view)."""
+    return Scored(*fields, fields[-1].score)
+
+
 NORMAL = PatternScore(0.5, 0.2, -1)
 
 
 def normal(partition: int, offset: int, ts: int | None) -> Scored:
     """A normal record (it moves its partition's event time, counts for its rate, never alerts)."""
-    return Scored("events", partition, offset, None, ts, f"all good #{offset}", "all good #<NUM>", {}, NORMAL)
+    return scored("events", partition, offset, None, ts, f"all good #{offset}", "all good #<NUM>", {}, NORMAL)
 
 
 def anomalous_ones(rows: list[Row]) -> list[Row]:
@@ -69,7 +76,7 @@ def stream(seed: int, n: int = 400) -> list[Row]:
         offsets[p] += 1
         if rng.random() < 0.6:
             template = rng.choice(TEMPLATES)
-            rows.append(Scored(
+            rows.append(scored(
                 "events", p, offset, None, ts, f"{template} #{offset}", template, {},
                 PatternScore(1.0 + rng.random(), 0.5, -1),
             ))  # fmt: skip
@@ -198,7 +205,7 @@ def test_a_summary_names_its_first_and_last_counted_event_and_the_pattern() -> N
     for offset, ts in enumerate((0, 10_000, 20_000, 30_000)):
         score = PatternScore(1.5 + offset / 10, 0.4, -1)
         fields = {"service": "db"}
-        rows.append(Scored("events", 0, offset, b"k", ts, "disk /a full", "disk <PATH> full", fields, score))
+        rows.append(scored("events", 0, offset, b"k", ts, "disk /a full", "disk <PATH> full", fields, score))
     rows.append(normal(0, 4, 60_000))  # a normal record: the window's end passes
     agent = alerting()
     records = agent.batch(BUNDLE, rows, NOW, lambda e, x: None, lambda _: True)
@@ -226,7 +233,7 @@ def test_a_quiet_partition_closes_on_the_wall_clock_only_once_caught_up(
     start = int(NOW.timestamp() * 1000) - 3_600_000  # an hour of backlog: event time is behind
     rows: list[Row] = []
     for offset in range(3):
-        rows.append(Scored(
+        rows.append(scored(
             "events", 0, offset, None, start + offset, f"{template} #{offset}", template, {},
             PatternScore(2.0, 0.5, -1),
         ))  # fmt: skip

@@ -9,7 +9,7 @@ import random
 from typing import Any
 
 import pytest
-from test_alerting import BUNDLE, COOLDOWN_S, NOW, Log, Row, shape, stream
+from test_alerting import BUNDLE, COOLDOWN_S, NOW, Log, Row, scored, shape, stream
 
 from agent.alerts.alerting import Alerting, Scored
 from agent.alerts.feedback import Verdicts, feedback_record
@@ -35,7 +35,7 @@ def alerting(verdicts: Verdicts | None = None, **rates: Any) -> Alerting:
 
 def event(offset: int, ts: int, template: str, partition: int = 0) -> Scored:
     text = template.replace("<HOST>", f"node-{offset % 3}").replace("<PATH>", f"/p/{offset}")
-    return Scored("events", partition, offset, None, ts, text, template, {}, PatternScore(0.3, 0.1, -1))
+    return scored("events", partition, offset, None, ts, text, template, {}, PatternScore(0.3, 0.1, -1))
 
 
 def traffic(seed: int, *, spike_at: int, silence_at: int, hours: int = 4) -> list[Row]:
@@ -137,7 +137,7 @@ def test_a_rate_verdict_mutes_spikes_and_silences_but_not_anomalies() -> None:
     agent = alerting(verdicts)
     rows = traffic(4, spike_at=150, silence_at=190)
     rows.append(
-        Scored(
+        scored(
             "events",
             0,
             10**5,

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from test_alerting import BUNDLE, NOW, Log, Row
+from test_alerting import BUNDLE, NOW, Log, Row, scored
 from test_session_tracker import PATHS, WINDOWS, P
 
 from agent.alerts.alerting import Alerting, Scored
@@ -42,7 +42,7 @@ def alerting(model: SessionModel | None, **sessions: Any) -> Alerting:
 
 
 def step(offset: int, ts: int, session: str, name: str, partition: int = 0) -> Scored:
-    return Scored(
+    return scored(
         "events",
         partition,
         offset,

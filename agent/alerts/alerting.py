@@ -103,8 +103,10 @@ CLOCK_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """One scored event of the batch: where it came from, its text and what the model said
-    (``result.score > 1.0``: anomalous)."""
+    """One scored event of the batch: where it came from, its text, what the model said of its
+    pattern (``result``) and of the event itself: ``score`` (> 1.0: anomalous; the pattern's score
+    with the evidence of the event's own values, ``agent.model.patterns.event_score``) and
+    ``value``, the unusual value when it made the difference (the alert's ``value`` object)."""
 
     topic: str
     partition: int
@@ -115,6 +117,8 @@ class Scored:
     prepared: str
     fields: dict[str, Any]
     result: PatternScore
+    score: float
+    value: dict[str, Any] | None = None
 
 
 @dataclass
@@ -244,7 +248,7 @@ class Alerting:
                 out += self._count(bundle, event, partition, now, reject)
             if self._sessions is not None:
                 out += self._step(bundle, event, at_ms, now)
-            if event.result.score <= 1.0:
+            if event.score <= 1.0:
                 continue
             pattern = pattern_id(bundle.model_id, event.prepared)
             if (self._verdicts is not None and self._verdicts.is_muted(pattern)) or (
@@ -619,7 +623,7 @@ class Alerting:
         decision = grouper.decide(
             (event.topic, event.partition, pattern),
             at_ms,
-            event.result.score,
+            event.score,
             _top_event(bundle, event, self._settings.alerts.text_max_chars),
             alert_id=alert_id(event.topic, event.partition, event.offset),
             position={"offset": event.offset, "timestamp_ms": event.timestamp_ms},
@@ -630,7 +634,7 @@ class Alerting:
             return out
         start = _datetime(decision.window_start_ms)
         window = GroupInfo(
-            self._cooldown_s, start, start + timedelta(seconds=self._cooldown_s), 0, event.result.score
+            self._cooldown_s, start, start + timedelta(seconds=self._cooldown_s), 0, event.score
         )
         first_seen = _datetime(decision.first_seen_ms)
         out.append(self._alert(bundle, event, pattern, now, first_seen=first_seen, group=window))
@@ -780,7 +784,7 @@ class Alerting:
         record = build_alert(
             source=AlertSource(event.topic, event.partition, event.offset, event.key, event.timestamp_ms),
             text=event.text,
-            score=result.score,
+            score=event.score,
             threshold=1.0,
             detector=bundle.detector_name,
             cluster_id=result.cluster,
@@ -799,6 +803,7 @@ class Alerting:
             pattern=PatternInfo(pattern, event.prepared, result.known, first_seen),
             neighbours=result.neighbours,
             group=group,
+            value=event.value,
         )
         self._pending.documents.append(record.document)
         return OutgoingRecord(self._settings.topics.alerts, record.key, record.value, list(record.headers))
@@ -859,7 +864,9 @@ class Alerting:
             fields_truncated=bool(top.get("fields_truncated")),
             detected_at=now,
             prepared_text=str(top["prepared"]),
-            raw_threshold=_raw_threshold(float(top["distance"]), summary.max_score),
+            raw_threshold=top["raw_threshold"]
+            if "raw_threshold" in top
+            else _raw_threshold(float(top["distance"]), summary.max_score),
             max_bytes=self.record_max_bytes,
             pattern=PatternInfo(
                 pattern, str(top["prepared"]), top.get("known"), _datetime(summary.first_seen_ms)
@@ -875,6 +882,7 @@ class Alerting:
                 last=_position(summary.last_suppressed),
             ),
             summary=True,
+            value=top.get("value"),
         )
         self._pending.documents.append(record.document)
         self._pending.summaries += 1
@@ -903,6 +911,8 @@ def _top_event(bundle: Bundle, event: Scored, text_max_chars: int) -> dict[str, 
         "detector": bundle.detector_name,
         "model_id": bundle.model_id,
         "model_sha256": bundle.sha256,
+        "raw_threshold": _raw_threshold(result.distance, result.score),
+        "value": event.value,
     }
 
 

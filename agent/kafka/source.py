@@ -104,7 +104,8 @@ class InputSource:
         self._revoked_in_poll: set[PartitionKey] = set()
         self._gained: set[PartitionKey] = set()
         self._given_up: set[PartitionKey] = set()
-        self._starts: dict[PartitionKey, int] = {}  # committed offset at assignment (caught_up)
+        # The committed offset librdkafka reports per assigned partition (statistics): caught_up.
+        self._committed_at_assignment: dict[PartitionKey, int] = {}
         self.fatal_error: KafkaError | None = None
 
     def start(self) -> None:
@@ -169,18 +170,16 @@ class InputSource:
             return False
         if high < 0 or partition not in self.assigned:
             return False
-        if position < 0:  # nothing consumed since the assignment: where it started
-            position = self._start_offset(partition, low)
+        if position < 0:
+            # Nothing consumed since the assignment: it started at the committed offset that
+            # librdkafka fetched then (its statistics say which, without a broker call that an
+            # outage would stall), else at the earliest (auto.offset.reset); unknown until the
+            # first statistics arrive.
+            committed = self._committed_at_assignment.get(partition)
+            if committed is None:
+                return False
+            position = committed if committed >= 0 else max(low, 0)
         return position >= high
-
-    def _start_offset(self, partition: PartitionKey, low: int) -> int:
-        """Where this member started reading ``partition``: its committed offset (asked from the
-        broker once per assignment, under a deadline), else the earliest (``auto.offset.reset``)."""
-        start = self._starts.get(partition)
-        if start is None:
-            committed = self._committed([TopicPartition(*partition)])[0].offset
-            start = self._starts[partition] = committed if committed >= 0 else max(low, 0)
-        return start
 
     def take_assignment_changes(self) -> tuple[set[PartitionKey], set[PartitionKey]]:
         """Partitions (gained, given up) since the last call: state kept per partition (alert
@@ -254,7 +253,7 @@ class InputSource:
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self.assigned |= keys
         for key in keys:
-            self._starts.pop(key, None)
+            self._committed_at_assignment.pop(key, None)
         self._gained |= keys
         self._given_up -= keys
         self._watch.mark_reachable()
@@ -321,6 +320,26 @@ class InputSource:
         stats = parse_stats(stats_json)
         if stats is not None:
             self._watch.observe_stats(stats)
+            self._note_committed(stats)
+
+    def _note_committed(self, stats: dict[str, object]) -> None:
+        """Each assigned partition's committed offset as librdkafka knows it (fetched at assignment)."""
+        topics = stats.get("topics")
+        if not isinstance(topics, dict):
+            return
+        for topic, entry in topics.items():
+            partitions = entry.get("partitions") if isinstance(entry, dict) else None
+            if not isinstance(partitions, dict):
+                continue
+            for number, values in partitions.items():
+                key = (str(topic), int(number)) if str(number).lstrip("-").isdigit() else None
+                if key is None or key not in self.assigned or not isinstance(values, dict):
+                    continue
+                committed = values.get("committed_offset")
+                if isinstance(committed, int) and not isinstance(committed, bool) and committed != -1001:
+                    self._committed_at_assignment.setdefault(key, committed)
+                elif committed == -1001 and values.get("fetch_state") == "active":
+                    self._committed_at_assignment.setdefault(key, -1)
 
 
 def describe(partitions: list[TopicPartition]) -> str:

@@ -45,8 +45,9 @@ REFUSED = 'anomaly_agent_reloads_total{result="failure"}'
 
 
 def write_variant(source: Bundle, out: Path, shorter_by: int = 1) -> Bundle:
-    """Another valid bundle: same embedder and detector, text truncated ``shorter_by`` characters
-    earlier (no test event is that long, so it scores them like ``source``; its manifest differs)."""
+    """Another valid bundle: same embedder, detector and value view, text truncated ``shorter_by``
+    characters earlier (no test event is that long, so it scores them like ``source``; its
+    manifest differs)."""
     prep = dataclasses.replace(source.text_prep, max_chars=source.text_prep.max_chars - shorter_by)
     write_bundle(
         out,
@@ -55,6 +56,7 @@ def write_variant(source: Bundle, out: Path, shorter_by: int = 1) -> Bundle:
         detector=source.detector,
         training_summary=source.manifest["training"],
         evaluation=source.manifest["evaluation"],
+        values=source.values,
     )
     return load_bundle(out)
 

@@ -179,9 +179,12 @@ def test_a_storm_is_one_alert_per_pattern_partition_and_window(
     storm = make_storm(
         kafka_bootstrap, storm_topics(make_topic, make_group), agent_bundle, datasets_dir, tmp_path, seed=3
     )
-    alerts = sum(1 for e in storm.expected if e[0] == "alert")
+    # The storm's spam is 3 patterns: its alerts are a few per pattern, partition and window (the
+    # held-out BGL lines that score anomalous are alerts of their own patterns).
+    spam_prefixes = tuple(t.split(" ")[0] for t in TEMPLATES)
+    spam_alerts = sum(1 for e in storm.expected if e[0] == "alert" and e[3].startswith(spam_prefixes))
     summaries = [e for e in storm.expected if e[0] == "summary"]
-    assert alerts < storm.anomalous / 50 and len(summaries) >= 3 * PARTITIONS * len(TEMPLATES)
+    assert spam_alerts < STORM_EVENTS / 50 and len(summaries) >= 3 * PARTITIONS * len(TEMPLATES)
     metrics = AgentMetrics(batch_max_size=64)
     with Pipeline(
         grouped(kafka_bootstrap, storm.topics, agent_bundle), load_model(agent_bundle), metrics=metrics
