@@ -155,6 +155,15 @@ def alertmanager_alert(
         annotations["source"] = f"{source['topic']}/{source['partition']}/{source['offset']}"
     if rate:
         annotations["rate"] = format_rate(rate)
+    value = _mapping(alert.get("value"))
+    if value:
+        annotations["value"] = _cut(format_value(value), TEXT_MAX_CHARS)
+    session = _mapping(alert.get("session"))
+    if session:
+        annotations["session"] = (
+            f"{_cut(str(session.get('key', '?')), LABEL_VALUE_MAX_CHARS)}: {session.get('events')} events, "
+            f"{session.get('reason')}"
+        )
 
     group = _mapping(alert.get("group"))
     detected = _parse_time(alert.get("detected_at"))
@@ -192,6 +201,24 @@ def format_rate(rate: Mapping[str, Any]) -> str:
     if rate.get("kind") == "silence":
         return f"no event in {rate.get('buckets')} x {seconds} s, {wanted} expected"
     return f"{rate.get('observed')} events in a {seconds} s bucket, {wanted} expected"
+
+
+def format_value(value: Mapping[str, Any]) -> str:
+    """An unusual value for people: ``"slot 1 <NUM> = 30000: magnitude 30000 outside 5..199
+    (1049 seen)"``, with what the alert's ``value.expected`` says normal looks like."""
+    expected = _mapping(value.get("expected"))
+    shown = f"slot {value.get('slot')} {value.get('placeholder', '')} = {value.get('value')!s}"
+    feature = expected.get("feature")
+    if not feature:
+        return shown
+    detail = f"{feature} {expected.get('observed', '')}".strip()
+    normal = expected.get("range") or expected.get("values")
+    if isinstance(normal, list) and len(normal) == 2 and "range" in expected:
+        detail += f" outside {normal[0]}..{normal[1]}"
+    elif isinstance(normal, list):
+        detail += f" not among {', '.join(str(v) for v in normal[:5])}"
+    seen = expected.get("seen")
+    return f"{shown}: {detail}" + (f" ({seen} seen)" if seen is not None else "")
 
 
 def sanitise_label_name(name: str) -> str:

@@ -381,3 +381,22 @@ def test_a_session_alert_and_its_summary_map_to_the_session_alertname() -> None:
             label_fields=(), alertname="TextAnomaly", cooldown_seconds=600, generator_url=None,
         )  # fmt: skip
         assert mapped["labels"]["alertname"] == "TextSessionAnomaly"
+
+
+def test_a_value_alert_says_which_value_and_what_normal_looks_like() -> None:
+    value = {
+        "slot": 1, "placeholder": "<NUM>", "value": "30000",
+        "expected": {"feature": "magnitude", "observed": 30000.0, "range": [5.0, 199.0], "seen": 1049},
+    }  # fmt: skip
+    mapped = alertmanager_alert(
+        alert_doc(value=value),
+        label_fields=(),
+        alertname="TextAnomaly",
+        cooldown_seconds=600,
+        generator_url=None,
+    )
+    assert (
+        mapped["annotations"]["value"]
+        == "slot 1 <NUM> = 30000: magnitude 30000.0 outside 5.0..199.0 (1049 seen)"
+    )
+    assert mapped["labels"]["alertname"] == "TextAnomaly", "a value anomaly is an anomalous event"
