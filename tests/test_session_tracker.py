@@ -280,7 +280,8 @@ def test_changes_hold_tombstones_and_the_clock(model: SessionModel) -> None:
     changes = dict(t.changes())
     assert changes[encode_key(ChangelogKey("session", "events", 2, "a"))] is None
     assert changes[encode_key(ChangelogKey("session", "events", 2, "b"))] is not None
-    assert decode_clock(changes[encode_key(ChangelogKey("session_clock", "events", 2, None))] or b"") == (GAP_MS, 0)
+    clock = changes[encode_key(ChangelogKey("session_clock", "events", 2, None))]
+    assert decode_clock(clock or b"") == (GAP_MS, 0)
     with pytest.raises(RuntimeError, match="uncommitted"):
         t.restore(encode_key(ChangelogKey("session_clock", "events", 2, None)), encode_clock(0, 0))
 
