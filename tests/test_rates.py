@@ -224,6 +224,35 @@ def test_a_spike_does_not_teach_the_key_that_spikes_are_normal() -> None:
     assert all(any(s <= b < s + 3 for b in starts) for s in onsets)
 
 
+def test_only_a_key_that_may_go_silent_builds_and_keeps_an_example() -> None:
+    """The example (what a silence alert shows) is built for a bucket only when a silence may be
+    decided after it — a steady key, warm by its deadline — and dropped when the key cannot go
+    silent: sparse keys neither build examples nor carry them into the changelog."""
+    tracker = RateTracker(warmup_ms=HOUR)
+    made: list[tuple[RateKey, int]] = []
+    sparse: RateKey = ("events", 0, Q, ())
+
+    def example(key: RateKey, ts: int) -> Callable[[], dict[str, int]]:
+        def make() -> dict[str, int]:
+            made.append((key, ts))
+            return {"at": ts}
+
+        return make
+
+    events = [(m * MINUTE + 5_000, K) for m in range(3 * 60)]  # a heartbeat: steady, 14 buckets
+    events += [(m * MINUTE + 9_000, sparse) for m in range(0, 3 * 60, 47)]  # never steady
+    for ts, key in sorted(events):
+        tracker.observe(key, ts, example=example(key, ts))
+    heartbeat = [ts for key, ts in made if key == K]
+    # Bucket b's silence deadline is (b + 1 + 14) minutes: warm (an hour after the first event,
+    # 5 s into minute 0) from bucket 46 on.
+    assert heartbeat == [m * MINUTE + 5_000 for m in range(46, 3 * 60)]
+    assert not [ts for key, ts in made if key == sparse]
+    state, quiet = tracker.get(K), tracker.get(sparse)
+    assert state is not None and state.example == {"at": (3 * 60 - 1) * MINUTE + 5_000}
+    assert quiet is not None and quiet.example is None
+
+
 def test_tail_limit_is_the_exact_poisson_quantile() -> None:
     for mean in [1e-4, 0.05, 0.7, 3.0, 20.0, 700.0, 1e5]:
         for alpha in [1e-2, 1e-6, 1e-10]:
@@ -458,6 +487,69 @@ def test_encode_refuses_what_it_could_not_decode() -> None:
     for bad in (replace(RateState(0, 0, 1), fast_sum=math.nan), replace(RateState(0, 0, 1), count=0)):
         with pytest.raises(ValueError):
             encode_state(bad)
+
+
+def test_the_state_codec_writes_exactly_what_json_dumps_writes() -> None:
+    """encode_state formats states of exact types directly (the hot path: a record per changed key
+    per batch): byte for byte the compact json.dumps of the document, examples with non-ASCII
+    text, nested fields, huge and subnormal numbers included; other types take the checked path."""
+    rng = random.Random(5)
+
+    def number() -> float:
+        choices = [
+            0.0,
+            -0.0,
+            5e-324,
+            1e308,
+            float(rng.randrange(100)),
+            rng.random() * 10.0 ** rng.randrange(-5, 30),
+        ]
+        return choices[rng.randrange(len(choices))]
+
+    for _ in range(2_000):
+        example = rng.choice(
+            [
+                None,
+                {"offset": rng.randrange(10**9), "key": None, "text": 'é ☃ "q"\n\\' * rng.randrange(3)},
+                {"fields": {"a": [1.5, -0.0, 2**70, True, None, {"b": "\u2028"}]}, "timestamp_ms": -1},
+            ]
+        )
+        state = RateState(
+            rng.randrange(-(10**13), 10**13), rng.randrange(2**40), rng.randrange(1, 2**33),
+            rng.randrange(2**33), number(), number(), number(), number(), number(),
+            rng.random() < 0.5, rng.random() < 0.5, example,
+        )  # fmt: skip
+        document = {"v": 1, **{name: getattr(state, name) for name in (
+            "since_ms", "bucket", "count", "buckets", "fast_sum", "fast_squares", "slow_sum", "busiest",
+            "worst_gap", "spiked", "silent", "example")}}  # fmt: skip
+        data = encode_state(state)
+        assert data == json.dumps(document, separators=(",", ":"), allow_nan=False).encode("ascii")
+        assert decode_state(data) == state
+    as_int = replace(RateState(0, 0, 1), busiest=3)  # an int where a float belongs: the checked path
+    assert b'"busiest":3,' in encode_state(as_int) and decode_state(encode_state(as_int)) == as_int
+    for bad in (
+        replace(RateState(0, 0, 1), count=True),
+        replace(RateState(0, 0, 1), busiest=-1.0),
+        replace(RateState(0, 0, 1), worst_gap=math.inf),
+        replace(RateState(0, 0, 1), spiked=1),  # type: ignore[arg-type]
+        replace(RateState(0, 0, 1), example=[1]),  # type: ignore[arg-type]
+        replace(RateState(0, 0, 1), example={"x": math.nan}),
+        replace(RateState(0, 0, 1), example={"x": object()}),
+    ):
+        with pytest.raises(ValueError):
+            encode_state(bad)
+
+
+def test_memoised_key_encodings_refuse_what_they_refused_before() -> None:
+    """encode_key remembers encodings; a key equal to a remembered one but of another type
+    (partition True or 1.0 for 1) is still refused, and a remembered key is the same bytes."""
+    key = ("memo", 1, P, ("x",))
+    assert encode_key(key) == encode_key(("memo", 1, P, ("x",))) == encode_key(decode_key(encode_key(key)))
+    for lookalike in (("memo", True, P, ("x",)), ("memo", 1.0, P, ("x",))):
+        with pytest.raises(ValueError, match="partition must be an int"):
+            encode_key(lookalike)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="key-field values"):
+        encode_key(("memo", 1, P, ["x"]))  # type: ignore[arg-type]
 
 
 def test_decision_basis_is_canonical_and_names_key_kind_and_bucket() -> None:
