@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from shared_resources import shared
 
@@ -275,9 +275,19 @@ def read_committed(
         consumer.close()
 
 
-def offsets(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
-    """(committed offsets of ``group``, high watermarks) per partition of ``topic``."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+def offsets(
+    bootstrap: str, group: str, topic: str, *, stable: bool = True
+) -> tuple[dict[int, int], dict[int, int]]:
+    """(committed offsets of ``group``, high watermarks) per partition of ``topic``.
+
+    ``stable``: a read_committed consumer asks for stable offsets (KIP-447), so while a killed
+    member's transaction is pending the broker answers UNSTABLE_OFFSET_COMMIT until it is aborted,
+    and the call times out; ``stable=False`` reads the offsets last committed, without waiting.
+    """
+    config = {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    if not stable:
+        config["isolation.level"] = "read_uncommitted"
+    consumer = Consumer(config)
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         tps = [TopicPartition(topic, p) for p in partitions]
@@ -293,9 +303,17 @@ def wait_caught_up(bootstrap: str, group: str, topic: str, *, timeout: float) ->
     committed, highs = {}, {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        committed, highs = offsets(bootstrap, group, topic)
-        if committed == highs:
-            return
+        try:
+            committed, highs = offsets(bootstrap, group, topic)
+        except KafkaException as exc:
+            # A fresh broker's group coordinator still loading (NOT_COORDINATOR), or a member's
+            # transaction pending (stable offsets wait for it: _TIMED_OUT): not caught up yet.
+            error = exc.args[0]
+            if not (error.retriable() or error.code() in (KafkaError.NOT_COORDINATOR, KafkaError._TIMED_OUT)):
+                raise
+        else:
+            if committed == highs:
+                return
         time.sleep(0.5)
     raise AssertionError(f"group {group} did not catch up on {topic}: committed {committed}, ends {highs}")
 
