@@ -3,8 +3,9 @@
 The end-to-end test runs ``anomaly-agent demo --exit-after-replay`` as a user would (a separate
 process) against the session's real broker: it trains the demo bundle, starts ``anomaly-agent
 run``, replays the 500-event sample and must see an alert for every anomalous one (or for its
-pattern, with a summary counting it), a dead letter for every malformed one, and the agent exit 0
-on SIGTERM.
+pattern, with a summary counting it), a dead letter for every malformed one, the history's spike
+and silence, one session alert for the request session that never logs its last step (and none for
+the complete ones), and the agent exit 0 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from agent.cli import load_demo
 from agent.cli import main as cli_main
+from agent.config import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +46,30 @@ def test_every_prefix_of_the_stream_holds_anomalies_and_cycles_past_its_end() ->
     assert sum(r.label == "anomaly" for r in prefix) >= 2
     longer = load_stream(STREAM_FILE, len(whole) + 3)
     assert longer[len(whole) :] == whole[:3]
+
+
+def test_requests_hold_one_session_without_its_end_that_closes_within_the_replay() -> None:
+    settings = load_settings(demo.CONFIG_FILE)
+    assert settings.sessions.enabled and settings.sessions.key_pattern is not None
+    requests = demo.load_history(demo.REQUESTS_FILE)
+    keys = demo.session_keys(requests, settings.sessions.key_pattern)
+    assert len(keys) >= 5 and sorted(keys.values()).count("broken") == 1
+    (broken,) = (k for k, label in keys.items() if label == "broken")
+    steps: dict[str, list[str]] = {}
+    for record in requests:
+        key, _, step = str(record.value["message"]).removeprefix("request ").partition(" ")
+        steps.setdefault(key, []).append(step)
+    assert all(s[-1] == "done" for k, s in steps.items() if k != broken)
+    assert "done" not in steps[broken] and steps[broken][0].startswith("start")
+    # The partition's event time (the running maximum of the records' times) passes the broken
+    # session's last line + the gap within the file: the agent closes it at a known record.
+    last = max(r.at_ms for r in requests if r.label == "broken")
+    assert settings.sessions.gap_seconds is not None
+    assert max(r.at_ms for r in requests) >= last + settings.sessions.gap_seconds * 1000
+    # The bundle is trained with the key and gap the agent runs with (start-up refuses others).
+    flags = demo.train_flags(settings)
+    assert flags[flags.index("--session-key-pattern") + 1] == settings.sessions.key_pattern
+    assert float(flags[flags.index("--session-gap-seconds") + 1]) == settings.sessions.gap_seconds
 
 
 def test_tally_maps_alerts_to_the_events_they_came_from() -> None:
@@ -111,9 +137,25 @@ def test_bounded_demo_alerts_on_the_anomalies_and_stops_cleanly(kafka_bootstrap:
     assert summary["rate_alert_templates"]["spike"][0].startswith("Cache miss for key product:")
     assert summary["rate_alert_templates"]["silence"][0].startswith("Connection pool stats:")
     assert "SPIKE" in done.stdout and "SILENCE" in done.stdout
+    # The request sessions: one alert (kind "session"), for the one that never says done, closed
+    # by its gap; none for the complete ones.
+    assert summary["request_sessions_sent"] >= 5
+    assert len(summary["session_alerts_expected"]) == 1
+    assert summary["session_alert_keys"] == summary["session_alerts_expected"], output
+    (session,) = summary["session_alerts"]
+    assert session["reason"] == "gap" and session["score"] > 1.0
+    assert "expected" in session["text"] and "done" in session["text"]
+    assert "SESSION" in done.stdout and "session alerts     1" in done.stdout
     # The agent's own counters agree with what the read_committed reader saw.
     counters = summary["agent_counters"]
     rate_alerts = sum(summary["rate_alerts_received"].values())
-    published = summary["alerts_received"] + summary["summaries_received"] + rate_alerts
+    published = (
+        summary["alerts_received"]
+        + summary["summaries_received"]
+        + rate_alerts
+        + summary["session_alerts_received"]
+    )
     assert counters["anomaly_agent_alerts_published_total"] == published
-    assert counters["anomaly_agent_events_consumed_total"] == 500 + summary["history_events_sent"]
+    assert counters["anomaly_agent_session_alerts_total"] == 1
+    consumed = 500 + summary["history_events_sent"] + summary["request_events_sent"]
+    assert counters["anomaly_agent_events_consumed_total"] == consumed

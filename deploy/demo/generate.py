@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Generate the demo's sample data: ``train.jsonl`` (normal events) and ``stream.jsonl`` (the replay).
+"""Generate the demo's sample data: ``train.jsonl`` (normal events), ``stream.jsonl`` (the replay),
+``history.jsonl`` (rates) and ``requests.jsonl`` (sessions).
 
-The demo ships these two files so it never depends on ../shared/datasets or a download; this script
+The demo ships these files so it never depends on ../shared/datasets or a download; this script
 is how they were made, and it is deterministic (fixed seeds, fixed clock), so
 ``python deploy/demo/generate.py --check`` proves the committed files are exactly its output.
 
@@ -25,6 +26,12 @@ is normal on its own, but a cache stampede makes the search service's "Cache mis
 about 30x for a minute (``label: "spike"``), and the orders service's heartbeat (its connection
 pool stats every 10 s, ``label: "heartbeat"``) stops after 30 minutes. The agent's rates see one
 spike and one silence (docs/rates.md).
+
+``requests.jsonl`` is 8 request sessions of the checkout service ("request req-3f2a9c1b start ...",
+"... auth ok", sometimes "... cart cache miss ...", "... served ...", "... done"), replayed the same
+way on a partition of their own; the third never logs "done" (``label: "broken"``). ``train.jsonl``
+holds 24 complete ones among its events, from which the bundle's session model learns the steps'
+order: the agent's sessions (docs/sessions.md) alert once for the broken request.
 """
 
 from __future__ import annotations
@@ -43,8 +50,10 @@ HERE = Path(__file__).resolve().parent
 TRAIN_FILE = HERE / "train.jsonl"
 STREAM_FILE = HERE / "stream.jsonl"
 HISTORY_FILE = HERE / "history.jsonl"
+REQUESTS_FILE = HERE / "requests.jsonl"
 
 TRAIN_EVENTS = 800
+TRAIN_SESSIONS = 24
 STREAM_EVENTS = 500
 STREAM_ANOMALIES = 30
 STREAM_MALFORMED = 3
@@ -309,7 +318,9 @@ def _event(r: random.Random, when: datetime, template: tuple[str, str, str]) -> 
 
 
 def train_events() -> list[dict[str, Any]]:
-    """Normal events only; every template appears, in random order and proportions."""
+    """Normal events only; every template appears, in random order and proportions. Interleaved
+    with them, by time, the lines of ``TRAIN_SESSIONS`` complete request sessions (the session
+    model learns from those; the line detector learns their lines are normal)."""
     r = random.Random(20260302)
     when = START
     events = []
@@ -318,6 +329,14 @@ def train_events() -> list[dict[str, Any]]:
         # The first pass covers every template once, so even a rare one is in the training set.
         template = NORMAL[i] if i < len(NORMAL) else r.choice(NORMAL)
         events.append(_event(r, when, template))
+    # A generator of its own: the 800 events above stay what they were before sessions came.
+    s = random.Random(20260305)
+    span_ms = round((when - START).total_seconds() * 1000) - 5_000
+    for index in range(TRAIN_SESSIONS):
+        begin = START + timedelta(milliseconds=index * span_ms // TRAIN_SESSIONS + s.randint(0, 3_000))
+        for at_ms, template in request_session(s, complete=True):
+            events.append(_event(s, begin + timedelta(milliseconds=at_ms), template))
+    events.sort(key=lambda event: str(event["ts"]))
     return events
 
 
@@ -384,6 +403,72 @@ def history_records() -> list[dict[str, Any]]:
     ]
 
 
+# Request sessions: the lines one request logs, keyed by its id ("request req-3f2a9c1b ..."; the
+# agent's [sessions] key_pattern finds it in the raw text). A complete request starts, passes
+# auth, sometimes misses the cart cache, is served and says done; the session model learns that
+# order from training. The walkthrough replays REQUESTS of them, one of which (BROKEN) stops after
+# "served": every line of it is normal, only its missing end is not.
+REQUEST_SERVICE = "checkout-svc"
+REQUEST_START = "request {rid} start POST /api/v1/checkout items={int:1:6}"
+REQUEST_STEPS = [
+    "request {rid} auth ok",
+    "request {rid} cart cache miss, loaded from database",  # optional: about one request in three
+    "request {rid} served status=200 duration_ms={int:20:400}",
+    "request {rid} done",
+]
+REQUESTS = 8
+BROKEN = 2  # the third request (0-based): its last step never comes
+REQUEST_EVERY_MS = 15_000  # one request starts every 15 s: 8 requests span 1 min 46 s
+# The demo's [sessions] gap (deploy/demo/agent.toml and the demo's train flags).
+SESSION_GAP_MS = 30_000
+
+
+def _request_id(r: random.Random) -> str:
+    """``req-`` and 8 hex digits that mix digits and letters, so masking makes every id <HEX>."""
+    while True:
+        rid = f"{r.getrandbits(32):08x}"
+        if any(c.isdigit() for c in rid) and any(c.isalpha() for c in rid):
+            return f"req-{rid}"
+
+
+def request_session(r: random.Random, *, complete: bool) -> list[tuple[int, tuple[str, str, str]]]:
+    """One request's lines as (ms after its start, (service, level, template)); without its
+    ``done`` when not ``complete``. Steps are 30-700 ms apart, far within the gap."""
+    rid = _request_id(r)
+    steps = [REQUEST_START, REQUEST_STEPS[0]]
+    if complete and r.random() < 1 / 3:  # the broken request takes the plain path: only its end is odd
+        steps.append(REQUEST_STEPS[1])
+    steps += REQUEST_STEPS[2:] if complete else REQUEST_STEPS[2:3]
+    at_ms, out = 0, []
+    for step in steps:
+        out.append((at_ms, (REQUEST_SERVICE, "INFO", step.replace("{rid}", rid))))
+        at_ms += r.randint(30, 700)
+    return out
+
+
+def request_records() -> list[dict[str, Any]]:
+    """The walkthrough's request sessions, replayed at once with their own times (``at_ms``) on a
+    partition of their own: ``label`` "normal" for the complete ones, "broken" for every line of
+    the one that never says done. The later requests carry that partition's event time more than
+    the gap past the broken one's last line, so the agent closes it (and alerts) deterministically."""
+    r = random.Random(20260306)
+    rows: list[tuple[int, str, tuple[str, str, str]]] = []
+    for index in range(REQUESTS):
+        broken = index == BROKEN
+        label = "broken" if broken else "normal"
+        begin = index * REQUEST_EVERY_MS + r.randint(0, 2_000)
+        for at_ms, template in request_session(r, complete=not broken):
+            rows.append((begin + at_ms, label, template))
+    rows.sort(key=lambda row: row[0])
+    broken_last = max(at for at, label, _ in rows if label == "broken")
+    assert max(at for at, _, _ in rows) >= broken_last + SESSION_GAP_MS, "the broken request would not close"
+    start = START + timedelta(hours=3)
+    return [
+        {"at_ms": at, "label": label, "value": _event(r, start + timedelta(milliseconds=at), template)}
+        for at, label, template in rows
+    ]
+
+
 def _jsonl(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
 
@@ -400,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         TRAIN_FILE: _jsonl(train_events()),
         STREAM_FILE: _jsonl(stream_records()),
         HISTORY_FILE: _jsonl(history_records()),
+        REQUESTS_FILE: _jsonl(request_records()),
     }
     if args.check:
         stale = [

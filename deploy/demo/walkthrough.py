@@ -9,9 +9,11 @@ What it does, in order (docs/demo.md shows a session):
    ``var/demo/kafka``, wiped first so every run starts from empty topics) — or uses the broker
    named by ``ANOMALY_AGENT_KAFKA__BOOTSTRAP_SERVERS`` when that is set;
 2. creates the input, alert and dead-letter topics named in ``deploy/demo/agent.toml``;
-3. trains a model bundle on ``deploy/demo/train.jsonl`` (800 normal service-log events shipped in
-   the project) with ``anomaly-agent train``, which exports the default embedder to ONNX once
-   into the cache; a bundle already trained from the same data is verified and reused;
+3. trains a model bundle on ``deploy/demo/train.jsonl`` (900 normal service-log events shipped in
+   the project, among them the lines of 24 complete request sessions) with ``anomaly-agent
+   train``, which exports the default embedder to ONNX once into the cache and fits the session
+   model with the key and gap of ``[sessions]``; a bundle already trained from the same data and
+   flags is verified and reused;
 4. starts the agent exactly as an operator would, ``anomaly-agent run --config
    deploy/demo/agent.toml`` in its own process, with environment overrides for the broker
    address, the bundle path and, if 9464/8080 are taken, the metrics/health ports, and waits for
@@ -19,6 +21,8 @@ What it does, in order (docs/demo.md shows a session):
 5. replays ``deploy/demo/history.jsonl`` first, at once, on the input topic's partition 1 with its
    own event times (45 minutes of platform logs in which a cache stampede makes one line surge and a
    heartbeat stops: one ``spike`` and one ``silence``, docs/rates.md), then
+   ``deploy/demo/requests.jsonl`` on partition 2 the same way (8 request sessions, one of which
+   never logs its last step: one ``session`` alert, docs/sessions.md), then
    ``deploy/demo/stream.jsonl`` on partition 0 (normal events with stack traces, OOM kills, disk
    failures, brute-force attempts... spread through it, and three malformed records) at ``--rate``
    events/s, printing every alert (read with ``isolation.level=read_committed``) and dead letter as
@@ -42,6 +46,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -82,12 +87,15 @@ CONFIG_FILE = DEMO_DIR / "agent.toml"
 TRAIN_FILE = DEMO_DIR / "train.jsonl"
 STREAM_FILE = DEMO_DIR / "stream.jsonl"
 HISTORY_FILE = DEMO_DIR / "history.jsonl"
-# The input topic's partitions: the live stream on 0, the platform's history (rates) on 1, each
-# with its own event time.
-STREAM_PARTITION, HISTORY_PARTITION = 0, 1
-INPUT_PARTITIONS = 2
+REQUESTS_FILE = DEMO_DIR / "requests.jsonl"
+# The input topic's partitions: the live stream on 0, the platform's history (rates) on 1, the
+# request sessions on 2, each with its own event time.
+STREAM_PARTITION, HISTORY_PARTITION, REQUEST_PARTITION = 0, 1, 2
+INPUT_PARTITIONS = 3
 # What history.jsonl holds for the agent's rates: one stampede (spike), one heartbeat that stops.
 EXPECTED_RATE_ALERTS = {"spike": 1, "silence": 1}
+# The training field the session model reads event times from (the events' own "ts").
+SESSION_TIME_FIELD = "ts"
 KAFKA_SH = REPO_ROOT / "deploy" / "local" / "kafka.sh"
 DEFAULT_STATE_DIR = REPO_ROOT / "var" / "demo"
 DETECTOR = "knn"
@@ -143,7 +151,20 @@ class HistoryRecord:
 
 
 def load_history(path: Path) -> list[HistoryRecord]:
+    """history.jsonl, or requests.jsonl (the same shape: ``label`` "normal" or "broken" there)."""
     return [HistoryRecord(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def session_keys(records: list[HistoryRecord], pattern: str) -> dict[str, str]:
+    """Each request session's key (found as the agent finds it: ``[sessions] key_pattern`` on the
+    raw text) and its label: "broken" for the session that never logs its last step."""
+    compiled = re.compile(pattern)
+    keys: dict[str, str] = {}
+    for record in records:
+        match = compiled.search(str(record.value.get("message", "")))
+        if match is not None:
+            keys[match.group(1)] = record.label
+    return keys
 
 
 def load_stream(path: Path, count: int | None) -> list[StreamRecord]:
@@ -219,6 +240,7 @@ class Console:
             "ALERT": "31" if truth == "anomaly" else "33",
             "SPIKE": "31",
             "SILENCE": "31",
+            "SESSION": "31" if truth == "broken" else "33",
             "SUMMARY": "36",
             "DLQ": "35",
         }.get(kind, "0")
@@ -325,16 +347,33 @@ def create_topics(bootstrap: str, names: Names) -> None:
                 raise DemoError(f"creating topic {topic} on {bootstrap}: {exc}") from exc
 
 
-def _fingerprint(detector: str) -> str:
+def train_flags(settings: Settings) -> list[str]:
+    """``anomaly-agent train``'s flags for the demo bundle: the detector, and the session model
+    fitted with the key and gap the agent's ``[sessions]`` names (they must agree)."""
+    sessions = settings.sessions
+    flags = ["--text-field", "message", "--detector", DETECTOR]
+    if sessions.key_pattern is not None:
+        flags += ["--session-key-pattern", sessions.key_pattern]
+    if sessions.key_field is not None:
+        flags += ["--session-key-field", sessions.key_field]
+    if sessions.key_pattern is None and sessions.key_field is None:
+        return flags
+    if sessions.gap_seconds is not None:
+        flags += ["--session-gap-seconds", f"{sessions.gap_seconds:g}"]
+    return [*flags, "--session-time-field", SESSION_TIME_FIELD]
+
+
+def _fingerprint(flags: list[str]) -> str:
     digest = hashlib.sha256(TRAIN_FILE.read_bytes())
-    digest.update(detector.encode())
+    digest.update("\0".join(flags).encode())
     return digest.hexdigest()
 
 
-def ensure_bundle(bundle: Path, env: Mapping[str, str]) -> str:
-    """Trains the demo bundle unless one trained from the same data verifies; says which it did."""
+def ensure_bundle(bundle: Path, env: Mapping[str, str], flags: list[str]) -> str:
+    """Trains the demo bundle unless one trained from the same data and flags verifies; says which
+    it did."""
     stamp = bundle.with_name(bundle.name + ".source-sha256")
-    fingerprint = _fingerprint(DETECTOR)
+    fingerprint = _fingerprint(flags)
     if stamp.is_file() and stamp.read_text().strip() == fingerprint:
         try:
             verify_bundle(bundle)
@@ -344,8 +383,7 @@ def ensure_bundle(bundle: Path, env: Mapping[str, str]) -> str:
             return "reused (same training data, files verified)"
     bundle.parent.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "agent.cli", "train",
-        "--input", str(TRAIN_FILE), "--text-field", "message", "--detector", DETECTOR, "--out", str(bundle),
+        sys.executable, "-m", "agent.cli", "train", "--input", str(TRAIN_FILE), *flags, "--out", str(bundle),
     ]  # fmt: skip
     # The summary JSON train prints goes to a file; its progress (stderr) is the user's to see.
     done = subprocess.run(command, env=dict(env), check=False, stdout=subprocess.PIPE, text=True)
@@ -477,6 +515,11 @@ class Tally:
     # The history's rate alerts: kind -> templates alerted (spike, silence), and events sent.
     rate_alerts: dict[str, list[str]] = field(default_factory=dict)
     history_sent: int = 0
+    # The request sessions: key -> label ("normal", "broken"), lines sent, and the session alerts.
+    request_sessions: dict[str, str] = field(default_factory=dict)
+    request_service: str = "-"
+    requests_sent: int = 0
+    session_alerts: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         anomalous = {o for o, r in self.by_offset.items() if r.label == "anomaly"}
@@ -506,6 +549,12 @@ class Tally:
             "rate_alerts_received": {kind: len(t) for kind, t in sorted(self.rate_alerts.items())},
             "rate_alerts_expected": EXPECTED_RATE_ALERTS,
             "rate_alert_templates": self.rate_alerts,
+            "request_sessions_sent": len(self.request_sessions),
+            "request_events_sent": self.requests_sent,
+            "session_alerts_received": len(self.session_alerts),
+            "session_alert_keys": [str(a["key"]) for a in self.session_alerts],
+            "session_alerts_expected": sorted(k for k, v in self.request_sessions.items() if v == "broken"),
+            "session_alerts": self.session_alerts,
             "delivery_errors": self.delivery_errors,
         }
 
@@ -553,6 +602,9 @@ class Readers:
             rate = alert.get("rate")
             if rate is not None:
                 self._rate(alert, rate, offset)
+                return
+            if alert.get("session") is not None:
+                self._session(alert, alert["session"], offset)
                 return
             record = self.tally.by_offset.get(offset)
             text = str(alert["text"])
@@ -609,6 +661,33 @@ class Readers:
             service=str(alert.get("fields", {}).get("service", "-")), text=text,
         )  # fmt: skip
 
+    def _session(self, alert: dict[str, Any], session: dict[str, Any], offset: int) -> None:
+        """A request session that went wrong, or the summary of a window of them."""
+        key = str(session["key"])
+        text = str(alert["text"])
+        if alert.get("kind") == "summary":
+            counted = int(alert["group"]["suppressed"])
+            self.tally.summaries.append(counted)
+            kind, text = "SUMMARY", f"{counted} more session(s) failing alike within the cooldown: {text}"
+        else:
+            kind = "SESSION"
+            self.tally.session_alerts.append(
+                {
+                    "key": key,
+                    "score": float(alert["score"]),
+                    "events": int(session["events"]),
+                    "reason": str(session["reason"]),
+                    "text": text,
+                }
+            )
+            text = _session_line(session, text)
+        label = self.tally.request_sessions.get(key)
+        self.console.record(
+            kind=kind, score=float(alert["score"]), offset=offset,
+            truth="?" if label is None else label if label == "broken" else f"{label} (!)",
+            service=self.tally.request_service, text=text,
+        )  # fmt: skip
+
     def close(self) -> None:
         self.consumer.close()
 
@@ -621,6 +700,21 @@ def _headers(message: Message) -> dict[str, str]:
         name: value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
         for name, value in pairs
     }
+
+
+def _session_line(session: dict[str, Any], text: str) -> str:
+    """A session alert in one short line (the alert's own ``text`` says the same at more length):
+    which request, how it closed, and the step the model expected."""
+    steps = session.get("unexpected") or []
+    if not steps:
+        return text
+    first = steps[0]
+    expected = first.get("expected_template", first.get("expected"))
+    head = f"{session['key']}: {session['events']} events, closed ({session['reason']})"
+    if first.get("kind") == "end":
+        return f"{head}; {expected!r} expected after step {first['position']}"
+    shown = first.get("template", first.get("pattern"))
+    return f"{head}; step {int(first['position']) + 1} was {shown!r}, {expected!r} expected"
 
 
 def _message(record: StreamRecord) -> str:
@@ -726,6 +820,24 @@ def replay_history(producer: Producer, history: list[HistoryRecord], *, topic: s
     return start
 
 
+def replay_requests(producer: Producer, requests: list[HistoryRecord], *, topic: str, tally: Tally) -> None:
+    """Sends the request sessions at once to their own partition with their own times as Kafka
+    timestamps (ending half a minute before now). Their event time passes the broken session's
+    last line + the gap within the file, so the agent closes that session at a known record."""
+    span = max(r.at_ms for r in requests)
+    base = round((datetime.now(UTC) - timedelta(milliseconds=span + 30_000)).timestamp() * 1000)
+    for index, record in enumerate(requests):
+        producer.produce(
+            topic,
+            value=record.payload(),
+            key=f"request-{index}",
+            partition=REQUEST_PARTITION,
+            timestamp=base + record.at_ms,
+        )
+        tally.requests_sent += 1
+    producer.flush(30)
+
+
 # --- the command --------------------------------------------------------------------------------
 
 
@@ -809,7 +921,7 @@ def run_demo(args: argparse.Namespace, console: Console, stop: StopFlag) -> dict
         t = time.monotonic()
         console.step(3, "model bundle", f"{DETECTOR} detector on {TRAIN_FILE.relative_to(REPO_ROOT)} ...")
         try:
-            how = ensure_bundle(bundle, env)
+            how = ensure_bundle(bundle, env, train_flags(settings))
         except DemoError:
             if stop.is_set():  # Ctrl-C reached the training process too; that is not a failure
                 return summary
@@ -843,16 +955,23 @@ def run_demo(args: argparse.Namespace, console: Console, stop: StopFlag) -> dict
         labels = Counter(r.label for r in records)
         pace = f"{args.rate:g} events/s" if args.rate > 0 else "full speed"
         history = load_history(HISTORY_FILE)
+        requests = load_history(REQUESTS_FILE)
+        if settings.sessions.key_pattern is not None:
+            tally.request_sessions = session_keys(requests, settings.sessions.key_pattern)
+        tally.request_service = str(requests[0].value.get("service", "-")) if requests else "-"
         console.step(
             5, "replay",
             f"{len(history)} events of history (45 minutes of platform logs: a cache stampede, a "
-            f"heartbeat that stops) → {names.input}[{HISTORY_PARTITION}], then {len(records)} events at "
+            f"heartbeat that stops) → {names.input}[{HISTORY_PARTITION}], "
+            f"{len(tally.request_sessions)} request sessions (one never says done) → "
+            f"{names.input}[{REQUEST_PARTITION}], then {len(records)} events at "
             f"{pace}: {labels['normal']} normal, {labels['anomaly']} anomalous, {labels['malformed']} "
             f"malformed → {names.input}[{STREAM_PARTITION}]",
         )  # fmt: skip
         console.header()
         t = time.monotonic()
         replay_history(producer, history, topic=names.input, tally=tally)
+        replay_requests(producer, requests, topic=names.input, tally=tally)
         replay(
             producer,
             records,
@@ -966,6 +1085,17 @@ def print_summary(console: Console, summary: Mapping[str, Any]) -> None:
         + ", ".join(f"{n} {k}" for k, n in EXPECTED_RATE_ALERTS.items())
         + ")"
     )
+    expected = summary.get("session_alerts_expected", [])
+    alerted = ", ".join(
+        f"{a['key']} closed ({a['reason']}) after {a['events']} events"
+        for a in summary.get("session_alerts", [])
+    )
+    console.info(
+        f"session alerts     {summary.get('session_alerts_received', 0)}"
+        + (f" ({alerted})" if alerted else "")
+        + f" from {summary.get('request_sessions_sent', 0)} request sessions (expected "
+        + f"{len(expected)}: {', '.join(expected) or '-'}, the one without its done)"
+    )
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("dead_letter_reasons", {}).items()))
     console.info(
         f"dead letters       {summary.get('dead_letters_received', 0)}" + (f" ({reasons})" if reasons else "")
@@ -979,7 +1109,14 @@ def print_summary(console: Console, summary: Mapping[str, Any]) -> None:
                 if name.startswith("anomaly_agent_")
                 and any(
                     w in name
-                    for w in ("consumed", "processed", "dead_lettered", "alerts_published", "suppressed")
+                    for w in (
+                        "consumed",
+                        "processed",
+                        "dead_lettered",
+                        "alerts_published",
+                        "suppressed",
+                        "session_alerts",
+                    )
                 )
             )
         )
