@@ -41,6 +41,21 @@ Prints one JSON object (and writes it to ``--out``). One run, one machine, side 
     on the same texts and threads, for the fp32 and the int8 embedder (``knn`` bundles), and
     ``fp32_fused``: the fp32 agent with a ``fused`` bundle (train's default), ``ratio_fused_vs_knn``.
 
+``values`` mode (``--mode values``)
+    The value view's cost end to end (issue 19): train's default detector with the value view
+    (the default) and without it (``--no-value-view``; masked either way, so the same patterns and
+    pattern scores), both trained on the first half of each file's normal lines **re-drawn by the
+    stream's own generator** (``redraw_lines``). The stream's values are random digits; a value
+    view trained on the original lines would judge values of another distribution (measured:
+    half the events then carry value evidence and an eighth take the explanation path, against
+    4 % and 1.6 % with the fair training), which is not the cost it has in production. One
+    backlog is produced once and read by a fresh group per run; the two bundles run
+    ``--repeats`` times each, alternating (without, with, with, without, ...), so a load change on
+    the machine hits both. Figures: each run's events/s (``end_to_end``), the ratio per pair and
+    its median, the ratio of the medians, ``value_path`` (offline, the agent's own per-event calls:
+    the shares anomalous, anomalous by the pattern alone, with value evidence and with a value
+    finding) and one run of the value view trained on the original lines, for comparison.
+
 The machine's load average is recorded before and after every figure.
 """
 
@@ -74,6 +89,7 @@ from confluent_kafka.admin import AdminClient  # noqa: E402
 from confluent_kafka.cimpl import NewTopic  # noqa: E402
 
 from agent.model.bundle import load_bundle  # noqa: E402
+from agent.model.patterns import PatternTable, event_score, score_patterns  # noqa: E402
 from agent.model.textprep import MASKS, TextPreparation  # noqa: E402
 
 DEFAULT_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
@@ -170,6 +186,21 @@ def build_logs(datasets: Path, events: int, seed: int) -> tuple[list[str], list[
     return train, stream, kept
 
 
+def redraw_lines(lines: list[str], seed: int) -> tuple[list[str], int]:
+    """Each line re-drawn once as the stream's are (``redraw``; kept as it was where its prepared
+    text would change), and how many were kept: training data from the stream's own generator."""
+    rng = random.Random(seed)
+    prep = TextPreparation()
+    out: list[str] = []
+    kept = 0
+    for line in lines:
+        new = redraw(line, rng)
+        if prep.prepare(new) != prep.prepare(line):
+            new, kept = line, kept + 1
+        out.append(new)
+    return out, kept
+
+
 def build_unique(datasets: Path, events: int) -> tuple[list[str], list[str]]:
     """(training texts, stream texts): emotion tweets for training, other tweets and SMS to score."""
     tweets = [json.loads(r)["text"] for r in (datasets / "emotion" / "train.jsonl").read_text().splitlines()]
@@ -195,18 +226,19 @@ class Run:
         self.broker = Broker(work / "kafka")
         self._n = 0
 
-    def topics(self, name: str) -> AgentTopics:
+    def topics(self, name: str, input_topic: str | None = None) -> AgentTopics:
+        """Fresh topics and group; ``input_topic``: read that (already produced) topic instead."""
         self._n += 1
         base = f"replay-{name}-{self._n}"
         admin = AdminClient({"bootstrap.servers": self.broker.bootstrap})
         new = [
-            NewTopic(f"{base}-in", num_partitions=PARTITIONS),
+            *([NewTopic(f"{base}-in", num_partitions=PARTITIONS)] if input_topic is None else []),
             NewTopic(f"{base}-alerts", 1),
             NewTopic(f"{base}-dead", 1),
         ]
         for future in admin.create_topics(new, operation_timeout=30).values():
             future.result(timeout=60)
-        return AgentTopics(f"{base}-in", f"{base}-alerts", f"{base}-dead", f"{base}-group")
+        return AgentTopics(input_topic or f"{base}-in", f"{base}-alerts", f"{base}-dead", f"{base}-group")
 
     def produce(self, topic: str, texts: list[str], stamp: bool = False) -> None:
         producer = Producer(
@@ -240,21 +272,25 @@ class Run:
         return AgentProcess(env, self.work / f"{name}.log")
 
 
-def train(run: Run, texts: list[str], name: str, embedder: Path, detector: str = "knn") -> Path:
+def train(run: Run, texts: list[str], name: str, embedder: Path, detector: str = "knn", *flags: str) -> Path:
     path = run.work / f"{name}-train.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     out = run.work / f"{name}-bundle"
     result = cli("train", "--input", str(path), "--text-field", "text", "--detector", detector,
-                 "--embedder", str(embedder), "--out", str(out))  # fmt: skip
+                 "--embedder", str(embedder), "--out", str(out), *flags)  # fmt: skip
     if result.returncode != 0:
         raise SystemExit(f"replay: train failed:\n{result.stderr}")
     return out
 
 
-def end_to_end(run: Run, bundle: Path, texts: list[str], name: str, **extra: str) -> dict[str, Any]:
-    """The agent on a pre-produced backlog of ``texts``: events/s from first consume to all committed."""
-    topics = run.topics(name)
-    run.produce(topics.input, texts)
+def end_to_end(
+    run: Run, bundle: Path, texts: list[str], name: str, produced: str | None = None, **extra: str
+) -> dict[str, Any]:
+    """The agent on a pre-produced backlog of ``texts``: events/s from first consume to all committed.
+    ``produced``: an input topic that already holds ``texts`` (read by a fresh group)."""
+    topics = run.topics(name, produced)
+    if produced is None:
+        run.produce(topics.input, texts)
     watcher = CommitWatcher(run.broker.bootstrap, topics.group, topics.input, PARTITIONS, interval_s=0.1)
     load = _load()
     agent = run.agent(topics, bundle, name, **extra)
@@ -434,6 +470,91 @@ def logs_mode(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def value_path(bundle: Path, texts: list[str], threads: int) -> dict[str, Any]:
+    """Offline, through the agent's own calls (``prepare_values``, the pattern table,
+    ``event_score``): the share of ``texts`` that are anomalous, anomalous by the pattern alone,
+    carry value evidence (their score differs from their pattern's without it), and get a value
+    finding (the alert's ``value``: the explanation path)."""
+    loaded = load_bundle(bundle)
+    embedder = loaded.load_embedder(intra_op_threads=threads)
+    prep = loaded.text_prep
+    pairs = [prep.prepare_values(t) for t in texts]
+    results = score_patterns(
+        [p for p, _ in pairs],
+        embedder=embedder,
+        detector=loaded.detector,
+        table=PatternTable(loaded.sha256),
+        values=loaded.values,
+    )
+    scores, pattern, evidence, findings = 0, 0, 0, 0
+    for result, (_, slots) in zip(results, pairs, strict=True):
+        assert result is not None
+        score, finding = event_score(result, slots)
+        scores += score > 1.0
+        pattern += result.anomalous
+        evidence += result.values is not None and score != result.values.base_score
+        findings += finding is not None
+    n = len(texts)
+    return {
+        "value_view": loaded.values is not None,
+        "anomalous": round(scores / n, 4),
+        "anomalous_by_pattern": round(pattern / n, 4),
+        "with_value_evidence": round(evidence / n, 4),
+        "with_value_finding": round(findings / n, 4),
+    }
+
+
+def values_mode(run: Run, args: argparse.Namespace) -> dict[str, Any]:
+    """train's default detector with and without the value view on the log replay, same run."""
+    from agent.model.defaults import DEFAULT_DETECTOR
+    from training.export import cached_export
+
+    train_texts, stream, kept = build_logs(args.datasets, args.events, args.seed)
+    # The stream's values are re-drawn at random; trained on the original lines, the value view
+    # would judge values of another distribution (half the events carry value evidence, an
+    # eighth take the explanation path). Trained on lines from the stream's own generator it
+    # sees the values it was fitted on, as in production: the comparison costs what it costs there.
+    fair, fair_kept = redraw_lines(train_texts, args.seed + 1)
+    bundles = {
+        "with": train(run, fair, "values-on", cached_export(), DEFAULT_DETECTOR),
+        "without": train(run, fair, "values-off", cached_export(), DEFAULT_DETECTOR, "--no-value-view"),
+        "with_original_training": train(run, train_texts, "values-orig", cached_export(), DEFAULT_DETECTOR),
+    }
+    input_topic = run.topics("values-input").input
+    run.produce(input_topic, stream)
+    report: dict[str, Any] = {
+        "detector": DEFAULT_DETECTOR,
+        "events": len(stream),
+        "distinct_raw_lines": len(set(stream)),
+        "redraw_kept_original": kept,
+        "training_lines": len(fair),
+        "training_redraw_kept_original": fair_kept,
+        "value_path": {name: value_path(b, stream, args.threads) for name, b in bundles.items()},
+    }
+    runs: dict[str, list[dict[str, Any]]] = {"with": [], "without": []}
+    for r in range(args.repeats):
+        for name in ("without", "with") if r % 2 == 0 else ("with", "without"):
+            runs[name].append(end_to_end(run, bundles[name], stream, f"values-{name}-{r}", input_topic))
+            print(json.dumps({name: runs[name][-1]}), file=sys.stderr, flush=True)
+    ratios = [
+        round(w["events_per_s"] / wo["events_per_s"], 3)
+        for w, wo in zip(runs["with"], runs["without"], strict=True)
+    ]
+    report["agent_without_values"] = runs["without"]
+    report["agent_with_values"] = runs["with"]
+    report["ratio_with_vs_without"] = ratios
+    report["ratio_median"] = statistics.median(ratios)
+    report["ratio_of_medians"] = round(
+        statistics.median(x["events_per_s"] for x in runs["with"])
+        / statistics.median(x["events_per_s"] for x in runs["without"]),
+        3,
+    )
+    report["agent_with_values_original_training"] = end_to_end(
+        run, bundles["with_original_training"], stream, "values-orig", input_topic
+    )
+    return report
+
+
 def unique_mode(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     from training.export import cached_export
 
@@ -491,7 +612,8 @@ def _ints(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--mode", choices=("logs", "unique", "both", "sweep"), default="logs")
+    parser.add_argument("--mode", choices=("logs", "unique", "both", "sweep", "values"), default="logs")
+    parser.add_argument("--repeats", type=int, default=3, help="values: runs of each bundle, alternating")
     parser.add_argument(
         "--sweep-sizes", type=_ints, default=[64, 256, 1024, 4096], help="sweep: batch.max_size"
     )
@@ -558,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
                 report["unique"] = unique_mode(run, args)
             if args.mode == "sweep":
                 report["sweep"] = sweep_mode(run, args)
+            if args.mode == "values":
+                report["values"] = values_mode(run, args)
         finally:
             run.broker.stop()
     text = json.dumps(report, indent=2)
