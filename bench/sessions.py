@@ -28,8 +28,35 @@ sensitivity to the gap, the model order and the target FPR on the ``lines`` spli
     OMP_NUM_THREADS=1 .venv/bin/python bench/sessions.py [--gap-seconds 3600] [--order 2]
         [--target-fpr 0.002] [--grid] [--out FILE]
 
-``--mode broker`` is the boundary for the run through a real broker and the agent (its session
-alerts equal to the offline flags, events/s with sessions on vs off, peak RSS): not in this phase.
+``--mode broker``: the agent through a real broker (``deploy/local/kafka.sh``, or
+``$KAFKA_BOOTSTRAP_SERVERS``) on the ``lines`` test stream. A ``knn`` bundle is trained through
+the CLI on the other lines (``train --session-key-pattern --session-time-field time
+--session-labels --validation-fraction 0``: the session model of the offline figures, fitted on
+every normal training block); the test blocks' lines are produced once to a 4-partition topic
+with the block id as the record key and the line's time (shifted by whole minutes so that the
+stream ended three hours ago) as the Kafka timestamp. Then:
+
+- ``equality``: ``anomaly-agent run`` with ``alerts.group_by = "event"`` (one alert per event)
+  and ``[sessions] enabled``; once the group has committed the stream and every session has
+  closed (those open at the end on the wall clock), its ``session`` alerts read
+  ``read_committed`` against ``anomaly-agent score --sessions`` on the same bundle and stream:
+  id, key, partition, first and last offset, decisive, events, signature and score (|diff| ≤ 1e-6);
+- ``throughput``: ``--pairs`` pairs of runs with ``[sessions] enabled`` false and true,
+  alternating (off, on, on, off, ...), each with a fresh group and alert topic on the same input
+  and the product's grouping (by pattern), timed as ``bench/replay.py`` times them (first
+  consumed record to the group's committed offsets at the end): events/s per run, the ratio per
+  pair, the ratio of the medians (target ≥ 0.8), load averages before and after each run, the
+  agent's stage seconds and the state changelog's records;
+- ``rss``: ``--rss-sessions`` (100,000) synthetic blocks — the first ``--rss-lines-per-session``
+  (3) lines of a replayed block each, its block id replaced by a new one, all stamped now so that
+  none closes within the gap — through the agent with sessions on, then off on the same input:
+  the process's VmHWM and VmRSS from ``/proc/<pid>/status`` (sampled every 0.25 s) and the
+  ``anomaly_agent_sessions_open`` gauge, which must read all of them open (target ≤ 600 MiB).
+
+    flock /tmp/kaa-bench.lock env OMP_NUM_THREADS=1 .venv/bin/python bench/sessions.py --mode broker
+        [--pairs 3] [--rss-sessions 100000] [--rss-lines-per-session 3] [--threads 2] [--out FILE]
+
+JSON on stdout, progress on stderr.
 """
 
 from __future__ import annotations
@@ -45,7 +72,8 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
@@ -357,16 +385,609 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# --------------------------------------------------------------------- the broker boundary
+# --------------------------------------------------------------------- the broker run
+
+BROKER_ENDED_AGO_MS = 3 * 3_600_000  # the replay's last line: three hours ago (event time)
+BROKER_TIMEOUT_S = 600.0  # against hangs only
+SYNTHETIC_BLOCK = 7_000_000_000_000_000_000  # synthetic block ids: blk_7000000000000000000 + n
 
 
-def broker_run(events: Sequence[SessionEvent], offline: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Phase 2 of issue 18: replay ``events`` (the ``lines`` test stream, block id as the record key,
-    the line's time as the record timestamp) through a real broker into ``anomaly-agent run`` with a
-    bundle holding the session model; return whether its session alerts equal ``offline`` (the rows
-    of ``score_sessions`` with ``is_anomaly``), events/s with ``[sessions] enabled`` on vs off, and
-    the peak RSS with the open sessions. Needs the pipeline integration, which is not there yet."""
-    raise NotImplementedError("--mode broker needs the session pipeline integration (issue 18, phase 2)")
+def _broker_imports() -> None:
+    """The shared Kafka helpers: tests/agent_helpers.py, bench/chaos.py, bench/replay.py."""
+    for path in (REPO / "bench", REPO / "tests"):
+        if str(path) not in sys.path:
+            sys.path.append(str(path))
+
+
+def _progress(what: str, **figures: Any) -> None:
+    print(
+        json.dumps({"at": datetime.now(UTC).strftime("%H:%M:%S"), "what": what, **figures}),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+class _ExternalBroker:
+    """``$KAFKA_BOOTSTRAP_SERVERS``: a broker this run neither starts nor measures."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.state = Path("/nonexistent")  # replay._cpu_seconds then reports 0.0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def _hdfs_replay(data: Path, test: set[str]) -> tuple[list[dict[str, Any]], list[str], list[dict[str, Any]]]:
+    """(replayed records ``{"text", "time"}`` in line order, their block ids, training records): the
+    ``lines`` split — the lines of the test blocks are replayed, every other line trains — with
+    every time shifted by whole minutes so that the replay ended ``BROKER_ENDED_AGO_MS`` ago."""
+    import re
+
+    key = re.compile(KEY_PATTERN)
+    rows: list[tuple[str, int, str | None]] = []
+    with gzip.open(data / "HDFS_sessions.log.gz", "rt", encoding="utf-8") as fh:
+        for line in fh:
+            text = line.rstrip("\n")
+            moment = datetime.strptime(text[:13], "%y%m%d %H%M%S").replace(tzinfo=UTC)
+            found = key.search(text)
+            rows.append((text, round(moment.timestamp() * 1000), None if found is None else found.group(1)))
+    last = max(t for _, t, k in rows if k in test)
+    shift = (int(time.time() * 1000) - BROKER_ENDED_AGO_MS) // 60_000 * 60_000 - last
+    replay = [({"text": text, "time": t + shift}, k) for text, t, k in rows if k in test]
+    train = [{"text": text, "time": t + shift} for text, t, k in rows if k not in test]
+    return [r for r, _ in replay], [k for _, k in replay if k is not None], train
+
+
+def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _produce_keyed(
+    bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes, int]]
+) -> list[tuple[int, int]]:
+    """Produce (key, value, timestamp ms) in order, idempotently; each record's (partition, offset)."""
+    from confluent_kafka import KafkaError, Message, Producer
+
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20, "batch.size": 1_000_000}
+    )
+    positions: list[tuple[int, int] | None] = [None] * len(records)
+    errors: list[KafkaError] = []
+
+    def delivered(index: int) -> Any:
+        def report(error: KafkaError | None, msg: Message) -> None:
+            if error is not None:
+                errors.append(error)
+            else:
+                positions[index] = (int(msg.partition() or 0), int(msg.offset() or 0))
+
+        return report
+
+    for index, (key, value, stamp) in enumerate(records):
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, timestamp=stamp, on_delivery=delivered(index))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if index % 1000 == 0:
+            producer.poll(0)
+    if producer.flush(300) != 0 or errors:
+        raise SystemExit(f"sessions: could not deliver the stream: {errors[:3]}")
+    placed = [p for p in positions if p is not None]
+    if len(placed) != len(records):
+        raise SystemExit("sessions: a record without a delivery report")
+    return placed
+
+
+def _create_topic(bootstrap: str, name: str, partitions: int) -> str:
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(name, num_partitions=partitions)], operation_timeout=30)[name].result(
+        timeout=60
+    )
+    return name
+
+
+def _caught_up(bootstrap: str, group: str, topic: str) -> bool:
+    from agent_helpers import offsets
+    from confluent_kafka import KafkaException
+
+    try:
+        committed, ends = offsets(bootstrap, group, topic)
+    except KafkaException:
+        return False
+    return all(committed.get(p, -1) >= end for p, end in ends.items())
+
+
+def _records(bootstrap: str, topic: str) -> int | None:
+    """The records ``topic`` holds (the sum of its partitions' high watermarks), None if missing."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{time.monotonic_ns()}"})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return None
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in metadata.partitions
+        )
+    finally:
+        consumer.close()
+
+
+def _wait(predicate: Any, what: str, timeout: float = BROKER_TIMEOUT_S, interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"sessions: timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def equality_run(
+    run: Any,
+    bundle: Path,
+    topic: str,
+    positions: Sequence[tuple[int, int]],
+    offline: Sequence[dict[str, Any]],
+) -> dict[str, Any]:
+    """The agent (one alert per event) on the replay: its session alerts against the offline flags
+    of ``score --sessions`` (id, key, partition, first and last offset, decisive, events, score)."""
+    from agent_helpers import read_committed
+
+    from exporters.alerts import session_alert_id
+
+    flagged = [row for row in offline if row["is_anomaly"]]
+    expected: dict[str, dict[str, Any]] = {}
+    for row in flagged:
+        partition, first = positions[row["first_line"] - 1]
+        at = row["alerted_line"] if row["decisive"] else row["last_line"]
+        expected[session_alert_id(topic, partition, row["session"], first)] = {
+            "key": row["session"],
+            "partition": partition,
+            "first": first,
+            "last": positions[at - 1][1],
+            "decisive": row["decisive"],
+            "events": None if row["decisive"] else row["events"],
+            "score": None if row["decisive"] else row["score"],
+            "signature": row["signature"],
+        }
+    topics = run.topics("equality", topic)
+    load = _loadavg()
+    agent = run.agent(
+        topics,
+        bundle,
+        "equality-agent",
+        alerts__group_by="event",
+        sessions__enabled="true",
+        sessions__key_pattern=KEY_PATTERN,
+    )
+    started = time.monotonic()
+    try:
+        agent.wait_ready()
+        _wait(lambda: _caught_up(run.broker.bootstrap, topics.group, topic), "the equality run to commit")
+        # The sessions still open at the end of the input close on the wall clock once their
+        # partition is quiet (offline: end_of_input, the same score).
+        _wait(
+            lambda: (
+                sum(
+                    v
+                    for k, v in agent.metrics().items()
+                    if k.startswith("anomaly_agent_sessions_closed_total")
+                )
+                >= len(offline)
+            ),
+            "every session to close",
+        )
+        closed = {
+            k: v
+            for k, v in agent.metrics().items()
+            if k.startswith("anomaly_agent_sessions_closed_total") and v
+        }
+        docs: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            docs = [
+                json.loads(m.value() or b"")
+                for m in read_committed(run.broker.bootstrap, topics.alerts, quiet_s=1.0)
+            ]
+            if sum(d["kind"] == "session" for d in docs) >= len(expected):
+                break
+            time.sleep(1.0)
+        seconds = time.monotonic() - started
+        code = agent.terminate(timeout=60)
+    finally:
+        if agent.proc.poll() is None:
+            agent.kill()
+    got: dict[str, dict[str, Any]] = {}
+    for d in docs:
+        if d["kind"] != "session":
+            continue
+        s = d["session"]
+        decisive = s["reason"] == "open"
+        got[d["id"]] = {
+            "key": s["key"],
+            "partition": d["source"]["partition"],
+            "first": s["first"]["offset"],
+            "last": s["last"]["offset"],
+            "decisive": decisive,
+            "events": None if decisive else s["events"],
+            "score": None if decisive else d["score"],
+            "signature": s["signature"],
+        }
+    exact = {k: {**v, "score": None} for k, v in got.items()} == {
+        k: {**v, "score": None} for k, v in expected.items()
+    }
+    diffs = [
+        abs(got[k]["score"] - v["score"]) for k, v in expected.items() if k in got and v["score"] is not None
+    ]
+    max_diff = max(diffs, default=0.0)
+    return {
+        "group_by": "event",
+        "offline_sessions": len(offline),
+        "offline_flagged": len(flagged),
+        "offline_flagged_decisive": sum(bool(r["decisive"]) for r in flagged),
+        "agent_session_alerts": len(got),
+        "agent_line_alerts": sum(d["kind"] == "alert" for d in docs),
+        "agent_sessions_closed": closed,
+        "missing": sorted(expected.keys() - got.keys())[:10],
+        "extra": sorted(got.keys() - expected.keys())[:10],
+        "max_score_abs_diff": max_diff,
+        "equal": exact and max_diff <= 1e-6,
+        "seconds": round(seconds, 1),
+        "exit_code": code,
+        "load_before_after": [load, _loadavg()],
+    }
+
+
+def throughput_runs(run: Any, bundle: Path, topic: str, events: int, pairs: int) -> dict[str, Any]:
+    """Sessions off and on, alternating (off, on, on, off, ...), each with a fresh group and alert
+    topic on the already produced replay: ``bench/replay.py``'s end-to-end clock (first consumed
+    record to the group's committed offsets at the end), the product's grouping (by pattern)."""
+    from replay import end_to_end
+
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for r in range(pairs):
+        for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
+            result = end_to_end(
+                run,
+                bundle,
+                [""] * events,
+                f"sessions-{name}-{r}",
+                topic,
+                sessions__enabled="true" if name == "on" else "false",
+                sessions__key_pattern=KEY_PATTERN,
+            )
+            # The state changelog's records in this run (open sessions are written there in every
+            # transaction that changes them): run.topics named this run's alert topic.
+            result["changelog_records"] = _records(
+                run.broker.bootstrap, f"replay-sessions-{name}-{r}-{run._n}-alerts.groups"
+            )
+            runs[name].append(result)
+            _progress(
+                f"throughput sessions {name}",
+                run=r,
+                events_per_s=result["events_per_s"],
+                load=result["load_before_after"],
+            )
+    import statistics
+
+    per_pair = [
+        round(on["events_per_s"] / off["events_per_s"], 3)
+        for on, off in zip(runs["on"], runs["off"], strict=True)
+    ]
+    ratio = statistics.median(x["events_per_s"] for x in runs["on"]) / statistics.median(
+        x["events_per_s"] for x in runs["off"]
+    )
+    return {
+        "events": events,
+        "group_by": "pattern",
+        "order": "off,on then on,off alternating",
+        "sessions_off": runs["off"],
+        "sessions_on": runs["on"],
+        "events_per_s_off": [x["events_per_s"] for x in runs["off"]],
+        "events_per_s_on": [x["events_per_s"] for x in runs["on"]],
+        "ratio_per_pair": per_pair,
+        "ratio_of_medians": round(ratio, 3),
+        "target": ">= 0.8",
+        "met": ratio >= 0.8,
+    }
+
+
+def synthetic_sessions(
+    replay: Sequence[dict[str, Any]], keys: Sequence[str], sessions: int, per_session: int
+) -> list[tuple[bytes, bytes, int]]:
+    """``sessions`` new block ids, each the first ``per_session`` lines of a replayed block (its
+    HDFS templates) with the block id replaced, all stamped now: none closes within the hour's gap.
+    Session n's lines follow each other; the next session starts after."""
+    firsts: dict[str, list[str]] = {}
+    for record, key in zip(replay, keys, strict=True):
+        lines = firsts.setdefault(key, [])
+        if len(lines) < per_session:
+            lines.append(record["text"])
+    blocks = [(k, v) for k, v in firsts.items() if len(v) == per_session]
+    now = int(time.time() * 1000)
+    out: list[tuple[bytes, bytes, int]] = []
+    for n in range(sessions):
+        old, lines = blocks[n % len(blocks)]
+        new = f"blk_{SYNTHETIC_BLOCK + n}"
+        for text in lines:
+            out.append(
+                (new.encode(), json.dumps({"text": text.replace(old, new), "time": now}).encode(), now)
+            )
+    return out
+
+
+def rss_run(run: Any, bundle: Path, topic: str, events: int, sessions: int, enabled: bool) -> dict[str, Any]:
+    """The agent on the synthetic stream: VmHWM / VmRSS of its process sampled every 0.25 s from
+    start to the end of the stream, then the open-sessions gauge (until it reads ``sessions`` or
+    30 s pass) and a last sample."""
+    import threading
+
+    from chaos import _status_kib
+
+    name = f"rss-{'on' if enabled else 'off'}"
+    topics = run.topics(name, topic)
+    load = _loadavg()
+    agent = run.agent(
+        topics,
+        bundle,
+        name,
+        sessions__enabled="true" if enabled else "false",
+        sessions__key_pattern=KEY_PATTERN,
+        sessions__max_open=str(max(sessions, 100_000)),
+    )
+    peak = {"VmHWM": 0, "VmRSS": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for field in peak:
+                value = _status_kib(agent.proc.pid, field)
+                if value is not None:
+                    peak[field] = max(peak[field], value)
+            stop.wait(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        agent.wait_ready()
+        ready_rss = _status_kib(agent.proc.pid, "VmRSS")
+        started = time.monotonic()
+        _wait(
+            lambda: _caught_up(run.broker.bootstrap, topics.group, topic), f"{name} to commit", interval=0.25
+        )
+        seconds = time.monotonic() - started
+        gauge = 0.0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            gauge = agent.metric("anomaly_agent_sessions_open")
+            if gauge >= sessions or not enabled:
+                break
+            time.sleep(0.5)
+        metrics = agent.metrics()
+        time.sleep(0.5)
+        end_rss = _status_kib(agent.proc.pid, "VmRSS")
+        hwm = _status_kib(agent.proc.pid, "VmHWM")
+    finally:
+        stop.set()
+        sampler.join(timeout=5)
+    code = agent.terminate(timeout=120)
+    closed = {k: v for k, v in metrics.items() if k.startswith("anomaly_agent_sessions_closed_total") and v}
+    return {
+        "sessions": "on" if enabled else "off",
+        "events": events,
+        "seconds_to_commit_all": round(seconds, 1),
+        "sessions_open_gauge": gauge,
+        "sessions_closed": closed,
+        "rss_mib_at_ready": None if ready_rss is None else round(ready_rss / 1024, 1),
+        "rss_mib_at_end": None if end_rss is None else round(end_rss / 1024, 1),
+        "peak_rss_mib": round(max(peak["VmHWM"], hwm or 0) / 1024, 1),
+        "peak_sampled_vmrss_mib": round(peak["VmRSS"] / 1024, 1),
+        "exit_code": code,
+        "load_before_after": [load, _loadavg()],
+    }
+
+
+def rss_runs(
+    run: Any,
+    bundle: Path,
+    replay: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    args: argparse.Namespace,
+    stamp: str,
+) -> dict[str, Any]:
+    """The synthetic open sessions produced once, read by the agent with sessions on, then off."""
+    from replay import PARTITIONS
+
+    synthetic = synthetic_sessions(replay, keys, args.rss_sessions, args.rss_lines_per_session)
+    topic = _create_topic(run.broker.bootstrap, f"sessions-rss-{stamp}", PARTITIONS)
+    _progress("producing the synthetic sessions", records=len(synthetic))
+    _produce_keyed(run.broker.bootstrap, topic, synthetic)
+    rss: dict[str, Any] = {"open_sessions_wanted": args.rss_sessions, "events": len(synthetic)}
+    for enabled in (True, False):
+        result = rss_run(run, bundle, topic, len(synthetic), args.rss_sessions, enabled)
+        rss["sessions_on" if enabled else "sessions_off"] = result
+        _progress("rss", **{k: result[k] for k in ("sessions", "peak_rss_mib", "sessions_open_gauge")})
+    on = rss["sessions_on"]
+    rss["target"] = "<= 600 MiB with 100,000 open sessions"
+    rss["met"] = on["sessions_open_gauge"] >= 100_000 and on["peak_rss_mib"] <= 600
+    rss["sessions_cost_mib"] = round(on["peak_rss_mib"] - rss["sessions_off"]["peak_rss_mib"], 1)
+    return rss
+
+
+@contextmanager
+def _stage(report: dict[str, Any], name: str, out: Path | None) -> Iterator[None]:
+    """A stage that fails is reported (its error) and the next one runs; the report so far is
+    written to ``out`` after each stage."""
+    try:
+        yield
+    except (Exception, SystemExit) as exc:
+        report[name] = {"error": f"{type(exc).__name__}: {exc}"[:4000]}
+        _progress(f"{name} failed", error=report[name]["error"][:500])
+    if out is not None:
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def broker_run(args: argparse.Namespace, test: set[str]) -> dict[str, Any]:
+    """Issue 18, item 6: the agent through a real broker on the ``lines`` test stream (block id as
+    the record key, the line's time, shifted to end three hours ago, as the record timestamp), with
+    a bundle trained through the CLI on the other lines: its session alerts against the offline
+    flags of ``score --sessions`` on the same bundle and stream, events/s with sessions on vs off,
+    and the agent's peak RSS holding ``--rss-sessions`` open sessions (and with sessions off on the
+    same input)."""
+    _broker_imports()
+    from agent_helpers import cli
+    from replay import PARTITIONS, Run
+
+    from training.export import cached_export
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from agent.config import BatchSettings
+
+    batch = BatchSettings()
+    report: dict[str, Any] = {
+        "bench": "sessions",
+        "mode": "broker",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_at_start": _loadavg()},
+    }
+    with tempfile.TemporaryDirectory(prefix="sessions-broker-") as tmp:
+        work = Path(tmp)
+        replay, keys, training = _hdfs_replay(args.data, test)
+        train_path = _write_jsonl(work / "train.jsonl", training)
+        replay_path = _write_jsonl(work / "replay.jsonl", replay)
+        report["data"] = {
+            "replayed_lines": len(replay),
+            "replayed_blocks": len(set(keys)),
+            "training_lines": len(training),
+            "partitions": PARTITIONS,
+        }
+        report["settings"] = {
+            "session_key": KEY_PATTERN,
+            "gap_seconds": args.gap_seconds,
+            "max_seconds": MAX_SECONDS,
+            "detector": "knn",
+            "intra_op_threads": args.threads,
+            "batch_max_size": batch.max_size,
+            "batch_max_wait_ms": batch.max_wait_ms,
+            "pairs": args.pairs,
+            "rss_sessions": args.rss_sessions,
+            "rss_lines_per_session": args.rss_lines_per_session,
+        }
+        _progress("training the bundle", lines=len(training))
+        started = time.perf_counter()
+        bundle = work / "bundle"
+        trained = cli(
+            "train",
+            "--input",
+            str(train_path),
+            "--text-field",
+            "text",
+            "--detector",
+            "knn",
+            "--embedder",
+            str(cached_export()),
+            "--out",
+            str(bundle),
+            "--session-key-pattern",
+            KEY_PATTERN,
+            "--session-time-field",
+            "time",
+            "--session-gap-seconds",
+            str(args.gap_seconds),
+            "--session-max-seconds",
+            str(MAX_SECONDS),
+            "--session-labels",
+            str(args.data / "anomaly_label.csv"),
+            "--validation-fraction",  # the session model of the offline figures: every normal block
+            "0",
+            timeout=1800,
+        )
+        if trained.returncode != 0:
+            raise SystemExit(f"sessions: train failed:\n{trained.stderr[-4000:]}")
+        session_summary = json.loads(trained.stdout)["training"]["sessions"]
+        report["train"] = {
+            "seconds": round(time.perf_counter() - started, 1),
+            "sessions": {
+                k: session_summary.get(k)
+                for k in ("sessions", "keys", "fit_sessions", "anomalous_keys", "close_reasons")
+            }
+            | {"threshold": session_summary.get("model", {}).get("threshold")},
+        }
+        _progress("offline score --sessions")
+        scored = cli(
+            "score", "--bundle", str(bundle), "--input", str(replay_path), "--sessions", timeout=1800
+        )
+        if scored.returncode != 0:
+            raise SystemExit(f"sessions: score --sessions failed:\n{scored.stderr[-4000:]}")
+        offline = [json.loads(line) for line in scored.stdout.splitlines() if line.strip()]
+        labels = read_session_labels(args.data / "anomaly_label.csv")
+        flagged_keys = {row["session"] for row in offline if row["is_anomaly"]}
+        anomalous = {k for k in set(keys) if labels.get(k, False)}
+        report["offline"] = {
+            "sessions": len(offline),
+            "flagged_sessions": sum(bool(row["is_anomaly"]) for row in offline),
+            "flagged_blocks": len(flagged_keys),
+            "anomalous_blocks": len(anomalous),
+            "flagged_anomalous_blocks": len(flagged_keys & anomalous),
+        }
+
+        external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        run = Run(
+            work,
+            argparse.Namespace(
+                threads=args.threads, batch_size=batch.max_size, max_wait_ms=batch.max_wait_ms
+            ),
+        )
+        if external:
+            run.broker = _ExternalBroker(external)
+        report["broker"] = "external ($KAFKA_BOOTSTRAP_SERVERS)" if external else "deploy/local/kafka.sh"
+        run.broker.start()
+        try:
+            stamp = f"{os.getpid()}-{int(time.time())}"
+            topic = _create_topic(run.broker.bootstrap, f"sessions-replay-{stamp}", PARTITIONS)
+            _progress("producing the replay", records=len(replay))
+            positions = _produce_keyed(
+                run.broker.bootstrap,
+                topic,
+                [
+                    (k.encode(), json.dumps(r).encode(), int(r["time"]))
+                    for r, k in zip(replay, keys, strict=True)
+                ],
+            )
+            if not args.skip_equality:
+                _progress("equality run")
+                with _stage(report, "equality", args.out):
+                    report["equality"] = equality_run(run, bundle, topic, positions, offline)
+                    _progress(
+                        "equality",
+                        equal=report["equality"]["equal"],
+                        flagged=report["equality"]["offline_flagged"],
+                        alerts=report["equality"]["agent_session_alerts"],
+                    )
+            if args.pairs > 0:
+                with _stage(report, "throughput", args.out):
+                    report["throughput"] = throughput_runs(run, bundle, topic, len(replay), args.pairs)
+            if args.rss_sessions > 0:
+                with _stage(report, "rss", args.out):
+                    report["rss"] = rss_runs(run, bundle, replay, keys, args, stamp)
+        finally:
+            run.broker.stop()
+    report["machine"]["load_at_end"] = _loadavg()
+    return report
 
 
 # --------------------------------------------------------------------- main
@@ -415,6 +1036,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", action="store_true", help="also the gap x order x target FPR sensitivity")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="broker: sessions off/on pairs of the throughput"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="broker: the agent's onnxruntime intra-op threads"
+    )
+    parser.add_argument(
+        "--rss-sessions",
+        type=int,
+        default=OPEN_SESSIONS,
+        help="broker: open sessions of the RSS run (0: none)",
+    )
+    parser.add_argument("--rss-lines-per-session", type=int, default=3, help="broker: lines of each of them")
+    parser.add_argument("--skip-equality", action="store_true", help="broker: no equality run")
     parser.add_argument("--rss-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--sessions", type=int, default=OPEN_SESSIONS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -430,14 +1065,12 @@ def main(argv: list[str] | None = None) -> int:
     tests = splits(events, labels, args.seed)
     windows = SessionWindows(gap_seconds=args.gap_seconds, max_seconds=MAX_SECONDS)
     if args.mode == "broker":
-        test = tests["lines"][0]
-        model, _ = fit_sessions([e for e in events if e.key not in test], windows=windows, labels=labels)
-        offline = [r for r in score_sessions(model, events) if r["session"] in test and r["is_anomaly"]]
-        try:
-            print(json.dumps(broker_run([e for e in events if e.key in test], offline), indent=2))
-        except NotImplementedError as exc:
-            print(json.dumps({"bench": "sessions", "mode": "broker", "error": str(exc)}))
-            return 2
+        report = broker_run(args, tests["lines"][0])
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        text = json.dumps(report, indent=2)
+        print(text)
+        if args.out is not None:
+            args.out.write_text(text + "\n")
         return 0
     report: dict[str, Any] = {
         "bench": "sessions",
