@@ -308,7 +308,7 @@ class SessionTracker:
         if key is None:
             return out
         session = self._sessions.get(key)
-        deadline = None
+        new = session is None
         if session is None:
             if self._event_time is not None and timestamp_ms + self._gap_ms <= self._event_time:
                 self._remember_late()
@@ -319,7 +319,6 @@ class SessionTracker:
             self._sessions[key] = session
         else:
             self._remember(key, session)
-            deadline = self._deadline(session)
         step = self.model.step(session.state, pattern)
         session.last_offset = offset
         session.last_ms = max(session.last_ms, timestamp_ms)
@@ -332,9 +331,8 @@ class SessionTracker:
         if session.state.events >= self.model.windows.max_events:
             out.append(self._close(key, session, "max_events"))
             return out
-        moved = self._deadline(session)
-        if moved != deadline:
-            heapq.heappush(self._deadlines, (moved, key))
+        if new:  # an open session's entry moves on when it comes due (``due``)
+            heapq.heappush(self._deadlines, (self._deadline(session), key))
         if len(self._sessions) > self.max_open:
             out += self._evict(keep=key)
         return out
@@ -351,14 +349,26 @@ class SessionTracker:
     def due(self, now_ms: int) -> list[SessionVerdict]:
         """Close every session whose deadline is at or before ``now_ms`` (the event time, or the
         wall clock of an idle partition: the event time does not move). O(log n) per session
-        closed, nothing per open one."""
-        out: list[SessionVerdict] = []
+        closed or per deadline that moved, nothing per open one.
+
+        The heap holds each open session's deadline as it was when last pushed: a step moves a
+        deadline only later, so an entry is never late, only early; when it comes due for a
+        session whose deadline moved on it is pushed again at the current one (lazily: a step
+        costs no heap operation). Entries of closed sessions are skipped."""
         heap = self._deadlines
+        if not heap or heap[0][0] > now_ms:
+            return []
+        out: list[SessionVerdict] = []
         while heap and heap[0][0] <= now_ms:
             deadline, key = heapq.heappop(heap)
             session = self._sessions.get(key)
-            if session is None or self._deadline(session) != deadline:
-                continue  # stale: closed, or its deadline moved on
+            if session is None:
+                continue  # closed
+            current = self._deadline(session)
+            if current != deadline:
+                if current > deadline:
+                    heapq.heappush(heap, (current, key))
+                continue  # early: pushed at its deadline (or a duplicate entry of it)
             self._remember(key, session)
             reason = self.model.windows.reason(session.first_ms, session.last_ms)
             out.append(self._close(key, session, reason))
@@ -528,7 +538,12 @@ class SessionTracker:
             entry = heapq.heappop(heap)
             deadline, key = entry
             session = self._sessions.get(key)
-            if session is None or self._deadline(session) != deadline:
+            if session is None:
+                continue
+            current = self._deadline(session)
+            if current != deadline:  # early (see ``due``): pushed again at its deadline
+                if current > deadline:
+                    heapq.heappush(heap, (current, key))
                 continue
             if key == keep:
                 kept.append(entry)
