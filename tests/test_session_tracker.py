@@ -411,3 +411,25 @@ def test_restore_refuses_another_partitions_records(model: SessionModel) -> None
     t = SessionTracker(model, "events", 0)
     with pytest.raises(ValueError, match="not of this partition"):
         t.restore(encode_key(ChangelogKey("session_clock", "events", 1, None)), encode_clock(0, 0))
+
+
+def test_the_key_codec_writes_exactly_the_sorted_compact_json() -> None:
+    """encode_key formats keys directly (a record per touched session per batch): byte for byte the
+    sorted, compact, ASCII json.dumps of the key's document, escapes and non-ASCII included."""
+    for topic, partition, session in [
+        ("events", 0, "blk_-1"),
+        ('t"\\\n', 7, "é☃\u2028\x00"),
+        ("a.b-c_d", 2**40, 'k"ey'),
+    ]:
+        for key in (
+            ChangelogKey("session", topic, partition, session),
+            ChangelogKey("session_clock", topic, partition, None),
+        ):
+            document = {"kind": key.kind, "partition": partition, "topic": topic}
+            if key.session is not None:
+                document["session"] = key.session
+            want = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
+                "ascii"
+            )
+            assert encode_key(key) == want
+            assert decode_key(want) == key
