@@ -22,12 +22,14 @@ demo: $(STAMP)
 
 # The suite mostly waits (brokers, agents, time windows): TEST_WORKERS processes run it in
 # parallel, one file per worker at a time, sharing one broker, one Alertmanager and the trained
-# bundles (tests/shared_resources.py); the slowest files are handed out first (tests/conftest.py).
+# bundles (tests/shared_resources.py); the slowest files are handed out first (tests/conftest.py;
+# --no-loadscope-reorder: xdist would otherwise hand out the files with the most tests first, and
+# the one-test chaos run, the longest, last).
 # TEST_WORKERS=0 runs it in this process. --durations=30: where the time goes, in every CI log.
 TEST_WORKERS ?= 4
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

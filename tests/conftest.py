@@ -11,7 +11,8 @@ DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
 # The files that take longest, longest first (`pytest --durations=0`, summed per file, 2026-12-06:
 # 2-core machine, 4 workers). `make test` hands whole files to the workers in collection order
-# (--dist loadfile), so a long file collected last is the run's tail: these are collected first.
+# (--dist loadfile --no-loadscope-reorder), so a long file collected last is the run's tail: these
+# are collected first.
 # Only the order changes, never what runs; a file not listed keeps its place after them.
 SLOW_FIRST = (
     "integration/test_secured_cluster.py",
