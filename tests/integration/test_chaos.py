@@ -1,6 +1,6 @@
 """The chaos suite's small run (bench/chaos.py --small) inside the test suite: one broker hard
 restart, three agent kills, one rebalance, 1,000 hostile records, a 2,000-event backlog and a
-one-minute soak, on a broker of its own.
+30-second soak, on a broker of its own.
 
 What is asserted is what must hold on any machine: nothing lost, nothing duplicated, every
 hostile record accounted for, no crash (exit codes: 0 after SIGTERM, -9 where the suite killed),
