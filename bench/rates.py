@@ -89,15 +89,10 @@ import math
 import os
 import platform
 import random
-import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -737,10 +732,7 @@ def _pooled(parts: Sequence[tuple[float, int]]) -> float | None:
 
 # --------------------------------------------------------------------- broker mode: the machinery
 
-KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"
-READY = "ready: model loaded, group joined"
-CONSUMED = re.compile(r"^anomaly_agent_events_consumed_total (\S+)$", re.MULTILINE)
-AGENT_START_S = 180.0  # deadlines only a hang misses
+EVENTS_CONSUMED = "anomaly_agent_events_consumed_total"
 CATCH_UP_S = 1_800.0
 
 
@@ -748,101 +740,18 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _clean_env() -> dict[str, str]:
-    drop = ("ANOMALY_AGENT_", "NOTIFY_SOCKET", "WATCHDOG_", "CREDENTIALS_DIRECTORY")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env["HF_HUB_OFFLINE"] = "1"
-    return env
-
-
-class LocalBroker:
-    """The project's local broker (deploy/local/kafka.sh) in ``state``, stopped by its watchdog
-    if this process dies first."""
-
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.bootstrap = f"127.0.0.1:{_free_port()}"
-
-    def _kafka_sh(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_PORT", "ANOMALY_AGENT_STATE_DIR")}
-        return subprocess.run(
-            ["bash", str(KAFKA_SH), *args, "--dir", str(self.state)],
-            env=env | {"COLUMNS": "4096"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-
-    def start(self) -> None:
-        port = self.bootstrap.rsplit(":", 1)[1]
-        started = self._kafka_sh("start", "--port", port, "--owner-pid", str(os.getpid()))
-        if started.returncode != 0:
-            raise SystemExit(f"rates: kafka.sh start failed:\n{started.stderr}")
-
-    def stop(self) -> None:
-        self._kafka_sh("stop")
-
-
-class AgentRun:
-    """``anomaly-agent run`` in a subprocess on the given input topics, its log in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run"],
-            cwd=REPO,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = AGENT_START_S) -> re.Match[str]:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = regex.search(self.log())
-            if match:
-                return match
-            if self.proc.poll() is not None:
-                raise SystemExit(f"rates: the agent exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
-            time.sleep(0.02)
-        raise SystemExit(
-            f"rates: the agent did not log {pattern!r} within {timeout} s:\n{self.log()[-3000:]}"
-        )
-
-    def consumed(self, port: int) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            match = CONSUMED.search(response.read().decode())
-        return float(match.group(1)) if match else 0.0
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(timeout=30)
-        self._log.close()
-        return code
+def _shared_helpers() -> None:
+    """Make the helpers the other broker benchmarks share importable: the agent process and its
+    environment (tests/agent_helpers.py), the local broker (bench/chaos.py)."""
+    for path in (REPO / "tests", REPO / "bench"):
+        if str(path) not in sys.path:
+            sys.path.append(str(path))
 
 
 class Kafka:
     """Topics, records and the agent on one broker."""
 
-    def __init__(self, broker: LocalBroker, work: Path) -> None:
+    def __init__(self, broker: Any, work: Path) -> None:
         from confluent_kafka.admin import AdminClient
 
         self.bootstrap = broker.bootstrap
@@ -885,9 +794,7 @@ class Kafka:
         if producer.flush(300) != 0:
             raise SystemExit(f"rates: could not deliver the replay to {topic}")
 
-    def agent(
-        self, name: str, inputs: Sequence[str], bundle: Path, *, rates: bool
-    ) -> tuple[AgentRun, str, str]:
+    def agent(self, name: str, inputs: Sequence[str], bundle: Path, *, rates: bool) -> tuple[Any, str, str]:
         """An agent with the product's settings (``[rates] enabled`` = ``rates``) on ``inputs``,
         its own group, alert topic and dead letters; (the agent, its group, its alert topic)."""
         alerts, dead = self.topic(self.name("alerts")), self.topic(self.name("dead"))
@@ -906,8 +813,11 @@ class Kafka:
             "HEALTH__PORT": "0",
             "RATES__ENABLED": "true" if rates else "false",
         }
-        env = _clean_env() | {f"ANOMALY_AGENT_{k}": v for k, v in settings.items()}
-        return AgentRun(env, self.work / f"{name}.log"), group, alerts
+        _shared_helpers()
+        from agent_helpers import AgentProcess
+
+        overrides = {f"ANOMALY_AGENT_{k}": v for k, v in settings.items()}
+        return AgentProcess(overrides, self.work / f"{name}.log"), group, alerts
 
     def watcher(self, group: str) -> Any:
         """A consumer with ``group``'s id that never joins it: reads its committed offsets."""
@@ -966,10 +876,9 @@ class Kafka:
         agent, group, alerts = self.agent(name, inputs, bundle, rates=rates)
         watcher = self.watcher(group)
         try:
-            port = int(agent.wait_for(r"metrics on http://[^:]+:(\d+)/metrics").group(1))
-            agent.wait_for(re.escape(READY))
+            agent.wait_ready()
             deadline = time.monotonic() + CATCH_UP_S
-            while agent.consumed(port) == 0:
+            while agent.metric(EVENTS_CONSUMED) == 0:
                 if time.monotonic() > deadline or agent.proc.poll() is not None:
                     raise SystemExit(f"rates: {name} consumed nothing:\n{agent.log()[-3000:]}")
                 time.sleep(0.01)
@@ -979,10 +888,10 @@ class Kafka:
                     raise SystemExit(f"rates: {name} did not catch up:\n{agent.log()[-3000:]}")
                 time.sleep(0.05)
             seconds = time.monotonic() - start
-            consumed = agent.consumed(port)
+            consumed = agent.metric(EVENTS_CONSUMED)
         finally:
             watcher.close()
-            code = agent.stop()
+            code = agent.terminate(timeout=60)
         return {
             "seconds": round(seconds, 2),
             "events": int(consumed),
@@ -1003,12 +912,12 @@ def train_bundle(work: Path, name: str, lines: Lines, until_ms: int) -> tuple[Pa
                 break
             fh.write(json.dumps({"text": text, "at": ts}) + "\n")
     out = work / f"{name}-bundle"
+    _shared_helpers()
+    from agent_helpers import cli
+
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "train", "--input", str(path), "--text-field", "text",
-         "--time-field", "at", "--detector", "knn", "--out", str(out)],
-        cwd=REPO, env=_clean_env(), capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    result = cli("train", "--input", str(path), "--text-field", "text", "--time-field", "at",
+                 "--detector", "knn", "--out", str(out), timeout=3_600)  # fmt: skip
     if result.returncode != 0:
         raise SystemExit(f"rates: train failed on {name}:\n{result.stderr[-3000:]}")
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
@@ -1282,7 +1191,10 @@ def broker_mode(args: argparse.Namespace, knobs: dict[str, Any]) -> dict[str, An
     sets: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rates-bench-") as tmp:
         work = Path(tmp)
-        broker = LocalBroker(work / "kafka")
+        _shared_helpers()
+        from chaos import Broker
+
+        broker = Broker(work / "kafka")
         broker.start()
         try:
             kafka = Kafka(broker, work)
