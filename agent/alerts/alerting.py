@@ -61,7 +61,15 @@ from typing import Any
 from confluent_kafka import Message
 
 from agent.alerts.feedback import Verdicts
-from agent.alerts.grouping import Grouper, Summary, decode_key, decode_state, encode_key, encode_state
+from agent.alerts.grouping import (
+    Decision,
+    Grouper,
+    Summary,
+    decode_key,
+    decode_state,
+    encode_key,
+    encode_state,
+)
 from agent.alerts.partition_rates import RatePartitions, example
 from agent.alerts.rates import RateDecision
 from agent.alerts.sessions import SessionTrackers, SessionVerdict, compile_key_pattern, session_key
@@ -375,12 +383,13 @@ class Alerting:
             return []
         topic, partition = verdict.topic, verdict.partition
         session = _session_json(verdict)
+        text = _session_text(session)
         top = {
             "offset": verdict.last_offset,
             "key": None,
             "timestamp_ms": verdict.last_ms,
-            "text": _session_text(session),
-            "text_length": len(_session_text(session)),
+            "text": text,
+            "text_length": len(text),
             "prepared": f"session {verdict.result.signature}",
             "fields": {},
             "fields_truncated": False,
@@ -398,14 +407,9 @@ class Alerting:
                 alert_id=session_alert_id(topic, partition, verdict.session, verdict.first_offset),
                 position={"offset": verdict.last_offset, "timestamp_ms": verdict.last_ms},
             )
-            out += [self._summary(s, now) for s in decided.summaries]
-            if not decided.publish:
-                self._pending.suppressed += 1
+            out, group = self._window(decided, verdict.result.score, now)
+            if group is None:
                 return out
-            start = _datetime(decided.window_start_ms)
-            group = GroupInfo(
-                self._cooldown_s, start, start + timedelta(seconds=self._cooldown_s), 0, verdict.result.score
-            )
         out.append(self._session_record(top, topic, partition, now, group=group, score=verdict.result.score))
         self._pending.session_alerts += 1
         return out
@@ -536,14 +540,9 @@ class Alerting:
                 alert_id=rate_alert_id(decision.kind, decision.basis()),
                 position={"offset": shown["offset"], "timestamp_ms": shown["timestamp_ms"]},
             )
-            out += [self._summary(s, now) for s in verdict.summaries]
-            if not verdict.publish:
-                self._pending.suppressed += 1
+            out, group = self._window(verdict, decision.score, now)
+            if group is None:
                 return out
-            start = _datetime(verdict.window_start_ms)
-            group = GroupInfo(
-                self._cooldown_s, start, start + timedelta(seconds=self._cooldown_s), 0, decision.score
-            )
         top = {**shown, "rate": rate, "known": _known(bundle, str(shown["prepared"]))} | _model(bundle)
         out.append(self._rate_record(top, topic, partition, now, group=group, score=decision.score))
         self._pending.rate_alerts[decision.kind] += 1
@@ -628,17 +627,24 @@ class Alerting:
             alert_id=alert_id(event.topic, event.partition, event.offset),
             position={"offset": event.offset, "timestamp_ms": event.timestamp_ms},
         )
-        out = [self._summary(s, now) for s in decision.summaries]
-        if not decision.publish:
-            self._pending.suppressed += 1
+        out, window = self._window(decision, event.score, now)
+        if window is None:
             return out
-        start = _datetime(decision.window_start_ms)
-        window = GroupInfo(
-            self._cooldown_s, start, start + timedelta(seconds=self._cooldown_s), 0, event.score
-        )
         first_seen = _datetime(decision.first_seen_ms)
         out.append(self._alert(bundle, event, pattern, now, first_seen=first_seen, group=window))
         return out
+
+    def _window(
+        self, decision: Decision, score: float, now: datetime
+    ) -> tuple[list[OutgoingRecord], GroupInfo | None]:
+        """What a grouping decision publishes besides the alert: the summaries of the windows it
+        closed, and the alert's window (None: suppressed in an open window, and counted)."""
+        out = [self._summary(s, now) for s in decision.summaries]
+        if not decision.publish:
+            self._pending.suppressed += 1
+            return out, None
+        start = _datetime(decision.window_start_ms)
+        return out, GroupInfo(self._cooldown_s, start, start + timedelta(seconds=self._cooldown_s), 0, score)
 
     def committed(self) -> list[dict[str, Any]]:
         """The batch committed: count it; returns the published alert documents (for Alertmanager)."""
@@ -811,33 +817,22 @@ class Alerting:
     def _summary(self, summary: Summary, now: datetime) -> OutgoingRecord:
         top = summary.top_event
         topic, partition, pattern = summary.key
+        group = GroupInfo(
+            self._cooldown_s,
+            _datetime(summary.window_start_ms),
+            _datetime(summary.window_end_ms),
+            summary.suppressed,
+            summary.max_score,
+            first=_position(summary.first_suppressed),
+            last=_position(summary.last_suppressed),
+        )
+        score = summary.max_score
         if "session" in top:  # a window of sessions that failed alike
-            group = GroupInfo(
-                self._cooldown_s,
-                _datetime(summary.window_start_ms),
-                _datetime(summary.window_end_ms),
-                summary.suppressed,
-                summary.max_score,
-                first=_position(summary.first_suppressed),
-                last=_position(summary.last_suppressed),
-            )
             self._pending.summaries += 1
-            score = summary.max_score
             return self._session_record(top, topic, partition, now, group=group, score=score, summary=summary)
         if "rate" in top:  # a window of spikes
-            group = GroupInfo(
-                self._cooldown_s,
-                _datetime(summary.window_start_ms),
-                _datetime(summary.window_end_ms),
-                summary.suppressed,
-                summary.max_score,
-                first=_position(summary.first_suppressed),
-                last=_position(summary.last_suppressed),
-            )
             self._pending.summaries += 1
-            return self._rate_record(
-                top, topic, partition, now, group=group, score=summary.max_score, summary=summary
-            )
+            return self._rate_record(top, topic, partition, now, group=group, score=score, summary=summary)
         key = top.get("key")
         record = build_alert(
             source=AlertSource(
@@ -872,15 +867,7 @@ class Alerting:
                 pattern, str(top["prepared"]), top.get("known"), _datetime(summary.first_seen_ms)
             ),
             neighbours=[(str(t), float(s)) for t, s in top.get("neighbours", [])],
-            group=GroupInfo(
-                self._cooldown_s,
-                _datetime(summary.window_start_ms),
-                _datetime(summary.window_end_ms),
-                summary.suppressed,
-                summary.max_score,
-                first=_position(summary.first_suppressed),
-                last=_position(summary.last_suppressed),
-            ),
+            group=group,
             summary=True,
             value=top.get("value"),
         )
