@@ -545,25 +545,10 @@ def equality_run(
 ) -> dict[str, Any]:
     """The agent (one alert per event) on the replay: its session alerts against the offline flags
     of ``score --sessions`` (id, key, partition, first and last offset, decisive, events, score)."""
-    from agent_helpers import read_committed
-
-    from exporters.alerts import session_alert_id
+    from agent_helpers import expected_session_alerts, published_session_alerts, read_committed
 
     flagged = [row for row in offline if row["is_anomaly"]]
-    expected: dict[str, dict[str, Any]] = {}
-    for row in flagged:
-        partition, first = positions[row["first_line"] - 1]
-        at = row["alerted_line"] if row["decisive"] else row["last_line"]
-        expected[session_alert_id(topic, partition, row["session"], first)] = {
-            "key": row["session"],
-            "partition": partition,
-            "first": first,
-            "last": positions[at - 1][1],
-            "decisive": row["decisive"],
-            "events": None if row["decisive"] else row["events"],
-            "score": None if row["decisive"] else row["score"],
-            "signature": row["signature"],
-        }
+    expected = expected_session_alerts(topic, positions, flagged)
     topics = run.topics("equality", topic)
     load = _loadavg()
     agent = run.agent(
@@ -611,22 +596,7 @@ def equality_run(
     finally:
         if agent.proc.poll() is None:
             agent.kill()
-    got: dict[str, dict[str, Any]] = {}
-    for d in docs:
-        if d["kind"] != "session":
-            continue
-        s = d["session"]
-        decisive = s["reason"] == "open"
-        got[d["id"]] = {
-            "key": s["key"],
-            "partition": d["source"]["partition"],
-            "first": s["first"]["offset"],
-            "last": s["last"]["offset"],
-            "decisive": decisive,
-            "events": None if decisive else s["events"],
-            "score": None if decisive else d["score"],
-            "signature": s["signature"],
-        }
+    got = published_session_alerts(docs)
     exact = {k: {**v, "score": None} for k, v in got.items()} == {
         k: {**v, "score": None} for k, v in expected.items()
     }

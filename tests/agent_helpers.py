@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared_resources import shared
 
 from agent.config import Settings, load_settings
+from exporters.alerts import session_alert_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Lines of BGL_2k used to train the session bundle; events replayed to the agent come after them.
@@ -324,6 +325,55 @@ def alert_sources(messages: Sequence[Message]) -> list[tuple[int, int]]:
     for msg in messages:
         source = json.loads(msg.value() or b"{}")["source"]
         out.append((int(source["partition"]), int(source["offset"])))
+    return out
+
+
+def expected_session_alerts(
+    topic: str, positions: Sequence[tuple[int, int]], flagged: Iterable[Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The session alerts an agent publishing one alert per event must publish for the sessions
+    ``score --sessions`` flagged (its JSON rows), by alert id, in ``published_session_alerts``'
+    form: a decisive session at its decisive step, the others at their close (with their events
+    and score). ``positions``: the (partition, offset) of each line of the replayed input."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in flagged:
+        partition, first = positions[row["first_line"] - 1]
+        at = row["alerted_line"] if row["decisive"] else row["last_line"]
+        last = positions[at - 1]
+        assert last[0] == partition, "a session's lines share a partition"
+        out[session_alert_id(topic, partition, row["session"], first)] = {
+            "key": row["session"],
+            "partition": partition,
+            "first": first,
+            "last": last[1],
+            "decisive": row["decisive"],
+            "events": None if row["decisive"] else row["events"],
+            "score": None if row["decisive"] else row["score"],
+            "signature": row["signature"],
+        }
+    return out
+
+
+def published_session_alerts(docs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The session alerts among the alert documents ``docs``, by id: key, partition, first and last
+    offset, decisive (at its decisive step: reason "open"), and for a session alerted at its close
+    its events and score."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in docs:
+        if d["kind"] != "session":
+            continue
+        s = d["session"]
+        decisive = s["reason"] == "open"
+        out[d["id"]] = {
+            "key": s["key"],
+            "partition": d["source"]["partition"],
+            "first": s["first"]["offset"],
+            "last": s["last"]["offset"],
+            "decisive": decisive,
+            "events": None if decisive else s["events"],
+            "score": None if decisive else d["score"],
+            "signature": s["signature"],
+        }
     return out
 
 

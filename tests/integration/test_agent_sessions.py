@@ -62,7 +62,9 @@ from agent_helpers import (
     AgentTopics,
     agent_env,
     cli,
+    expected_session_alerts,
     offsets,
+    published_session_alerts,
     read_committed,
     wait_until,
 )
@@ -71,7 +73,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from kafka_fixtures import GroupFactory, TopicFactory, wait_for_topic
 
-from exporters.alerts import alert_id, session_alert_id
+from exporters.alerts import alert_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -426,39 +428,12 @@ def test_one_alert_per_event_gives_exactly_the_offline_flags(
 
     # Sessions: every flagged session is one alert, with its id, key, first and last offset; a
     # decisive one at its decisive step (reason "open"), the others at their close.
-    expected: dict[str, dict[str, Any]] = {}
-    for row in offline.flagged:
-        partition, first = replay.positions[row["first_line"] - 1]
-        at = row["alerted_line"] if row["decisive"] else row["last_line"]
-        last = replay.positions[at - 1]
-        assert last[0] == partition, "a block's lines share a partition"
-        expected[session_alert_id(replay.topic, partition, row["session"], first)] = {
-            "key": row["session"],
-            "partition": partition,
-            "first": first,
-            "last": last[1],
-            "decisive": row["decisive"],
-            "events": None if row["decisive"] else row["events"],
-            "score": None if row["decisive"] else row["score"],
-            "signature": row["signature"],
-        }
-    got: dict[str, dict[str, Any]] = {}
-    for d in docs:
-        if d["kind"] != "session":
-            continue
-        s = d["session"]
-        decisive = s["reason"] == "open"
-        got[d["id"]] = {
-            "key": s["key"],
-            "partition": d["source"]["partition"],
-            "first": s["first"]["offset"],
-            "last": s["last"]["offset"],
-            "decisive": decisive,
-            "events": None if decisive else s["events"],
-            "score": None if decisive else round(d["score"], 6),
-            "signature": s["signature"],
-        }
-        assert s["reason"] in ("open", "gap"), s["reason"]
+    expected = expected_session_alerts(replay.topic, replay.positions, offline.flagged)
+    got = {
+        alert: {**fields, "score": None if fields["score"] is None else round(fields["score"], 6)}
+        for alert, fields in published_session_alerts(docs).items()
+    }
+    assert {d["session"]["reason"] for d in docs if d["kind"] == "session"} <= {"open", "gap"}
     assert got == expected
     flagged = {row["session"] for row in offline.flagged}
     print(
