@@ -57,6 +57,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from agent.alerts.state_json import load_state_json
+
 __all__ = [
     "DEFAULT_COOLDOWN_MS",
     "DEFAULT_MAX_GROUPS",
@@ -442,7 +444,7 @@ def encode_key(key: GroupKey) -> bytes:
 
 def decode_key(data: bytes) -> GroupKey:
     """Inverse of ``encode_key``; ValueError naming the problem for anything else."""
-    value = _loads(data, "group changelog key")
+    value = load_state_json(data, "group changelog key")
     if not (isinstance(value, list) and len(value) == 3):
         raise ValueError("group changelog key: expected a JSON array [topic, partition, pattern_id]")
     topic, partition, pattern_id = value
@@ -479,7 +481,7 @@ def decode_state(data: bytes) -> GroupState:
     """Inverse of ``encode_state``. ValueError with a clear message for anything that is not a
     version-1 state satisfying ``GroupState``'s invariants (garbage, another version, wrong types)."""
     what = "group changelog state"
-    doc = _loads(data, what)
+    doc = load_state_json(data, what)
     if not isinstance(doc, dict):
         raise ValueError(f"{what}: expected a JSON object, got {type(doc).__name__}")
     version = doc.get("v")
@@ -530,19 +532,6 @@ def decode_state(data: bytes) -> GroupState:
 def open_windows(states: Iterable[GroupState]) -> int:
     """How many of ``states`` have a window open."""
     return sum(1 for state in states if state.window_start_ms is not None)
-
-
-def _loads(data: bytes, what: str) -> Any:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ValueError(f"{what}: expected bytes, got {type(data).__name__}")
-    try:
-        return json.loads(bytes(data).decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{what}: not UTF-8 (byte {exc.start})") from None
-    except RecursionError:
-        raise ValueError(f"{what}: JSON nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, and the int-digits limit
-        raise ValueError(f"{what}: not JSON ({exc})") from None
 
 
 def _int_field(doc: dict[str, Any], name: str, what: str) -> int:

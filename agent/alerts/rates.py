@@ -87,6 +87,8 @@ from typing import Any, Literal
 
 from scipy import special
 
+from agent.alerts.state_json import load_state_json
+
 __all__ = [
     "DEFAULT_BUCKET_MS",
     "DEFAULT_FAST_HALF_LIFE_MS",
@@ -783,7 +785,7 @@ def decode_key(data: bytes) -> RateKey:
     """Inverse of ``encode_key``; ValueError naming the problem for anything else (a grouping key,
     a non-canonical spelling, wrong types)."""
     what = "rate changelog key"
-    doc = _loads(data, what)
+    doc = load_state_json(data, what)
     if not isinstance(doc, dict) or set(doc) != {"key", "kind", "partition", "topic"}:
         raise ValueError(f'{what}: expected an object with "key", "kind", "partition" and "topic"')
     if doc["kind"] != "rate":
@@ -867,7 +869,7 @@ def decode_state(data: bytes) -> RateState:
     version-1 state satisfying ``RateState``'s invariants (garbage, another version, wrong types,
     missing or unknown fields, negative counts, non-finite numbers)."""
     what = "rate changelog state"
-    doc = _loads(data, what)
+    doc = load_state_json(data, what)
     if not isinstance(doc, dict):
         raise ValueError(f"{what}: expected a JSON object, got {type(doc).__name__}")
     version = doc.get("v")
@@ -918,16 +920,3 @@ def _check_state(doc: dict[str, Any], what: str) -> None:
         raise ValueError(f"{what}: count must be >= 1 and buckets >= 0")
     if doc["example"] is not None and not isinstance(doc["example"], dict):
         raise ValueError(f"{what}: example must be an object or null")
-
-
-def _loads(data: bytes, what: str) -> Any:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ValueError(f"{what}: expected bytes, got {type(data).__name__}")
-    try:
-        return json.loads(bytes(data).decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{what}: not UTF-8 (byte {exc.start})") from None
-    except RecursionError:
-        raise ValueError(f"{what}: JSON nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, and the int-digits limit
-        raise ValueError(f"{what}: not JSON ({exc})") from None

@@ -58,6 +58,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.alerts.state_json import load_state_json
 from agent.decode import lookup_field
 from agent.model.sessions import (
     REASONS,
@@ -678,7 +679,7 @@ def decode_key(data: bytes) -> ChangelogKey:
     """Inverse of ``encode_key``; ValueError for anything else, including a non-canonical spelling
     of a valid key (two byte strings for one key would defeat compaction)."""
     what = "session changelog key"
-    doc = _loads(data, what)
+    doc = load_state_json(data, what)
     if not isinstance(doc, dict):
         raise ValueError(f"{what}: expected a JSON object, got {type(doc).__name__} (a grouping key?)")
     kind = doc.get("kind")
@@ -715,7 +716,7 @@ def decode_session(data: bytes, model: SessionModel) -> OpenSession:
     """Inverse of ``encode_session`` for ``model``; ValueError naming the problem for garbage,
     another version, another session model, or values that break the session's invariants."""
     what = "session changelog state"
-    doc = _loads(data, what)
+    doc = load_state_json(data, what)
     if not isinstance(doc, dict):
         raise ValueError(f"{what}: expected a JSON object")
     if doc.get("v") != STATE_VERSION:
@@ -797,7 +798,7 @@ def encode_clock(event_time_ms: int, late: int) -> bytes:
 def decode_clock(data: bytes) -> tuple[int, int]:
     """Inverse of ``encode_clock``: (event time ms, late events); ValueError for anything else."""
     what = "session changelog clock"
-    doc = _loads(data, what)
+    doc = load_state_json(data, what)
     if not isinstance(doc, dict) or set(doc) != {"v", "event_time_ms", "late"} or doc["v"] != STATE_VERSION:
         raise ValueError(f'{what}: expected {{"v": {STATE_VERSION}, "event_time_ms", "late"}}')
     late = _int(doc["late"], f"{what}: late")
@@ -817,19 +818,6 @@ def _check_key(key: ChangelogKey, what: str) -> None:
         raise ValueError(f"{what}: a clock key has no session")
     if key.kind not in ("session", "session_clock"):
         raise ValueError(f"{what}: kind must be session or session_clock, got {key.kind!r}")
-
-
-def _loads(data: bytes, what: str) -> Any:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ValueError(f"{what}: expected bytes, got {type(data).__name__}")
-    try:
-        return json.loads(bytes(data).decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{what}: not UTF-8 (byte {exc.start})") from None
-    except RecursionError:
-        raise ValueError(f"{what}: JSON nested too deeply") from None
-    except ValueError as exc:
-        raise ValueError(f"{what}: not JSON ({exc})") from None
 
 
 def _int(value: Any, what: str) -> int:
