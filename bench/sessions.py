@@ -455,38 +455,15 @@ def _produce_keyed(
     bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes, int]]
 ) -> list[tuple[int, int]]:
     """Produce (key, value, timestamp ms) in order, idempotently; each record's (partition, offset)."""
-    from confluent_kafka import KafkaError, Message, Producer
+    from agent_helpers import produce
 
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20, "batch.size": 1_000_000}
+    return produce(
+        bootstrap,
+        topic,
+        [(k, v, None) for k, v, _ in records],
+        timestamps=[t for _, _, t in records],
+        flush_s=300,
     )
-    positions: list[tuple[int, int] | None] = [None] * len(records)
-    errors: list[KafkaError] = []
-
-    def delivered(index: int) -> Any:
-        def report(error: KafkaError | None, msg: Message) -> None:
-            if error is not None:
-                errors.append(error)
-            else:
-                positions[index] = (int(msg.partition() or 0), int(msg.offset() or 0))
-
-        return report
-
-    for index, (key, value, stamp) in enumerate(records):
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, timestamp=stamp, on_delivery=delivered(index))
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if index % 1000 == 0:
-            producer.poll(0)
-    if producer.flush(300) != 0 or errors:
-        raise SystemExit(f"sessions: could not deliver the stream: {errors[:3]}")
-    placed = [p for p in positions if p is not None]
-    if len(placed) != len(records):
-        raise SystemExit("sessions: a record without a delivery report")
-    return placed
 
 
 def _create_topic(bootstrap: str, name: str, partitions: int) -> str:

@@ -148,8 +148,17 @@ def offline_anomalies(bundle: Path, events: Sequence[Mapping[str, Any]], work: P
 # ----------------------------------------------------------------------------- Kafka I/O
 
 
-def produce(bootstrap: str, topic: str, records: Sequence[Record]) -> list[tuple[int, int]]:
-    """Produce (key, value, headers) records in order; returns each one's (partition, offset)."""
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: Sequence[Record],
+    *,
+    timestamps: Sequence[int] | None = None,
+    flush_s: float = 30.0,
+) -> list[tuple[int, int]]:
+    """Produce (key, value, headers) records in order (``timestamps``: each one's Kafka timestamp
+    in ms, e.g. a log line's own time); returns each one's (partition, offset). A full local queue
+    waits for deliveries, so a stream of any length goes through."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
     positions: list[tuple[int, int] | None] = [None] * len(records)
     errors: list[KafkaError] = []
@@ -166,11 +175,21 @@ def produce(bootstrap: str, topic: str, records: Sequence[Record]) -> list[tuple
         return report
 
     for i, (key, value, headers) in enumerate(records):
-        producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered(i))
+        stamp = {} if timestamps is None else {"timestamp": timestamps[i]}
+        while True:
+            try:
+                producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=delivered(i), **stamp
+                )
+                break
+            except BufferError:  # the local queue is full: let deliveries make room
+                producer.poll(0.05)
         producer.poll(0)
-    assert producer.flush(30) == 0, "producer did not deliver everything within 30 s"
+    assert producer.flush(flush_s) == 0, f"producer did not deliver everything within {flush_s} s"
     assert not errors, f"delivery failed: {errors[:3]}"
-    return [p for p in positions if p is not None]
+    placed = [p for p in positions if p is not None]
+    assert len(placed) == len(records), "a record without a delivery report"
+    return placed
 
 
 class StreamProducer:

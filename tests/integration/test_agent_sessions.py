@@ -64,11 +64,12 @@ from agent_helpers import (
     cli,
     expected_session_alerts,
     offsets,
+    produce,
     published_session_alerts,
     read_committed,
     wait_until,
 )
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from kafka_fixtures import GroupFactory, TopicFactory, wait_for_topic
@@ -208,34 +209,14 @@ def replay(kafka_bootstrap: str, kafka_admin: AdminClient, hdfs_slice: Slice) ->
     topic = f"t-sessions-replay-{random.getrandbits(40):010x}"
     kafka_admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS)])[topic].result(timeout=30)
     wait_for_topic(kafka_admin, topic, PARTITIONS)
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5})
-    positions: list[tuple[int, int] | None] = [None] * len(hdfs_slice.records)
-    errors: list[KafkaError] = []
-
-    def delivered(index: int) -> Any:
-        def report(error: KafkaError | None, msg: Message) -> None:
-            if error is not None:
-                errors.append(error)
-            else:
-                partition, offset = msg.partition(), msg.offset()
-                assert partition is not None and offset is not None
-                positions[index] = (partition, offset)
-
-        return report
-
-    for index, (record, block) in enumerate(zip(hdfs_slice.records, hdfs_slice.keys, strict=True)):
-        producer.produce(
-            topic,
-            value=json.dumps(record).encode(),
-            key=block.encode(),  # the session id: all of a block on one partition, in order
-            timestamp=record["time"],
-            on_delivery=delivered(index),
-        )
-        producer.poll(0)
-    assert producer.flush(60) == 0 and not errors, f"delivery failed: {errors[:3]}"
-    del producer  # closed now, not when the broker is gone
-    assert all(p is not None for p in positions)
-    placed = [p for p in positions if p is not None]
+    # The block id as the record key: all of a block on one partition, in order.
+    records = [
+        (block.encode(), json.dumps(r).encode(), None)
+        for r, block in zip(hdfs_slice.records, hdfs_slice.keys, strict=True)
+    ]
+    placed = produce(
+        kafka_bootstrap, topic, records, timestamps=[r["time"] for r in hdfs_slice.records], flush_s=60
+    )
     assert len({p for p, _ in placed}) == PARTITIONS, "the blocks are spread over every partition"
     yield Replay(topic, placed)
     kafka_admin.delete_topics([topic], operation_timeout=30)
@@ -527,12 +508,16 @@ def test_a_member_joining_and_leaving_mid_stream_publishes_the_same(
     """A second agent joins mid-stream (partitions move to it with their open sessions) and
     leaves (SIGTERM; they move back): the sessions follow their partitions each time."""
     topics = agent_topics(make_topic, make_group)
+    # One record per transaction: the stream then lasts thousands of transaction round trips
+    # (broker latency, not CPU), so the second agent joins while every partition still has records
+    # left, however fast the machine scores (with 4 per batch a quick machine finished a partition
+    # before the second agent had started).
     first = AgentProcess(env_for(kafka_bootstrap, replay, topics, session_bundle, "sessions-a",
-                                 batch__max_size="4"), tmp_path / "a.log")  # fmt: skip
+                                 batch__max_size="1"), tmp_path / "a.log")  # fmt: skip
     agent_processes.append(first)
     wait_until(lambda: first.metric(COMMITTED) >= 5, timeout=120, what="the first agent's commits")
     second = AgentProcess(env_for(kafka_bootstrap, replay, topics, session_bundle, "sessions-b",
-                                  batch__max_size="4"), tmp_path / "b.log")  # fmt: skip
+                                  batch__max_size="1"), tmp_path / "b.log")  # fmt: skip
     agent_processes.append(second)
     wait_until(lambda: second.metric(COMMITTED) >= 3, timeout=120, what="the second agent's commits")
     assert mid_stream(kafka_bootstrap, topics.group, replay.topic), "joined after the stream"
