@@ -506,12 +506,15 @@ def test_a_member_joining_and_leaving_mid_stream_publishes_the_same(
     tmp_path: Path,
 ) -> None:
     """A second agent joins mid-stream (partitions move to it with their open sessions) and
-    leaves (SIGTERM; they move back): the sessions follow their partitions each time."""
+    leaves (SIGTERM; they move back to the first, which carries them on): the sessions follow
+    their partitions each time. A third agent, at the default batch size, takes over from the
+    first (SIGTERM) and finishes the stream."""
     topics = agent_topics(make_topic, make_group)
-    # One record per transaction: the stream then lasts thousands of transaction round trips
-    # (broker latency, not CPU), so the second agent joins while every partition still has records
-    # left, however fast the machine scores (with 4 per batch a quick machine finished a partition
-    # before the second agent had started).
+    # The two agents at one record per transaction: the stream then lasts thousands of transaction
+    # round trips (broker latency, not CPU), so the second agent joins while every partition still
+    # has records left, however fast the machine scores (with 4 per batch a quick machine finished
+    # a partition before the second agent had started). The rest is the third agent's, at full
+    # speed: at one record per transaction the whole stream took two minutes of a loaded CI run.
     first = AgentProcess(env_for(kafka_bootstrap, replay, topics, session_bundle, "sessions-a",
                                  batch__max_size="1"), tmp_path / "a.log")  # fmt: skip
     agent_processes.append(first)
@@ -522,9 +525,15 @@ def test_a_member_joining_and_leaving_mid_stream_publishes_the_same(
     wait_until(lambda: second.metric(COMMITTED) >= 3, timeout=120, what="the second agent's commits")
     assert mid_stream(kafka_bootstrap, topics.group, replay.topic), "joined after the stream"
     assert second.terminate() == 0, second.tail()
+    carried = first.metric(COMMITTED) + 3
+    wait_until(lambda: first.metric(COMMITTED) >= carried, timeout=120, what="the first agent to carry on")
+    assert first.terminate() == 0, first.tail()
+    last = AgentProcess(env_for(kafka_bootstrap, replay, topics, session_bundle, "sessions-c"),
+                        tmp_path / "c.log")  # fmt: skip
+    agent_processes.append(last)
     docs = wait_published(kafka_bootstrap, topics, replay, sessions=len(offline.flagged),
                           lines=sum(offline.lines))  # fmt: skip
-    assert first.terminate() == 0, first.tail()
+    assert last.terminate() == 0, last.tail()
     assert outcome(docs) == outcome(grouped_baseline.docs)
     restored = first.log().count("grouping state restored") + second.log().count("grouping state restored")
     assert restored >= 3, "partitions moved between the agents with their state"
